@@ -1,0 +1,248 @@
+// Types of the public CacheAdapter (index.js). The native binding's own
+// generated types are in binding.d.ts; this file describes the class users import.
+import { EventEmitter } from 'node:events'
+
+/** Any value JSON can represent. */
+export type JsonValue = null | boolean | number | string | JsonValue[] | { [key: string]: JsonValue }
+
+/** Overrides of the default TTLs, in seconds. */
+export interface TtlOptions {
+  /** Message array per org+phone. Default 7200. */
+  conversationContext?: number
+  /** Summary object per org+phone. Default 7200. */
+  conversationSummary?: number
+  /** Recent history per org+phone. Default 120. */
+  conversationHistory?: number
+  /** `{name, timestamp}` per org. Default 120. */
+  organizationData?: number
+  /** `{configured, timestamp}` per agent+phone. Default 3600. */
+  agentConfig?: number
+  /** SSE responses per lead+phone. Default 10. */
+  sseResponse?: number
+  /** Lead objects and phone↔lead mappings. Default 300. */
+  leadData?: number
+  /** Pre-computed context. Default 120. */
+  preComputedContext?: number
+}
+
+/** PEM files for TLS (a `rediss://` URL or `tls: true` uses the system roots). */
+export interface TlsOptions {
+  /** CA certificate(s) to trust instead of the system roots. */
+  caFile?: string
+  /** Client certificate, for mutual TLS (with `keyFile`). */
+  certFile?: string
+  /** Client private key, for mutual TLS (with `certFile`). */
+  keyFile?: string
+}
+
+/** Every option can also come from the environment; options win. */
+export interface CacheAdapterOptions {
+  /** `redis://[user:pass@]host:port/db` or `rediss://…` (TLS). Env: `REDIS_URL`. */
+  url?: string
+  /** Redis host. Env: `REDIS_HOST`. Default `127.0.0.1`. */
+  host?: string
+  /** Redis port. Env: `REDIS_PORT`. Default 6379. */
+  port?: number
+  /** Redis password. Env: `REDIS_PASSWORD`. */
+  password?: string
+  /** Redis ACL user name. */
+  username?: string
+  /** Redis database number. Env: `REDIS_DB`. Default 0. */
+  db?: number
+  /** TLS: `true`, or PEM file paths. Env: `REDIS_TLS=true`. */
+  tls?: boolean | TlsOptions
+  /** `false`: memory tier only, Redis never contacted. Env: `REDIS_ENABLED` / `USE_REDIS` = `false`. */
+  enabled?: boolean
+  /** `redis://host:port` seeds: talk to a Redis Cluster (an org's keys share one hash slot). */
+  clusterNodes?: string[]
+  /** Namespace of every key. Default `${CACHE_NAMESPACE || 'jack'}:${NODE_ENV === 'production' ? 'prod' : 'dev'}`. */
+  keyPrefix?: string
+  /** Multiplexed connections kept open to Redis. Env: `REDIS_POOL_SIZE`. Default 2. */
+  poolSize?: number
+  /** Overrides of the default TTLs, in seconds. */
+  ttl?: TtlOptions
+  /** Bytes of encoded JSON above which a value is zstd-compressed. Default 1024. */
+  compressionThreshold?: number
+  /** Longest wait for one Redis round trip before the memory tier answers. Default 250. */
+  commandTimeoutMs?: number
+  /** Longest wait for one connect. Default 1000. */
+  connectTimeoutMs?: number
+  /** Consecutive Redis failures that open the circuit breaker. Env: `CACHE_CIRCUIT_BREAKER_FAILURES`. Default 5. */
+  breakerFailures?: number
+  /** How long the breaker stays open before one probe. Env: `CACHE_CIRCUIT_BREAKER_TIMEOUT`. Default 5000. */
+  breakerCooldownMs?: number
+  /** Most entries the memory tier holds. Default 100000. */
+  memoryMaxEntries?: number
+  /** Most bytes the memory tier holds. Default 256 MiB. */
+  memoryMaxBytes?: number
+  /** How long `getOrLoad` waits for a loader before its callers get an error. Default 10000. */
+  loaderTimeoutMs?: number
+  /** Most writes kept for replay after an outage (the oldest beyond it are dropped and counted). Default 100000. */
+  replayMaxEntries?: number
+  /** Called on every change of mode (as is the `modeChange` event). */
+  onModeChange?: (event: ModeChangeEvent) => void
+}
+
+export type Mode = 'redis' | 'memory'
+
+export interface ModeChangeEvent {
+  mode: Mode
+  /** Why: the Redis error that opened the breaker, or the probe that closed it. */
+  reason: string
+  /** ISO time of the change. */
+  at: string
+}
+
+export interface CacheCounters {
+  mode: Mode
+  redisEnabled: boolean
+  hits: number
+  misses: number
+  /** hits / (hits + misses), 0 to 1. */
+  hitRate: number
+  operations: number
+  errors: number
+  redisErrors: number
+  servedFromMemory: number
+  deduplicatedReads: number
+  loaderCalls: number
+  latency: { count: number; meanMs: number; p50Ms: number; p99Ms: number }
+  breaker: { state: 'closed' | 'open' | 'half-open'; consecutiveFailures: number; threshold: number; cooldownMs: number }
+  /** Times the breaker opened. */
+  outages: number
+  lastError: string | null
+  replay: { pending: number; replayed: number; dropped: number; maxEntries: number }
+  memory: { entries: number; bytes: number; maxEntries: number; maxBytes: number }
+  pool: { size: number; connections: number }
+  entriesByKind: Record<string, number>
+}
+
+export interface CacheStats {
+  redisEnabled: boolean
+  ttlConfig: Required<TtlOptions>
+  /** Entries per legacy map name (memory tier), plus the process-local maps. */
+  fallbackMaps: Record<string, number>
+  cache: CacheCounters
+}
+
+export interface RedisHealth {
+  status: 'healthy' | 'unhealthy' | 'disabled'
+  enabled: boolean
+  connected?: boolean
+  latencyMs?: number
+  version?: string | null
+  /** Why Redis is unhealthy. */
+  error?: string
+}
+
+export interface HealthReport {
+  /** `'healthy'`: Redis serving, or disabled by choice. `'degraded'`: serving from memory because Redis fails. */
+  status: 'healthy' | 'degraded'
+  timestamp: string
+  adapter: { status: 'healthy' | 'degraded'; redisEnabled: boolean; mode: Mode }
+  redis: RedisHealth
+  cache: CacheCounters
+}
+
+export interface MigrationResult {
+  conversationContexts: number
+  conversationSummaries: number
+  phoneToLeadMapping: number
+  failed: number
+}
+
+type MapLike<V> = Map<string, V> | Record<string, V> | Array<[string, V]>
+
+export declare class CacheAdapter extends EventEmitter {
+  /** Never throws because Redis is down: it connects in the background and serves from memory until Redis answers. */
+  constructor(options?: CacheAdapterOptions)
+
+  /** `'redis'`, or `'memory'` while Redis is disabled, unreachable or failing. */
+  readonly mode: Mode
+
+  on(event: 'modeChange', listener: (event: ModeChangeEvent) => void): this
+
+  // Domain methods
+  getConversationContext(orgId: string | null | undefined, phone: string): Promise<JsonValue[] | null>
+  setConversationContext(orgId: string | null | undefined, phone: string, messages: JsonValue): Promise<true>
+  getConversationSummary(orgId: string | null | undefined, phone: string): Promise<JsonValue | null>
+  setConversationSummary(orgId: string | null | undefined, phone: string, summary: JsonValue): Promise<true>
+  getConversationHistoryCache(orgId: string | null | undefined, phone: string): Promise<JsonValue[] | null>
+  setConversationHistoryCache(orgId: string | null | undefined, phone: string, messages: JsonValue): Promise<true>
+  getPhoneToLeadMapping(phone: string): Promise<string | null>
+  /** Writes both phone→lead and lead→phone, in one round trip. */
+  setPhoneToLeadMapping(phone: string, leadId: string): Promise<true>
+  /** The phone exactly as it was given to `setPhoneToLeadMapping`. */
+  getLeadToPhoneMapping(leadId: string): Promise<string | null>
+  getDynamicLead(leadId: string): Promise<JsonValue | null>
+  setDynamicLead(leadId: string, lead: JsonValue): Promise<true>
+  /** The organisation's name. */
+  getOrganizationData(orgId: string | null | undefined): Promise<JsonValue | null>
+  /** Stores `{name, timestamp}`. */
+  setOrganizationData(orgId: string | null | undefined, name: JsonValue): Promise<true>
+  getAgentConfig(agentId: string, agentPhone: string): Promise<JsonValue | null>
+  setAgentConfig(agentId: string, agentPhone: string, configured?: JsonValue): Promise<true>
+  getSSEResponseCache(leadId: string, phone: string): Promise<JsonValue | null>
+  setSSEResponseCache(leadId: string, phone: string, data: JsonValue): Promise<true>
+  /** Removes every entry of that org in Redis (SCAN + UNLINK, never KEYS) and in memory; resolves to the number removed. */
+  clearOrganizationCache(orgId: string): Promise<number>
+
+  // Generic methods
+  get<T = JsonValue>(key: string): Promise<T | null>
+  /** `ttlSeconds` defaults to `CACHE_DEFAULT_TTL`, else 7200. */
+  set(key: string, value: JsonValue, ttlSeconds?: number): Promise<true>
+  /** Whether something was removed. */
+  delete(key: string): Promise<boolean>
+  exists(key: string): Promise<boolean>
+  /** Whether the key existed. */
+  expire(key: string, ttlSeconds?: number): Promise<boolean>
+  /** The new value. */
+  increment(key: string, by?: number): Promise<number>
+  decrement(key: string, by?: number): Promise<number>
+  /** In the order of `keys`, `null` for a miss. */
+  getMany<T = JsonValue>(keys: string[]): Promise<Array<T | null>>
+  setMany(entries: MapLike<JsonValue>, ttlSeconds?: number): Promise<true>
+  hget<T = JsonValue>(hash: string, field: string): Promise<T | null>
+  /** The TTL applies to the whole hash and is refreshed by each write. */
+  hset(hash: string, field: string, value: JsonValue, ttlSeconds?: number): Promise<true>
+  hdel(hash: string, field: string): Promise<boolean>
+  /** `{}` for a missing hash. */
+  hgetall<T = JsonValue>(hash: string): Promise<Record<string, T>>
+  /**
+   * Read-through. The loader (sync or async) is called once for any number of
+   * concurrent callers of the key; its `null` is cached, `undefined` is not.
+   * A loader that throws, rejects or outlasts `loaderTimeoutMs` rejects every
+   * waiting caller and caches nothing.
+   */
+  getOrLoad<T = JsonValue>(key: string, loader: (key: string) => T | Promise<T>, ttlSeconds?: number): Promise<T>
+
+  // Synchronous, process-local (never in Redis)
+  getInflightRequest<T = unknown>(key: string): Promise<T> | null
+  /** Forgets the promise by itself once it settles. */
+  setInflightRequest<T = unknown>(key: string, promise: Promise<T>): true
+  deleteInflightRequest(key: string): boolean
+  getHumanControlSession<T = unknown>(orgId: string | null | undefined, phone: string): T | null
+  setHumanControlSession(orgId: string | null | undefined, phone: string, data: unknown): true
+  deleteHumanControlSession(orgId: string | null | undefined, phone: string): boolean
+  /** `orgId:digits`, or the digits alone with no org. */
+  createOrgKey(orgId: string | null | undefined, phone: string): string
+  /** Reads the memory tier (the old adapter's stub always returned null). */
+  getFromFallbackMap<T = JsonValue>(name: string, key: string): T | null
+  setInFallbackMap(name: string, key: string, value: JsonValue): true
+
+  /** Moves a running server's legacy Maps (keyed `orgId:phone` or `phone`) into the cache. */
+  migrateFromMaps(maps: {
+    conversationContexts?: MapLike<JsonValue>
+    conversationSummaries?: MapLike<JsonValue>
+    phoneToLeadMapping?: MapLike<string>
+  }): Promise<MigrationResult>
+
+  getStats(): Promise<CacheStats>
+  healthCheck(): Promise<HealthReport>
+  /** Prometheus text exposition (version 0.0.4). */
+  metrics(): Promise<string>
+  /** Waits for calls in flight, then stops. Idempotent. */
+  close(): Promise<void>
+}
+
+export default CacheAdapter

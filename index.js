@@ -1,0 +1,495 @@
+'use strict'
+// The public CacheAdapter: a thin class over the native core (binding.js).
+//
+// Why a JavaScript layer at all: it is where two measured wins live
+// (NOTES.md, "What a call across N-API costs"):
+// - every call made in one tick goes to Rust in ONE native call (`submit`),
+//   and all of that batch's Promises settle from ONE completion callback;
+// - V8 does JSON.stringify/JSON.parse, so values cross N-API as strings.
+// Everything else (keys, TTLs, compression, Redis, the memory tier, the
+// breaker, single-flight, metrics) happens in Rust.
+
+const { EventEmitter } = require('node:events')
+const { NativeCache, domainMethods, protocol, createOrgKey } = require('./binding.js')
+
+const OP = protocol()
+const ORG_NULL = OP.ORG_NULL
+const DOMAIN = domainMethods()
+
+const parse = (v) => (v === null ? null : JSON.parse(v))
+
+function describe(v) {
+  if (v === null) return 'null'
+  if (Array.isArray(v)) return 'an array'
+  return typeof v === 'object' ? 'an object' : `${typeof v} ${String(v).slice(0, 40)}`
+}
+
+function requireString(name, v) {
+  if (typeof v !== 'string') throw new TypeError(`${name} must be a string, got ${describe(v)}`)
+  return v
+}
+
+/** A TTL in seconds; `undefined`/`null` → NaN, meaning "the default". */
+function ttlSeconds(name, v) {
+  if (v === undefined || v === null) return NaN
+  if (typeof v !== 'number') throw new TypeError(`${name} must be a number of seconds, got ${describe(v)}`)
+  if (!(v > 0) || !Number.isFinite(v)) throw new RangeError(`${name} must be a positive finite number of seconds, got ${v}`)
+  return v
+}
+
+function toJson(name, value) {
+  if (value === undefined) throw new TypeError(`${name} must be a JSON value, got undefined`)
+  let json
+  try {
+    json = JSON.stringify(value)
+  } catch (e) {
+    throw new TypeError(`${name} cannot be stored as JSON: ${e.message}`)
+  }
+  if (json === undefined) throw new TypeError(`${name} cannot be stored as JSON (got ${typeof value})`)
+  return json
+}
+
+/** Native errors carry their kind as a `CODE: ` prefix (see src/lib.rs). */
+function fromNative(e) {
+  const m = /^(ERR_[A-Z_]+): ([\s\S]*)$/.exec(e && e.message)
+  if (!m) return e
+  const Class = m[1] === 'ERR_INVALID_ARG_TYPE' ? TypeError : m[1] === 'ERR_OUT_OF_RANGE' ? RangeError : Error
+  return Object.assign(new Class(m[2]), { code: m[1] })
+}
+
+function entriesOf(name, entries) {
+  if (entries instanceof Map || Array.isArray(entries)) return Array.from(entries)
+  if (entries !== null && typeof entries === 'object') return Object.entries(entries)
+  throw new TypeError(`${name} must be an object, a Map or an array of [key, value] pairs, got ${describe(entries)}`)
+}
+
+/** Collects one tick's calls and submits them as one batch. */
+class Batcher {
+  constructor(onIdleChange) {
+    this.native = null
+    this.onIdleChange = onIdleChange
+    this.nextId = 1
+    this.inflight = new Map()
+    this.reset()
+  }
+
+  reset() {
+    this.codes = []
+    this.nums = []
+    this.strs = []
+    this.settle = []
+  }
+
+  /** Queues one call; `strs` are its strings in wire order, `map` turns the reply into the result. */
+  call(code, num, strs, map) {
+    return new Promise((resolve, reject) => {
+      if (this.codes.length === 0) process.nextTick(() => this.flush())
+      this.codes.push(code)
+      this.nums.push(num)
+      for (let i = 0; i < strs.length; i++) this.strs.push(strs[i])
+      this.settle.push(resolve, reject, map)
+    })
+  }
+
+  flush() {
+    if (this.codes.length === 0) return
+    const id = this.nextId
+    this.nextId = id >= 0xfffffffe ? 1 : id + 1
+    const { codes, nums, strs, settle } = this
+    this.reset()
+    if (this.inflight.size === 0) this.onIdleChange(false)
+    this.inflight.set(id, settle)
+    try {
+      this.native.submit(id, Uint32Array.from(codes), Float64Array.from(nums), strs)
+    } catch (e) {
+      this.complete([id, ...codes.map(() => e)])
+    }
+  }
+
+  /** `[id, ...replies]` from Rust: settles the batch's Promises in order. */
+  complete(done) {
+    const settle = this.inflight.get(done[0])
+    if (settle === undefined) return
+    this.inflight.delete(done[0])
+    for (let i = 1, j = 0; i < done.length; i++, j += 3) {
+      const v = done[i]
+      if (v instanceof Error) settle[j + 1](fromNative(v))
+      else {
+        const map = settle[j + 2]
+        if (map === null) settle[j](v)
+        else {
+          try {
+            settle[j](map(v))
+          } catch (e) {
+            settle[j + 1](e)
+          }
+        }
+      }
+    }
+    if (this.inflight.size === 0) this.onIdleChange(true)
+  }
+
+  get pending() {
+    return this.inflight.size + (this.codes.length > 0 ? 1 : 0)
+  }
+}
+
+class CacheAdapter extends EventEmitter {
+  /**
+   * @param {import('./index').CacheAdapterOptions} [options]
+   */
+  constructor(options = {}) {
+    super()
+    if (options === null || typeof options !== 'object') throw new TypeError(`options must be an object, got ${describe(options)}`)
+    const { onModeChange, ...rest } = options
+    if (onModeChange !== undefined && typeof onModeChange !== 'function') {
+      throw new TypeError(`options.onModeChange must be a function, got ${describe(onModeChange)}`)
+    }
+    let json
+    try {
+      json = JSON.stringify(rest)
+    } catch (e) {
+      throw new TypeError(`options cannot be read: ${e.message}`)
+    }
+    // Keeps Node running while calls are in flight, and only then: the
+    // completion callback itself is weak, so an idle adapter never holds the process.
+    this._keepAlive = setInterval(() => {}, 1 << 30)
+    this._keepAlive.unref()
+    this._batch = new Batcher((idle) => (idle ? this._keepAlive.unref() : this._keepAlive.ref()))
+    this._native = new NativeCache(json, (done) => {
+      if (done[0] === 0) this._modeChanged(done[1], done[2])
+      else this._batch.complete(done)
+    })
+    this._batch.native = this._native
+    this._onModeChange = onModeChange
+    this._inflightRequests = new Map()
+    this._humanControl = new Map()
+    this._closed = null
+  }
+
+  _modeChanged(mode, reason) {
+    const event = { mode, reason, at: new Date().toISOString() }
+    if (this._onModeChange) {
+      try {
+        this._onModeChange(event)
+      } catch (e) {
+        process.emitWarning(`onModeChange threw: ${e && e.message}`)
+      }
+    }
+    this.emit('modeChange', event)
+  }
+
+  /** Queues one call; argument errors become rejections, never throws. */
+  _call(code, num, strs, map) {
+    if (this._closed) return Promise.reject(Object.assign(new Error('the cache adapter is closed'), { code: 'ERR_CACHE_CLOSED' }))
+    return this._batch.call(code, num, strs, map)
+  }
+
+  _generic(op, name, key, num, extra, map) {
+    try {
+      requireString(name, key)
+      return this._call(op, num, extra ? [key, ...extra] : [key], map)
+    } catch (e) {
+      return Promise.reject(e)
+    }
+  }
+
+  // Generic methods ------------------------------------------------------
+
+  get(key) {
+    return this._generic(OP.Get, 'key', key, NaN, null, parse)
+  }
+
+  set(key, value, ttl) {
+    try {
+      return this._generic(OP.Set, 'key', key, ttlSeconds('ttl', ttl), [toJson('value', value)], null)
+    } catch (e) {
+      return Promise.reject(e)
+    }
+  }
+
+  delete(key) {
+    return this._generic(OP.Delete, 'key', key, NaN, null, null)
+  }
+
+  exists(key) {
+    return this._generic(OP.Exists, 'key', key, NaN, null, null)
+  }
+
+  expire(key, ttl) {
+    try {
+      return this._generic(OP.Expire, 'key', key, ttlSeconds('ttl', ttl), null, null)
+    } catch (e) {
+      return Promise.reject(e)
+    }
+  }
+
+  increment(key, by = 1) {
+    if (typeof by !== 'number') return Promise.reject(new TypeError(`by must be a number, got ${describe(by)}`))
+    if (!Number.isSafeInteger(by)) return Promise.reject(new RangeError(`by must be a safe integer, got ${by}`))
+    return this._generic(OP.Increment, 'key', key, by, null, null)
+  }
+
+  decrement(key, by = 1) {
+    if (typeof by !== 'number') return Promise.reject(new TypeError(`by must be a number, got ${describe(by)}`))
+    return this.increment(key, -by)
+  }
+
+  getMany(keys) {
+    if (!Array.isArray(keys)) return Promise.reject(new TypeError(`keys must be an array of strings, got ${describe(keys)}`))
+    try {
+      keys.forEach((k, i) => requireString(`keys[${i}]`, k))
+    } catch (e) {
+      return Promise.reject(e)
+    }
+    return Promise.all(keys.map((k) => this._call(OP.Get, NaN, [k], parse)))
+  }
+
+  setMany(entries, ttl) {
+    let calls
+    try {
+      const num = ttlSeconds('ttl', ttl)
+      // Every entry is checked before any is written.
+      calls = entriesOf('entries', entries).map((pair, i) => {
+        if (!Array.isArray(pair)) throw new TypeError(`entries[${i}] must be a [key, value] pair`)
+        return [requireString(`entries[${i}] key`, pair[0]), toJson(`entries[${i}] value`, pair[1]), num]
+      })
+    } catch (e) {
+      return Promise.reject(e)
+    }
+    return Promise.all(calls.map(([k, json, num]) => this._call(OP.Set, num, [k, json], null))).then(() => true)
+  }
+
+  hget(hash, field) {
+    try {
+      return this._generic(OP.HGet, 'hash', hash, NaN, [requireString('field', field)], parse)
+    } catch (e) {
+      return Promise.reject(e)
+    }
+  }
+
+  hset(hash, field, value, ttl) {
+    try {
+      const extra = [requireString('field', field), toJson('value', value)]
+      return this._generic(OP.HSet, 'hash', hash, ttlSeconds('ttl', ttl), extra, null)
+    } catch (e) {
+      return Promise.reject(e)
+    }
+  }
+
+  hdel(hash, field) {
+    try {
+      return this._generic(OP.HDel, 'hash', hash, NaN, [requireString('field', field)], null)
+    } catch (e) {
+      return Promise.reject(e)
+    }
+  }
+
+  hgetall(hash) {
+    return this._generic(OP.HGetAll, 'hash', hash, NaN, null, JSON.parse)
+  }
+
+  /**
+   * Read-through: the cached value, or `loader(key)`'s (cached for `ttl`).
+   * Concurrent callers of one key share one loader call.
+   */
+  getOrLoad(key, loader, ttl) {
+    try {
+      requireString('key', key)
+      if (typeof loader !== 'function') throw new TypeError(`loader must be a function, got ${describe(loader)}`)
+      const num = ttlSeconds('ttl', ttl)
+      if (this._closed) throw Object.assign(new Error('the cache adapter is closed'), { code: 'ERR_CACHE_CLOSED' })
+      const load = (k) =>
+        new Promise((resolve) => resolve(loader(k))).then((v) => (v === undefined ? null : toJson('loader result', v)))
+      return this._native.getOrLoad(key, num, load).then(
+        (json) => (json === null || json === undefined ? undefined : JSON.parse(json)),
+        (e) => Promise.reject(fromNative(e)),
+      )
+    } catch (e) {
+      return Promise.reject(e)
+    }
+  }
+
+  // Tenants --------------------------------------------------------------
+
+  /** Removes every entry of one org, in Redis (SCAN + UNLINK) and in memory. */
+  clearOrganizationCache(orgId) {
+    try {
+      requireString('orgId', orgId)
+    } catch (e) {
+      return Promise.reject(e)
+    }
+    for (const [key, session] of this._humanControl) {
+      if (session.orgId === orgId) this._humanControl.delete(key)
+    }
+    return this._call(OP.ClearOrg, NaN, [orgId], null)
+  }
+
+  createOrgKey(orgId, phone) {
+    if (orgId !== null && orgId !== undefined) requireString('orgId', orgId)
+    requireString('phone', phone)
+    return createOrgKey(orgId ?? null, phone)
+  }
+
+  // Process-local state (never in Redis) ----------------------------------
+
+  getInflightRequest(key) {
+    return this._inflightRequests.get(key) ?? null
+  }
+
+  /** Remembers a pending request; it forgets it by itself once it settles. */
+  setInflightRequest(key, promise) {
+    this._inflightRequests.set(key, promise)
+    const forget = () => {
+      if (this._inflightRequests.get(key) === promise) this._inflightRequests.delete(key)
+    }
+    if (promise && typeof promise.then === 'function') promise.then(forget, forget)
+    return true
+  }
+
+  deleteInflightRequest(key) {
+    return this._inflightRequests.delete(key)
+  }
+
+  getHumanControlSession(orgId, phone) {
+    return this._humanControl.get(this.createOrgKey(orgId, phone))?.data ?? null
+  }
+
+  setHumanControlSession(orgId, phone, data) {
+    this._humanControl.set(this.createOrgKey(orgId, phone), { orgId: orgId ?? null, data })
+    return true
+  }
+
+  deleteHumanControlSession(orgId, phone) {
+    return this._humanControl.delete(this.createOrgKey(orgId, phone))
+  }
+
+  /** The memory tier's entry of a legacy fallback map (a stub in the old adapter). */
+  getFromFallbackMap(name, key) {
+    requireString('name', name)
+    requireString('key', key)
+    return parse(this._native.fallbackGet(name, key))
+  }
+
+  setInFallbackMap(name, key, value) {
+    requireString('name', name)
+    requireString('key', key)
+    this._native.fallbackSet(name, key, toJson('value', value))
+    return true
+  }
+
+  // Migration ------------------------------------------------------------
+
+  /**
+   * Moves a running server's legacy Maps (keyed `orgId:phone` or `phone`)
+   * into the cache. Resolves to how many entries of each map were moved.
+   */
+  async migrateFromMaps({ conversationContexts, conversationSummaries, phoneToLeadMapping } = {}) {
+    const split = (key) => {
+      const at = String(key).lastIndexOf(':')
+      return at < 0 ? [null, String(key)] : [key.slice(0, at), key.slice(at + 1)]
+    }
+    const moved = { conversationContexts: 0, conversationSummaries: 0, phoneToLeadMapping: 0, failed: 0 }
+    const jobs = []
+    const each = (name, map, write) => {
+      if (map === undefined || map === null) return
+      for (const [key, value] of entriesOf(name, map)) {
+        jobs.push(write(key, value).then(() => moved[name]++, () => moved.failed++))
+      }
+    }
+    each('conversationContexts', conversationContexts, (k, v) => this.setConversationContext(...split(k), v))
+    each('conversationSummaries', conversationSummaries, (k, v) => this.setConversationSummary(...split(k), v))
+    each('phoneToLeadMapping', phoneToLeadMapping, (k, v) => this.setPhoneToLeadMapping(k, v))
+    await Promise.all(jobs)
+    return moved
+  }
+
+  // Observability --------------------------------------------------------
+
+  async getStats() {
+    const cache = this._native.stats()
+    const fallbackMaps = {
+      ...cache.entriesByKind,
+      inflightRequests: this._inflightRequests.size,
+      humanControlSessions: this._humanControl.size,
+    }
+    return { redisEnabled: cache.redisEnabled, ttlConfig: this._native.ttlConfig(), fallbackMaps, cache }
+  }
+
+  async healthCheck() {
+    const redis = this._closed ? { status: 'unhealthy', error: 'adapter closed' } : await this._native.redisHealth()
+    const cache = this._native.stats()
+    const redisEnabled = cache.redisEnabled
+    const mode = cache.mode
+    const status = !redisEnabled || (redis.status === 'healthy' && mode === 'redis') ? 'healthy' : 'degraded'
+    return {
+      status,
+      timestamp: new Date().toISOString(),
+      adapter: { status, redisEnabled, mode },
+      redis,
+      cache,
+    }
+  }
+
+  /** Prometheus text exposition of the counters, gauges and latency histogram. */
+  async metrics() {
+    return this._native.metrics()
+  }
+
+  get mode() {
+    return this._native.mode()
+  }
+
+  /** Waits for calls in flight (bounded), then stops the native core. Idempotent. */
+  close() {
+    if (this._closed) return this._closed
+    this._closed = (async () => {
+      this._batch.flush()
+      const deadline = Date.now() + 5000
+      while (this._batch.pending > 0 && Date.now() < deadline) {
+        await new Promise((resolve) => setTimeout(resolve, 5))
+      }
+      this._native.close()
+      clearInterval(this._keepAlive)
+    })()
+    return this._closed
+  }
+}
+
+// The domain methods: one generic getter and setter per row of the Rust table.
+for (const spec of DOMAIN) {
+  const keyStrings = (args) => {
+    let flags = 0
+    const strs = []
+    spec.args.forEach(([name, role], i) => {
+      const v = args[i]
+      if (role === 'org' && (v === null || v === undefined)) flags |= ORG_NULL
+      else strs.push(requireString(name, v))
+    })
+    return [flags, strs]
+  }
+  CacheAdapter.prototype[spec.getter] = function (...args) {
+    try {
+      const [flags, strs] = keyStrings(args)
+      return this._call(OP.Get | (spec.kind << 8) | flags, NaN, strs, parse)
+    } catch (e) {
+      return Promise.reject(e)
+    }
+  }
+  if (spec.setter) {
+    CacheAdapter.prototype[spec.setter] = function (...args) {
+      try {
+        const [flags, strs] = keyStrings(args)
+        let value = args[spec.args.length]
+        if (value === undefined && spec.valueDefault !== null) value = JSON.parse(spec.valueDefault)
+        strs.push(toJson(spec.valueArg, value))
+        return this._call(OP.Set | (spec.kind << 8) | flags, NaN, strs, null)
+      } catch (e) {
+        return Promise.reject(e)
+      }
+    }
+  }
+}
+
+exports.CacheAdapter = CacheAdapter
+exports.default = CacheAdapter

@@ -1,0 +1,456 @@
+//! Options and environment → one validated [`Config`].
+//!
+//! Options arrive from JavaScript as one JSON object (so every type error can
+//! name the option it is about); environment names fill what is not given.
+
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+
+use crate::domain::TtlName;
+use crate::error::{CacheError, ErrorKind};
+
+/// Where Redis is, and how to talk to it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RedisTarget {
+  pub host: String,
+  pub port: u16,
+  pub username: Option<String>,
+  pub password: Option<String>,
+  pub db: i64,
+  pub tls: Option<TlsFiles>,
+  /// Non-empty: talk to a Redis Cluster through these seeds instead.
+  pub cluster_nodes: Vec<String>,
+}
+
+/// PEM files for TLS; all optional (system roots are used when `ca_file` is absent).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct TlsFiles {
+  pub ca_file: Option<String>,
+  pub cert_file: Option<String>,
+  pub key_file: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+  /// `None`: memory tier only, Redis is never contacted.
+  pub redis: Option<RedisTarget>,
+  pub key_prefix: String,
+  pub pool_size: usize,
+  /// Seconds per [`TtlName`], indexed by `TtlName as usize`.
+  pub ttl_secs: [f64; TtlName::COUNT],
+  pub default_ttl_secs: f64,
+  pub compression_threshold: usize,
+  pub command_timeout: Duration,
+  pub connect_timeout: Duration,
+  pub breaker_failures: u32,
+  pub breaker_cooldown: Duration,
+  pub memory_max_entries: u64,
+  pub memory_max_bytes: u64,
+  pub loader_timeout: Duration,
+  /// Bound of the queue of writes acknowledged during an outage, waiting for replay.
+  pub replay_max_entries: usize,
+}
+
+impl Config {
+  pub fn ttl(&self, name: TtlName) -> f64 {
+    self.ttl_secs[name as usize]
+  }
+}
+
+/// Reads options (a JSON object, `null` for none) and the environment (through
+/// `env`, so tests can pass their own) into a validated [`Config`].
+pub fn resolve(options: &Value, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, CacheError> {
+  let empty = Map::new();
+  let opts = match options {
+    Value::Null => &empty,
+    Value::Object(map) => map,
+    _ => return Err(type_err("options", "an object")),
+  };
+  let known = [
+    "url",
+    "host",
+    "port",
+    "password",
+    "username",
+    "db",
+    "tls",
+    "enabled",
+    "clusterNodes",
+    "keyPrefix",
+    "poolSize",
+    "ttl",
+    "compressionThreshold",
+    "commandTimeoutMs",
+    "connectTimeoutMs",
+    "breakerFailures",
+    "breakerCooldownMs",
+    "memoryMaxEntries",
+    "memoryMaxBytes",
+    "loaderTimeoutMs",
+    "replayMaxEntries",
+    "onModeChange",
+  ];
+  if let Some(unknown) = opts.keys().find(|k| !known.contains(&k.as_str())) {
+    return Err(CacheError::new(
+      ErrorKind::Type,
+      format!("options.{unknown} is not a known option"),
+    ));
+  }
+  let o = Opts { opts, env };
+
+  let enabled = match o.get("enabled") {
+    Some(v) => v.as_bool().ok_or_else(|| type_err("options.enabled", "a boolean"))?,
+    None => !["REDIS_ENABLED", "USE_REDIS"]
+      .iter()
+      .any(|name| env(name).is_some_and(|v| v.trim().eq_ignore_ascii_case("false") || v.trim() == "0")),
+  };
+
+  let redis = if enabled { Some(resolve_target(&o)?) } else { None };
+
+  let key_prefix = match o.string("keyPrefix", None)? {
+    Some(p) => p,
+    None => {
+      let namespace = env("CACHE_NAMESPACE")
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "jack".into());
+      let stage = if env("NODE_ENV").as_deref() == Some("production") {
+        "prod"
+      } else {
+        "dev"
+      };
+      format!("{namespace}:{stage}")
+    }
+  };
+
+  let mut ttl_secs = TtlName::ALL.map(|t| t.default_secs());
+  match opts.get("ttl") {
+    None | Some(Value::Null) => {}
+    Some(Value::Object(map)) => {
+      for (name, v) in map {
+        let t = TtlName::from_name(name)
+          .ok_or_else(|| CacheError::new(ErrorKind::Type, format!("options.ttl.{name} is not a known TTL name")))?;
+        ttl_secs[t as usize] = ttl_value(v, &format!("options.ttl.{name}"))?;
+      }
+    }
+    Some(_) => return Err(type_err("options.ttl", "an object of TTLs in seconds")),
+  }
+
+  let default_ttl_secs = match env("CACHE_DEFAULT_TTL") {
+    Some(s) => ttl_value(
+      &Value::from(
+        s.trim()
+          .parse::<f64>()
+          .map_err(|_| type_err("CACHE_DEFAULT_TTL", "a number of seconds"))?,
+      ),
+      "CACHE_DEFAULT_TTL",
+    )?,
+    None => 7200.0,
+  };
+
+  Ok(Config {
+    redis,
+    key_prefix,
+    pool_size: o.int("poolSize", Some("REDIS_POOL_SIZE"), 1, 64, 2)? as usize,
+    ttl_secs,
+    default_ttl_secs,
+    compression_threshold: o.int("compressionThreshold", None, 0, u32::MAX as u64, 1024)? as usize,
+    command_timeout: Duration::from_millis(o.int("commandTimeoutMs", None, 1, 600_000, 250)?),
+    connect_timeout: Duration::from_millis(o.int("connectTimeoutMs", None, 1, 600_000, 1000)?),
+    breaker_failures: o.int(
+      "breakerFailures",
+      Some("CACHE_CIRCUIT_BREAKER_FAILURES"),
+      1,
+      1_000_000,
+      5,
+    )? as u32,
+    breaker_cooldown: Duration::from_millis(o.int(
+      "breakerCooldownMs",
+      Some("CACHE_CIRCUIT_BREAKER_TIMEOUT"),
+      1,
+      86_400_000,
+      5000,
+    )?),
+    memory_max_entries: o.int("memoryMaxEntries", None, 1, u32::MAX as u64, 100_000)?,
+    memory_max_bytes: o.int("memoryMaxBytes", None, 1024, u64::MAX >> 1, 256 * 1024 * 1024)?,
+    loader_timeout: Duration::from_millis(o.int("loaderTimeoutMs", None, 1, 86_400_000, 10_000)?),
+    replay_max_entries: o.int("replayMaxEntries", None, 1, u32::MAX as u64, 100_000)? as usize,
+  })
+}
+
+fn resolve_target(o: &Opts) -> Result<RedisTarget, CacheError> {
+  let mut target = RedisTarget {
+    host: "127.0.0.1".into(),
+    port: 6379,
+    username: None,
+    password: None,
+    db: 0,
+    tls: None,
+    cluster_nodes: Vec::new(),
+  };
+  // A URL first (option, then REDIS_URL); the piece-by-piece names then override it.
+  if let Some(url) = o.string("url", Some("REDIS_URL"))? {
+    apply_url(&mut target, &url).map_err(|why| CacheError::new(ErrorKind::Type, format!("options.url {why}")))?;
+  }
+  if let Some(host) = o.string("host", Some("REDIS_HOST"))? {
+    target.host = host;
+  }
+  if o.has("port", Some("REDIS_PORT")) {
+    target.port = o.int("port", Some("REDIS_PORT"), 1, 65535, 6379)? as u16;
+  }
+  if let Some(u) = o.string("username", None)? {
+    target.username = Some(u);
+  }
+  if let Some(p) = o.string("password", Some("REDIS_PASSWORD"))? {
+    target.password = Some(p).filter(|p| !p.is_empty());
+  }
+  if o.has("db", Some("REDIS_DB")) {
+    target.db = o.int("db", Some("REDIS_DB"), 0, 1 << 20, 0)? as i64;
+  }
+  match o.get("tls") {
+    Some(Value::Bool(true)) => target.tls = Some(target.tls.take().unwrap_or_default()),
+    Some(Value::Bool(false)) => target.tls = None,
+    Some(Value::Object(files)) => {
+      let file = |name: &str| -> Result<Option<String>, CacheError> {
+        match files.get(name) {
+          None | Some(Value::Null) => Ok(None),
+          Some(Value::String(s)) => Ok(Some(s.clone())),
+          Some(_) => Err(type_err(&format!("options.tls.{name}"), "a file path string")),
+        }
+      };
+      target.tls = Some(TlsFiles {
+        ca_file: file("caFile")?,
+        cert_file: file("certFile")?,
+        key_file: file("keyFile")?,
+      });
+    }
+    Some(_) => return Err(type_err("options.tls", "a boolean or {caFile, certFile, keyFile}")),
+    None => {
+      if let Some(v) = (o.env)("REDIS_TLS") {
+        if v.trim().eq_ignore_ascii_case("true") || v.trim() == "1" {
+          target.tls = Some(target.tls.take().unwrap_or_default());
+        }
+      }
+    }
+  }
+  match o.opts.get("clusterNodes") {
+    None | Some(Value::Null) => {}
+    Some(Value::Array(nodes)) => {
+      for (i, n) in nodes.iter().enumerate() {
+        let s = n
+          .as_str()
+          .ok_or_else(|| type_err(&format!("options.clusterNodes[{i}]"), "a redis:// URL string"))?;
+        let mut probe = target.clone();
+        apply_url(&mut probe, s)
+          .map_err(|why| CacheError::new(ErrorKind::Type, format!("options.clusterNodes[{i}] {why}")))?;
+        target.cluster_nodes.push(s.to_string());
+      }
+    }
+    Some(_) => return Err(type_err("options.clusterNodes", "an array of redis:// URLs")),
+  }
+  Ok(target)
+}
+
+/// `redis://[user:pass@]host:port/db` or `rediss://…` (TLS).
+fn apply_url(t: &mut RedisTarget, url: &str) -> Result<(), String> {
+  let (scheme, rest) = url.split_once("://").ok_or("must look like redis://host:port")?;
+  match scheme {
+    "redis" => {}
+    "rediss" => t.tls = Some(t.tls.take().unwrap_or_default()),
+    _ => {
+      return Err(format!(
+        "has an unsupported scheme {scheme:?}; use redis:// or rediss://"
+      ))
+    }
+  }
+  let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+  let (userinfo, hostport) = match authority.rsplit_once('@') {
+    Some((u, h)) => (Some(u), h),
+    None => (None, authority),
+  };
+  if let Some(u) = userinfo {
+    let (user, pass) = u.split_once(':').unwrap_or(("", u));
+    t.username = Some(percent_decode(user)).filter(|s| !s.is_empty());
+    t.password = Some(percent_decode(pass)).filter(|s| !s.is_empty());
+  }
+  let (host, port) = if let Some(stripped) = hostport.strip_prefix('[') {
+    let (h, p) = stripped.split_once(']').ok_or("has an unclosed [ in its host")?;
+    (h.to_string(), p.strip_prefix(':'))
+  } else {
+    match hostport.rsplit_once(':') {
+      Some((h, p)) => (h.to_string(), Some(p)),
+      None => (hostport.to_string(), None),
+    }
+  };
+  if !host.is_empty() {
+    t.host = host;
+  }
+  if let Some(p) = port.filter(|p| !p.is_empty()) {
+    t.port = p.parse().map_err(|_| format!("has an invalid port {p:?}"))?;
+  }
+  let db = path.split('?').next().unwrap_or("");
+  if !db.is_empty() {
+    t.db = db
+      .parse()
+      .map_err(|_| format!("has an invalid database number {db:?}"))?;
+  }
+  Ok(())
+}
+
+fn percent_decode(s: &str) -> String {
+  let bytes = s.as_bytes();
+  let mut out = Vec::with_capacity(bytes.len());
+  let mut i = 0;
+  while i < bytes.len() {
+    if bytes[i] == b'%' && i + 2 < bytes.len() {
+      let hex = |b: u8| (b as char).to_digit(16);
+      if let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+        out.push((h * 16 + l) as u8);
+        i += 3;
+        continue;
+      }
+    }
+    out.push(bytes[i]);
+    i += 1;
+  }
+  String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A TTL in seconds: positive and finite (fractions allowed).
+pub fn ttl_value(v: &Value, name: &str) -> Result<f64, CacheError> {
+  let secs = v.as_f64().ok_or_else(|| type_err(name, "a number of seconds"))?;
+  check_ttl(secs, name)
+}
+
+pub fn check_ttl(secs: f64, name: &str) -> Result<f64, CacheError> {
+  if secs.is_finite() && secs > 0.0 {
+    Ok(secs)
+  } else {
+    Err(CacheError::new(
+      ErrorKind::Range,
+      format!("{name} must be a positive finite number of seconds, got {secs}"),
+    ))
+  }
+}
+
+fn type_err(name: &str, what: &str) -> CacheError {
+  CacheError::new(ErrorKind::Type, format!("{name} must be {what}"))
+}
+
+/// Option lookup with an environment fallback.
+struct Opts<'a> {
+  opts: &'a Map<String, Value>,
+  env: &'a dyn Fn(&str) -> Option<String>,
+}
+
+impl Opts<'_> {
+  fn get(&self, name: &str) -> Option<&Value> {
+    self.opts.get(name).filter(|v| !v.is_null())
+  }
+
+  fn has(&self, name: &str, env: Option<&str>) -> bool {
+    self.get(name).is_some() || env.and_then(|e| (self.env)(e)).is_some_and(|s| !s.trim().is_empty())
+  }
+
+  fn string(&self, name: &str, env: Option<&str>) -> Result<Option<String>, CacheError> {
+    match self.get(name) {
+      Some(Value::String(s)) => Ok(Some(s.clone())),
+      Some(_) => Err(type_err(&format!("options.{name}"), "a string")),
+      None => Ok(env.and_then(|e| (self.env)(e)).filter(|s| !s.is_empty())),
+    }
+  }
+
+  fn int(&self, name: &str, env: Option<&str>, min: u64, max: u64, default: u64) -> Result<u64, CacheError> {
+    let (value, label) = match self.get(name) {
+      Some(v) => (
+        v.as_f64()
+          .ok_or_else(|| type_err(&format!("options.{name}"), "a number"))?,
+        format!("options.{name}"),
+      ),
+      None => match env
+        .and_then(|e| (self.env)(e).map(|s| (e, s)))
+        .filter(|(_, s)| !s.trim().is_empty())
+      {
+        Some((e, s)) => (
+          s.trim().parse::<f64>().map_err(|_| type_err(e, "a number"))?,
+          e.to_string(),
+        ),
+        None => return Ok(default),
+      },
+    };
+    if value.fract() != 0.0 || !value.is_finite() || value < min as f64 || value > max as f64 {
+      return Err(CacheError::new(
+        ErrorKind::Range,
+        format!("{label} must be a whole number from {min} to {max}, got {value}"),
+      ));
+    }
+    Ok(value as u64)
+  }
+}
+
+#[cfg(test)]
+mod tests {
+  use super::*;
+  use serde_json::json;
+
+  fn no_env(_: &str) -> Option<String> {
+    None
+  }
+
+  #[test]
+  fn defaults_follow_the_contract() {
+    let c = resolve(&Value::Null, &no_env).unwrap();
+    assert_eq!(c.command_timeout, Duration::from_millis(250));
+    assert_eq!(c.connect_timeout, Duration::from_millis(1000));
+    assert_eq!(c.breaker_failures, 5);
+    assert_eq!(c.compression_threshold, 1024);
+    assert_eq!(c.memory_max_entries, 100_000);
+    assert_eq!(c.key_prefix, "jack:dev");
+    assert_eq!(c.ttl(TtlName::SseResponse), 10.0);
+    assert_eq!(c.redis.unwrap().port, 6379);
+  }
+
+  #[test]
+  fn url_and_env_and_options_combine_with_options_winning() {
+    let env = |k: &str| match k {
+      "REDIS_URL" => Some("rediss://bob:s%40cret@cache.local:6380/2".to_string()),
+      "REDIS_PORT" => Some("7000".to_string()),
+      "NODE_ENV" => Some("production".to_string()),
+      _ => None,
+    };
+    let c = resolve(&json!({ "port": 7001 }), &env).unwrap();
+    let t = c.redis.unwrap();
+    assert_eq!((t.host.as_str(), t.port, t.db), ("cache.local", 7001, 2));
+    assert_eq!(t.username.as_deref(), Some("bob"));
+    assert_eq!(t.password.as_deref(), Some("s@cret"));
+    assert!(t.tls.is_some());
+    assert_eq!(c.key_prefix, "jack:prod");
+  }
+
+  #[test]
+  fn redis_enabled_false_disables_redis() {
+    let env = |k: &str| (k == "REDIS_ENABLED").then(|| "false".to_string());
+    assert!(resolve(&Value::Null, &env).unwrap().redis.is_none());
+    assert!(resolve(&json!({"enabled": false}), &no_env).unwrap().redis.is_none());
+  }
+
+  #[test]
+  fn bad_options_name_the_option() {
+    let e = resolve(&json!({"port": "x"}), &no_env).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Type);
+    assert!(e.message.contains("options.port"), "{}", e.message);
+    let e = resolve(&json!({"ttl": {"leadData": -1}}), &no_env).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Range);
+    assert!(e.message.contains("options.ttl.leadData"));
+    let e = resolve(&json!({"poolSize": 0}), &no_env).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Range);
+    assert!(resolve(&json!({"nope": 1}), &no_env)
+      .unwrap_err()
+      .message
+      .contains("options.nope"));
+    assert!(resolve(&json!({"url": "http://x"}), &no_env)
+      .unwrap_err()
+      .message
+      .contains("options.url"));
+  }
+}

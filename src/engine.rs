@@ -1,0 +1,1012 @@
+//! The cache: routes each batch of operations to Redis or to the memory tier,
+//! keeps the memory tier current, journals writes during outages, replays
+//! them afterwards, and keeps the counters.
+//!
+//! Redis is the source of truth while the breaker is closed. Every write that
+//! Redis acknowledged is also written through to the memory tier, so that
+//! when Redis fails, reads answer with the last value this adapter wrote (or
+//! a miss), never an older one. Writes acknowledged while Redis is
+//! unavailable live in the memory tier and in the replay journal.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use redis::{Cmd, Value};
+use serde_json::{json, Value as Json};
+use tokio::runtime::Handle;
+use tokio::sync::Notify;
+
+use crate::batch::{unwrap_field, Call, Op, Reply};
+use crate::breaker::{CircuitBreaker, State};
+use crate::codec;
+use crate::config::Config;
+use crate::domain::{TtlName, TABLE};
+use crate::error::{CacheError, ErrorKind};
+use crate::flight::{Join, SingleFlight};
+use crate::keys::KeySpace;
+use crate::metrics::Metrics;
+use crate::replay::{Clear, Journal, Pending, Slot};
+use crate::tiers::memory::{MemValue, MemoryTier};
+use crate::tiers::redis::{Outcome, RedisTier, Unavailable};
+
+/// Where calls are being answered from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Mode {
+  Redis = 0,
+  Memory = 1,
+}
+
+impl Mode {
+  pub fn name(self) -> &'static str {
+    match self {
+      Mode::Redis => "redis",
+      Mode::Memory => "memory",
+    }
+  }
+}
+
+/// Told of every change of mode, with the reason.
+pub type ModeObserver = Box<dyn Fn(Mode, &str) + Send + Sync>;
+
+type ReadResult = Result<Option<Arc<str>>, ()>;
+type LoadResult = Result<Option<Arc<str>>, CacheError>;
+
+/// How many journal entries one replay round trip carries.
+const REPLAY_BATCH: usize = 256;
+
+/// Last-writer-wins replay of one journal entry. `ts` reads the write time
+/// from the value header (0xFE, codec, u64 BE ms); values without one (the
+/// old adapter's, counters) count as older than anything.
+const REPLAY_SCRIPT: &str = r#"
+local function ts(v)
+  if type(v) ~= 'string' or #v < 10 or string.byte(v, 1) ~= 254 then return 0 end
+  local t = 0
+  for i = 3, 10 do t = t * 256 + string.byte(v, i) end
+  return t
+end
+local op, mine, key = ARGV[1], tonumber(ARGV[2]), KEYS[1]
+if op == 'set' or op == 'del' then
+  if redis.call('TYPE', key).ok == 'string' and ts(redis.call('GET', key)) > mine then return 0 end
+  if op == 'set' then redis.call('SET', key, ARGV[4], 'PX', ARGV[3]) else redis.call('DEL', key) end
+  return 1
+end
+if redis.call('TYPE', key).ok ~= 'hash' and redis.call('EXISTS', key) == 1 then redis.call('DEL', key) end
+if ts(redis.call('HGET', key, ARGV[5])) > mine then return 0 end
+if op == 'hset' then
+  redis.call('HSET', key, ARGV[5], ARGV[4])
+  redis.call('PEXPIRE', key, ARGV[3])
+else
+  redis.call('HDEL', key, ARGV[5])
+end
+return 1
+"#;
+
+/// Deletes the given keys of one tenant unless they were written after the clear.
+const CLEAR_SCRIPT: &str = r#"
+local function ts(v)
+  if type(v) ~= 'string' or #v < 10 or string.byte(v, 1) ~= 254 then return 0 end
+  local t = 0
+  for i = 3, 10 do t = t * 256 + string.byte(v, i) end
+  return t
+end
+local n, at = 0, tonumber(ARGV[1])
+for _, key in ipairs(KEYS) do
+  if redis.call('TYPE', key).ok ~= 'string' or ts(redis.call('GET', key)) <= at then
+    n = n + redis.call('UNLINK', key)
+  end
+end
+return n
+"#;
+
+#[derive(Clone)]
+pub struct Cache {
+  inner: Arc<Inner>,
+}
+
+struct Inner {
+  cfg: Config,
+  keys: KeySpace,
+  memory: MemoryTier,
+  redis: Option<RedisTier>,
+  breaker: CircuitBreaker,
+  journal: Journal,
+  reads: Arc<SingleFlight<String, ReadResult>>,
+  loads: Arc<SingleFlight<String, LoadResult>>,
+  metrics: Metrics,
+  mode: AtomicU8,
+  last_error: Mutex<Option<String>>,
+  observer: ModeObserver,
+  wake: Notify,
+  closed: AtomicBool,
+  runtime: Handle,
+}
+
+impl Cache {
+  /// Starts the cache; with Redis enabled, connects in the background.
+  pub fn new(cfg: Config, runtime: Handle, observer: ModeObserver) -> Cache {
+    let redis = cfg
+      .redis
+      .clone()
+      .map(|t| RedisTier::new(t, cfg.pool_size, cfg.command_timeout, cfg.connect_timeout));
+    let inner = Arc::new(Inner {
+      keys: KeySpace::new(&cfg.key_prefix),
+      memory: MemoryTier::new(cfg.memory_max_entries, cfg.memory_max_bytes),
+      breaker: CircuitBreaker::new(cfg.breaker_failures, cfg.breaker_cooldown),
+      journal: Journal::new(cfg.replay_max_entries),
+      reads: SingleFlight::new(),
+      loads: SingleFlight::new(),
+      metrics: Metrics::default(),
+      mode: AtomicU8::new(Mode::Memory as u8),
+      last_error: Mutex::new(redis.as_ref().map(|_| "connecting".to_string())),
+      observer,
+      wake: Notify::new(),
+      closed: AtomicBool::new(false),
+      runtime: runtime.clone(),
+      redis,
+      cfg,
+    });
+    if inner.redis.is_some() {
+      runtime.spawn(supervise(Arc::downgrade(&inner)));
+    }
+    Cache { inner }
+  }
+
+  pub fn config(&self) -> &Config {
+    &self.inner.cfg
+  }
+
+  pub fn keys(&self) -> &KeySpace {
+    &self.inner.keys
+  }
+
+  pub fn runtime(&self) -> &Handle {
+    &self.inner.runtime
+  }
+
+  pub fn mode(&self) -> Mode {
+    self.inner.mode()
+  }
+
+  /// Runs one batch of calls; one reply per call, in order.
+  pub async fn execute(&self, calls: Vec<Call>) -> Vec<Reply> {
+    let inner = &self.inner;
+    let started = Instant::now();
+    let mut replies: Vec<Option<Reply>> = Vec::with_capacity(calls.len());
+    let mut ops: Vec<(usize, Op)> = Vec::with_capacity(calls.len());
+    for (i, call) in calls.into_iter().enumerate() {
+      match call {
+        Ok(call_ops) => {
+          replies.push(None);
+          ops.extend(call_ops.into_iter().map(|op| (i, op)));
+        }
+        Err(e) => replies.push(Some(Reply::Error(e))),
+      }
+    }
+    let results = inner.run_ops(&ops).await;
+    // A call's reply is its first operation's, unless one of them failed.
+    for ((call, _), result) in ops.iter().zip(results) {
+      let slot = &mut replies[*call];
+      match (&slot, result) {
+        (None, r) => *slot = Some(r),
+        (Some(Reply::Error(_)), _) => {}
+        (Some(_), Reply::Error(e)) => *slot = Some(Reply::Error(e)),
+        (Some(_), _) => {}
+      }
+    }
+    let replies: Vec<Reply> = replies.into_iter().map(|r| r.unwrap_or(Reply::Null)).collect();
+    let m = &inner.metrics;
+    let errors = replies.iter().filter(|r| matches!(r, Reply::Error(_))).count() as u64;
+    m.operations.fetch_add(replies.len() as u64, Relaxed);
+    m.errors.fetch_add(errors, Relaxed);
+    m.record_latency(started.elapsed(), replies.len() as u64);
+    replies
+  }
+
+  /// Read-through: the cached value of `key`, or the loader's (then cached for
+  /// `ttl`). Concurrent callers of one key share one loader call; a loader
+  /// failure reaches all of them and caches nothing. `Ok(None)`: the loader
+  /// returned `undefined` (not cached).
+  pub async fn get_or_load<F, Fut>(&self, key: String, ttl: Duration, loader: F) -> LoadResult
+  where
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = Result<Option<String>, String>>,
+  {
+    let lead = match self.inner.loads.join(&key) {
+      Join::Follower(f) => {
+        return f.wait().await.unwrap_or_else(|| {
+          Err(CacheError::new(
+            ErrorKind::Loader,
+            "the loader of this key was abandoned",
+          ))
+        })
+      }
+      Join::Leader(lead) => lead,
+    };
+    let result = self.load_as_leader(key, ttl, loader).await;
+    lead.finish(result.clone());
+    result
+  }
+
+  async fn load_as_leader<F, Fut>(&self, key: String, ttl: Duration, loader: F) -> LoadResult
+  where
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = Result<Option<String>, String>>,
+  {
+    let generic_key = self.inner.keys.generic(&key);
+    match self
+      .execute(vec![Ok(vec![Op::Get {
+        key: generic_key.clone(),
+        unwrap: None,
+      }])])
+      .await
+      .pop()
+    {
+      Some(Reply::Json(json)) => return Ok(Some(json)),
+      Some(Reply::Error(e)) => return Err(e),
+      _ => {}
+    }
+    self.inner.metrics.loader_calls.fetch_add(1, Relaxed);
+    let timeout = self.inner.cfg.loader_timeout;
+    let json = match tokio::time::timeout(timeout, loader()).await {
+      Err(_) => {
+        return Err(CacheError::new(
+          ErrorKind::Loader,
+          format!("loader for {key:?} did not settle within {} ms", timeout.as_millis()),
+        ))
+      }
+      Ok(Err(message)) => return Err(CacheError::new(ErrorKind::Loader, message)),
+      Ok(Ok(None)) => return Ok(None),
+      Ok(Ok(Some(json))) => Arc::<str>::from(json),
+    };
+    let set = Op::Set {
+      key: generic_key,
+      kind: 0,
+      json: json.clone(),
+      ttl,
+    };
+    match self.execute(vec![Ok(vec![set])]).await.pop() {
+      Some(Reply::Error(e)) => Err(e),
+      _ => Ok(Some(json)),
+    }
+  }
+
+  /// Synchronous memory-tier access for the process-local fallback maps.
+  pub fn memory_get(&self, key: &str) -> Result<Option<Arc<str>>, CacheError> {
+    self.inner.memory.get_json(key)
+  }
+
+  pub fn memory_set(&self, key: &str, json: Arc<str>, ttl: Duration) {
+    self.inner.memory.set(key, json, ttl, u8::MAX)
+  }
+
+  /// Ends the background work; later calls fail with a `Closed` error.
+  pub fn close(&self) {
+    self.inner.closed.store(true, Ordering::Release);
+    self.inner.wake.notify_one();
+  }
+
+  pub fn is_closed(&self) -> bool {
+    self.inner.closed.load(Ordering::Acquire)
+  }
+
+  pub fn stats(&self) -> Json {
+    let inner = &self.inner;
+    let m = &inner.metrics;
+    let latency = m.latency();
+    let (entries, bytes) = inner.memory.usage();
+    let counts = inner.memory.count_by_kind();
+    let mut maps = serde_json::Map::new();
+    for e in TABLE {
+      maps.insert(e.label.into(), json!(counts.get(&(e.kind as u8)).copied().unwrap_or(0)));
+    }
+    maps.insert("generic".into(), json!(counts.get(&0).copied().unwrap_or(0)));
+    maps.insert("fallbackMaps".into(), json!(counts.get(&u8::MAX).copied().unwrap_or(0)));
+    json!({
+      "mode": inner.mode().name(),
+      "redisEnabled": inner.redis.is_some(),
+      "hits": m.hits.load(Relaxed),
+      "misses": m.misses.load(Relaxed),
+      "hitRate": m.hit_rate(),
+      "operations": m.operations.load(Relaxed),
+      "errors": m.errors.load(Relaxed),
+      "redisErrors": m.redis_errors.load(Relaxed),
+      "servedFromMemory": m.served_from_memory.load(Relaxed),
+      "deduplicatedReads": m.deduplicated.load(Relaxed),
+      "loaderCalls": m.loader_calls.load(Relaxed),
+      "latency": { "count": latency.count, "meanMs": latency.mean_ms, "p50Ms": latency.p50_ms, "p99Ms": latency.p99_ms },
+      "breaker": {
+        "state": inner.breaker.state().name(),
+        "consecutiveFailures": inner.breaker.consecutive_failures(),
+        "threshold": inner.cfg.breaker_failures,
+        "cooldownMs": inner.cfg.breaker_cooldown.as_millis() as u64,
+      },
+      "outages": inner.breaker.opens(),
+      "lastError": *inner.last_error.lock().unwrap(),
+      "replay": {
+        "pending": inner.journal.len(),
+        "replayed": m.replayed.load(Relaxed),
+        "dropped": m.replay_dropped.load(Relaxed) + inner.journal.dropped.load(Relaxed),
+        "maxEntries": inner.cfg.replay_max_entries,
+      },
+      "memory": { "entries": entries, "bytes": bytes, "maxEntries": inner.cfg.memory_max_entries, "maxBytes": inner.memory.max_bytes() },
+      "pool": { "size": inner.redis.as_ref().map_or(0, |_| inner.cfg.pool_size), "connections": inner.redis.as_ref().map_or(0, |r| r.connections()) },
+      "entriesByKind": maps,
+    })
+  }
+
+  /// Redis's own health (a `PING` when the breaker lets traffic through).
+  pub async fn redis_health(&self) -> Json {
+    let inner = &self.inner;
+    let Some(redis) = &inner.redis else {
+      return json!({ "status": "disabled", "enabled": false });
+    };
+    if !inner.breaker.allows_traffic() {
+      let error = inner
+        .last_error
+        .lock()
+        .unwrap()
+        .clone()
+        .unwrap_or_else(|| "circuit breaker open".into());
+      return json!({ "status": "unhealthy", "enabled": true, "connected": false, "error": error, "breaker": inner.breaker.state().name() });
+    }
+    match redis.ping().await {
+      Ok((latency, version)) => json!({
+        "status": "healthy",
+        "enabled": true,
+        "connected": true,
+        "latencyMs": latency.as_secs_f64() * 1000.0,
+        "version": version,
+        "cluster": redis.is_cluster(),
+      }),
+      Err(Unavailable(error)) => json!({ "status": "unhealthy", "enabled": true, "connected": false, "error": error }),
+    }
+  }
+
+  /// Prometheus text exposition.
+  pub fn metrics_text(&self) -> String {
+    let inner = &self.inner;
+    let (entries, bytes) = inner.memory.usage();
+    let gauges = [
+      (
+        "cache_mode_redis",
+        "1 while serving from Redis, 0 while serving from memory.",
+        (inner.mode() == Mode::Redis) as u8 as f64,
+      ),
+      (
+        "cache_breaker_state",
+        "Circuit breaker: 0 closed, 1 open, 2 half-open.",
+        inner.breaker.state() as u8 as f64,
+      ),
+      ("cache_memory_entries", "Entries in the memory tier.", entries as f64),
+      (
+        "cache_memory_bytes",
+        "Approximate bytes held by the memory tier.",
+        bytes as f64,
+      ),
+      (
+        "cache_pool_connections",
+        "Open Redis connections.",
+        inner.redis.as_ref().map_or(0, |r| r.connections()) as f64,
+      ),
+      (
+        "cache_replay_pending",
+        "Writes waiting to be replayed to Redis.",
+        inner.journal.len() as f64,
+      ),
+      (
+        "cache_outages_total_gauge",
+        "Times the circuit breaker opened.",
+        inner.breaker.opens() as f64,
+      ),
+    ];
+    inner.metrics.prometheus(&gauges)
+  }
+
+  /// Names and seconds of the TTL table in force.
+  pub fn ttl_config(&self) -> Json {
+    let mut map = serde_json::Map::new();
+    for t in TtlName::ALL {
+      map.insert(t.name().into(), json!(self.inner.cfg.ttl(t)));
+    }
+    Json::Object(map)
+  }
+}
+
+impl Inner {
+  fn mode(&self) -> Mode {
+    if self.mode.load(Relaxed) == Mode::Redis as u8 {
+      Mode::Redis
+    } else {
+      Mode::Memory
+    }
+  }
+
+  fn set_mode(&self, mode: Mode, reason: &str) {
+    if self.mode.swap(mode as u8, Relaxed) != mode as u8 {
+      (self.observer)(mode, reason);
+    }
+  }
+
+  fn redis_failed(&self, Unavailable(error): Unavailable) {
+    self.metrics.redis_errors.fetch_add(1, Relaxed);
+    *self.last_error.lock().unwrap() = Some(error.clone());
+    if self.breaker.record_failure() {
+      self.set_mode(Mode::Memory, &error);
+      self.wake.notify_one();
+    }
+  }
+
+  async fn run_ops(&self, ops: &[(usize, Op)]) -> Vec<Reply> {
+    if self.closed.load(Ordering::Acquire) {
+      return ops
+        .iter()
+        .map(|_| Reply::Error(CacheError::new(ErrorKind::Closed, "the cache adapter is closed")))
+        .collect();
+    }
+    let Some(redis) = self.redis.as_ref() else {
+      return ops.iter().map(|(_, op)| self.in_memory(op, false)).collect();
+    };
+    if !self.breaker.allows_traffic() {
+      self.metrics.served_from_memory.fetch_add(ops.len() as u64, Relaxed);
+      return ops.iter().map(|(_, op)| self.in_memory(op, true)).collect();
+    }
+
+    let mut out: Vec<Option<Reply>> = vec![None; ops.len()];
+    let mut cmds: Vec<Cmd> = Vec::with_capacity(ops.len());
+    // (op index, first command, command count, read lead if any)
+    let mut sent = Vec::with_capacity(ops.len());
+    let mut followers = Vec::new();
+    let mut clears = Vec::new();
+    let now_ms = now_ms();
+    for (i, (_, op)) in ops.iter().enumerate() {
+      if matches!(op, Op::ClearOrg { .. }) {
+        clears.push(i);
+        continue;
+      }
+      // Keys with writes waiting for replay are answered (and written) from
+      // memory until the replay has written them back, in order.
+      if self.journal.touches(op.key()) {
+        out[i] = Some(self.in_memory(op, true));
+        continue;
+      }
+      let lead = match op {
+        Op::Get { key, .. } => match self.reads.join(key) {
+          Join::Leader(lead) => Some(lead),
+          Join::Follower(f) => {
+            self.metrics.deduplicated.fetch_add(1, Relaxed);
+            followers.push((i, f));
+            continue;
+          }
+        },
+        _ => {
+          if op.is_write() {
+            self.reads.forget(&op.key().to_string());
+          }
+          None
+        }
+      };
+      let first = cmds.len();
+      push_commands(op, &mut cmds, self.cfg.compression_threshold, now_ms);
+      sent.push((i, first, cmds.len() - first, lead));
+    }
+
+    if !cmds.is_empty() {
+      match redis.run(&cmds).await {
+        Ok(outcomes) => {
+          if self.breaker.record_success() {
+            self.set_mode(Mode::Redis, "redis answered");
+          }
+          for (i, first, count, lead) in sent {
+            let op = &ops[i].1;
+            let (reply, read) = self.apply(op, &outcomes[first..first + count]);
+            if let Some(lead) = lead {
+              lead.finish(read);
+            }
+            out[i] = Some(reply);
+          }
+        }
+        Err(e) => {
+          self.redis_failed(e);
+          self.metrics.served_from_memory.fetch_add(sent.len() as u64, Relaxed);
+          for (i, _, _, lead) in sent {
+            drop(lead);
+            out[i] = Some(self.in_memory(&ops[i].1, true));
+          }
+        }
+      }
+    }
+    for (i, follow) in followers {
+      out[i] = Some(match (&ops[i].1, follow.wait().await) {
+        (Op::Get { unwrap, .. }, Some(Ok(json))) => self.read_reply(json, *unwrap),
+        (op, _) => self.in_memory(op, true),
+      });
+    }
+    for i in clears {
+      out[i] = Some(self.clear_org(redis, &ops[i].1).await);
+    }
+    out.into_iter().map(|r| r.unwrap_or(Reply::Null)).collect()
+  }
+
+  fn read_reply(&self, json: Option<Arc<str>>, unwrap: Option<&'static str>) -> Reply {
+    match json {
+      Some(json) => {
+        self.metrics.hits.fetch_add(1, Relaxed);
+        Reply::Json(match unwrap {
+          Some(field) => unwrap_field(&json, field),
+          None => json,
+        })
+      }
+      None => {
+        self.metrics.misses.fetch_add(1, Relaxed);
+        Reply::Null
+      }
+    }
+  }
+
+  /// Turns Redis's answers to one operation into its reply, writing the
+  /// acknowledged change through to the memory tier. Also returns a read's
+  /// decoded value for the callers that shared it.
+  fn apply(&self, op: &Op, outcomes: &[Outcome]) -> (Reply, ReadResult) {
+    let value = match &outcomes[0] {
+      Ok(v) => v,
+      Err(e) => return (Reply::Error(CacheError::new(ErrorKind::Command, e.clone())), Err(())),
+    };
+    let int = |v: &Value| redis::from_redis_value_ref::<i64>(v).unwrap_or(0);
+    let m = &self.memory;
+    let reply = match op {
+      Op::Get { unwrap, .. } => {
+        let json = match value {
+          Value::Nil => None,
+          v => match redis::from_redis_value_ref::<Vec<u8>>(v)
+            .map_err(|e| e.to_string())
+            .and_then(|b| codec::decode(&b).map_err(|e| e.message))
+          {
+            Ok(json) => Some(Arc::<str>::from(json)),
+            Err(e) => return (Reply::Error(CacheError::new(ErrorKind::Internal, e)), Err(())),
+          },
+        };
+        return (self.read_reply(json.clone(), *unwrap), Ok(json));
+      }
+      Op::Set { key, kind, json, ttl } => {
+        m.set(key, json.clone(), *ttl, *kind);
+        Reply::Bool(true)
+      }
+      Op::Delete { key } => {
+        m.delete(key);
+        Reply::Bool(int(value) > 0)
+      }
+      Op::Exists { .. } => Reply::Bool(int(value) > 0),
+      Op::Expire { key, ttl } => {
+        let found = int(value) > 0;
+        if found {
+          m.expire(key, *ttl);
+        } else {
+          m.delete(key);
+        }
+        Reply::Bool(found)
+      }
+      Op::Increment { key, kind, ttl, .. } => {
+        let n = int(value);
+        m.set(key, n.to_string().into(), *ttl, *kind);
+        Reply::Int(n)
+      }
+      Op::HGet { .. } => match value {
+        Value::Nil => self.read_reply(None, None),
+        v => match redis::from_redis_value_ref::<Vec<u8>>(v)
+          .map_err(|e| e.to_string())
+          .and_then(|b| codec::decode(&b).map_err(|e| e.message))
+        {
+          Ok(json) => self.read_reply(Some(json.into()), None),
+          Err(e) => Reply::Error(CacheError::new(ErrorKind::Internal, e)),
+        },
+      },
+      Op::HSet {
+        key,
+        kind,
+        field,
+        json,
+        ttl,
+      } => {
+        let _ = m.hset(key, field, json.clone(), *ttl, *kind);
+        Reply::Bool(true)
+      }
+      Op::HDel { key, field } => {
+        let _ = m.hdel(key, field);
+        Reply::Bool(int(value) > 0)
+      }
+      Op::HGetAll { .. } => match redis::from_redis_value_ref::<Vec<(Vec<u8>, Vec<u8>)>>(value) {
+        Ok(pairs) => {
+          let mut fields = Vec::with_capacity(pairs.len());
+          for (f, v) in pairs {
+            match codec::decode(&v) {
+              Ok(json) => fields.push((String::from_utf8_lossy(&f).into_owned(), Arc::<str>::from(json))),
+              Err(e) => return (Reply::Error(e), Err(())),
+            }
+          }
+          Reply::Json(object_json(&fields))
+        }
+        Err(e) => Reply::Error(CacheError::new(ErrorKind::Internal, e.to_string())),
+      },
+      Op::ClearOrg { .. } => unreachable!("clears do not go through the pipeline"),
+    };
+    // Secondary commands (the expiry of a hash or counter) must not fail silently.
+    if let Some(Err(e)) = outcomes.get(1) {
+      return (Reply::Error(CacheError::new(ErrorKind::Command, e.clone())), Err(()));
+    }
+    (reply, Err(()))
+  }
+
+  /// Answers one operation from the memory tier; with `journal`, records
+  /// writes for replay (Redis is configured but unavailable).
+  fn in_memory(&self, op: &Op, journal: bool) -> Reply {
+    let m = &self.memory;
+    let now = Instant::now();
+    let at = now_ms();
+    let record = |slot: Slot, pending: Pending| {
+      if journal {
+        self.journal.record(slot, pending, at);
+      }
+    };
+    let whole = |key: &str| Slot {
+      key: key.to_string(),
+      field: None,
+    };
+    let result: Result<Reply, CacheError> = (|| {
+      Ok(match op {
+        Op::Get { key, unwrap } => {
+          let json = match self.journal.lookup(key) {
+            Some(Pending::Set { json, expires_at, .. }) => Some(json).filter(|_| expires_at > now),
+            Some(Pending::Delete) => None,
+            None => m.get_json(key)?,
+          };
+          self.read_reply(json, *unwrap)
+        }
+        Op::Set { key, kind, json, ttl } => {
+          m.set(key, json.clone(), *ttl, *kind);
+          record(
+            whole(key),
+            Pending::Set {
+              json: json.clone(),
+              expires_at: now + *ttl,
+              raw: false,
+            },
+          );
+          Reply::Bool(true)
+        }
+        Op::Delete { key } => {
+          let existed = m.delete(key);
+          record(whole(key), Pending::Delete);
+          Reply::Bool(existed)
+        }
+        Op::Exists { key } => Reply::Bool(m.exists(key)),
+        Op::Expire { key, ttl } => {
+          let found = m.expire(key, *ttl);
+          if let Some(entry) = m.get(key).filter(|_| found) {
+            match entry.value {
+              MemValue::Json(json) => record(
+                whole(key),
+                Pending::Set {
+                  json,
+                  expires_at: entry.expires_at,
+                  raw: false,
+                },
+              ),
+              MemValue::Hash(fields) => {
+                for (field, json) in fields.iter() {
+                  let slot = Slot {
+                    key: key.clone(),
+                    field: Some(field.clone()),
+                  };
+                  record(
+                    slot,
+                    Pending::Set {
+                      json: json.clone(),
+                      expires_at: entry.expires_at,
+                      raw: false,
+                    },
+                  );
+                }
+              }
+            }
+          }
+          Reply::Bool(found)
+        }
+        Op::Increment { key, kind, by, ttl } => {
+          let n = m.increment(key, *by, *ttl, *kind)?;
+          let expires_at = m.get(key).map_or(now + *ttl, |e| e.expires_at);
+          record(
+            whole(key),
+            Pending::Set {
+              json: n.to_string().into(),
+              expires_at,
+              raw: true,
+            },
+          );
+          Reply::Int(n)
+        }
+        Op::HGet { key, field } => self.read_reply(m.hget(key, field)?, None),
+        Op::HSet {
+          key,
+          kind,
+          field,
+          json,
+          ttl,
+        } => {
+          m.hset(key, field, json.clone(), *ttl, *kind)?;
+          let slot = Slot {
+            key: key.clone(),
+            field: Some(field.clone()),
+          };
+          record(
+            slot,
+            Pending::Set {
+              json: json.clone(),
+              expires_at: now + *ttl,
+              raw: false,
+            },
+          );
+          Reply::Bool(true)
+        }
+        Op::HDel { key, field } => {
+          let removed = m.hdel(key, field)?;
+          record(
+            Slot {
+              key: key.clone(),
+              field: Some(field.clone()),
+            },
+            Pending::Delete,
+          );
+          Reply::Bool(removed)
+        }
+        Op::HGetAll { key } => Reply::Json(object_json(&m.hgetall(key)?)),
+        Op::ClearOrg { scope, pattern } => {
+          let n = m.clear_prefix(scope);
+          self.reads.forget_prefix(scope);
+          if journal {
+            self.journal.record_clear(
+              scope,
+              Clear {
+                pattern: pattern.clone(),
+                route_key: scope.clone(),
+                written_ms: at,
+              },
+            );
+          }
+          Reply::Int(n as i64)
+        }
+      })
+    })();
+    result.unwrap_or_else(Reply::Error)
+  }
+
+  async fn clear_org(&self, redis: &RedisTier, op: &Op) -> Reply {
+    let Op::ClearOrg { scope, pattern } = op else {
+      unreachable!()
+    };
+    let from_memory = self.memory.clear_prefix(scope);
+    self.reads.forget_prefix(scope);
+    self.journal.void_scope(scope);
+    if !self.breaker.allows_traffic() {
+      self.metrics.served_from_memory.fetch_add(1, Relaxed);
+      return self.in_memory(op, true);
+    }
+    match redis.scan_unlink(pattern, scope).await {
+      Ok(n) => Reply::Int(n as i64),
+      Err(e) => {
+        self.redis_failed(e);
+        let _ = from_memory;
+        self.in_memory(op, true)
+      }
+    }
+  }
+
+  /// Writes the journal back to Redis; stops at the first failure.
+  async fn replay(&self, redis: &RedisTier) {
+    while !self.journal.is_empty() && self.breaker.allows_traffic() && !self.closed.load(Ordering::Acquire) {
+      let (clears, entries) = self.journal.take_batch(REPLAY_BATCH);
+      for (i, clear) in clears.iter().enumerate() {
+        if let Err(e) = self.replay_clear(redis, clear).await {
+          self.journal.restore_clears(clears[i..].to_vec());
+          self.redis_failed(e);
+          return;
+        }
+      }
+      if entries.is_empty() {
+        continue;
+      }
+      let now = Instant::now();
+      let mut cmds = Vec::with_capacity(entries.len());
+      let mut expired = Vec::new();
+      for (i, e) in entries.iter().enumerate() {
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(REPLAY_SCRIPT).arg(1).arg(&e.slot.key);
+        match &e.pending {
+          Pending::Set { expires_at, .. } if *expires_at <= now => {
+            expired.push(i);
+            continue;
+          }
+          Pending::Set { json, expires_at, raw } => {
+            let bytes = if *raw {
+              json.as_bytes().to_vec()
+            } else {
+              codec::encode(json, self.cfg.compression_threshold, e.written_ms)
+            };
+            let ttl_ms = expires_at.duration_since(now).as_millis().max(1) as u64;
+            let op = if e.slot.field.is_some() { "hset" } else { "set" };
+            cmd.arg(op).arg(e.written_ms).arg(ttl_ms).arg(bytes);
+          }
+          Pending::Delete => {
+            let op = if e.slot.field.is_some() { "hdel" } else { "del" };
+            cmd.arg(op).arg(e.written_ms).arg(0).arg("");
+          }
+        }
+        cmd.arg(e.slot.field.as_deref().unwrap_or(""));
+        cmds.push((i, cmd));
+      }
+      for i in expired {
+        self.journal.complete(&entries[i]);
+      }
+      let (index, cmds): (Vec<usize>, Vec<Cmd>) = cmds.into_iter().unzip();
+      match redis.run(&cmds).await {
+        Ok(outcomes) => {
+          for (i, outcome) in index.into_iter().zip(outcomes) {
+            match outcome {
+              Ok(_) => self.metrics.replayed.fetch_add(1, Relaxed),
+              // Redis refused this entry for good (e.g. a type clash): count it, move on.
+              Err(_) => self.metrics.replay_dropped.fetch_add(1, Relaxed),
+            };
+            self.journal.complete(&entries[i]);
+          }
+        }
+        Err(e) => {
+          self.redis_failed(e);
+          return;
+        }
+      }
+    }
+  }
+
+  async fn replay_clear(&self, redis: &RedisTier, clear: &Clear) -> Result<(), Unavailable> {
+    let mut cursor: u64 = 0;
+    for _ in 0..100_000 {
+      let mut scan = redis::cmd("SCAN");
+      scan.arg(cursor).arg("MATCH").arg(&clear.pattern).arg("COUNT").arg(1000);
+      let (next, keys): (u64, Vec<String>) = redis::from_redis_value(redis.run_routed(scan, &clear.route_key).await?)
+        .map_err(|e| Unavailable(e.to_string()))?;
+      if !keys.is_empty() {
+        let mut eval = redis::cmd("EVAL");
+        eval.arg(CLEAR_SCRIPT).arg(keys.len()).arg(&keys).arg(clear.written_ms);
+        redis.run_routed(eval, &clear.route_key).await?;
+      }
+      cursor = next;
+      if cursor == 0 {
+        break;
+      }
+    }
+    Ok(())
+  }
+}
+
+/// Builds the Redis commands of one operation (one round trip for all).
+fn push_commands(op: &Op, cmds: &mut Vec<Cmd>, threshold: usize, now_ms: u64) {
+  let px = |ttl: &Duration| ttl.as_millis().max(1) as u64;
+  match op {
+    Op::Get { key, .. } => cmds.push(redis::cmd("GET").arg(key).to_owned()),
+    Op::Set { key, json, ttl, .. } => cmds.push(
+      redis::cmd("SET")
+        .arg(key)
+        .arg(codec::encode(json, threshold, now_ms))
+        .arg("PX")
+        .arg(px(ttl))
+        .to_owned(),
+    ),
+    Op::Delete { key } => cmds.push(redis::cmd("UNLINK").arg(key).to_owned()),
+    Op::Exists { key } => cmds.push(redis::cmd("EXISTS").arg(key).to_owned()),
+    Op::Expire { key, ttl } => cmds.push(redis::cmd("PEXPIRE").arg(key).arg(px(ttl)).to_owned()),
+    Op::Increment { key, by, ttl, .. } => {
+      cmds.push(redis::cmd("INCRBY").arg(key).arg(*by).to_owned());
+      // A counter gets the default TTL once, like any other entry.
+      cmds.push(redis::cmd("PEXPIRE").arg(key).arg(px(ttl)).arg("NX").to_owned());
+    }
+    Op::HGet { key, field } => cmds.push(redis::cmd("HGET").arg(key).arg(field).to_owned()),
+    Op::HSet {
+      key, field, json, ttl, ..
+    } => {
+      cmds.push(
+        redis::cmd("HSET")
+          .arg(key)
+          .arg(field)
+          .arg(codec::encode(json, threshold, now_ms))
+          .to_owned(),
+      );
+      cmds.push(redis::cmd("PEXPIRE").arg(key).arg(px(ttl)).to_owned());
+    }
+    Op::HDel { key, field } => cmds.push(redis::cmd("HDEL").arg(key).arg(field).to_owned()),
+    Op::HGetAll { key } => cmds.push(redis::cmd("HGETALL").arg(key).to_owned()),
+    Op::ClearOrg { .. } => {}
+  }
+}
+
+/// `{"field": <json>, ...}` from fields whose values are JSON text already.
+fn object_json(fields: &[(String, Arc<str>)]) -> Arc<str> {
+  let mut out = String::from("{");
+  for (i, (f, v)) in fields.iter().enumerate() {
+    if i > 0 {
+      out.push(',');
+    }
+    out.push_str(&serde_json::to_string(f).expect("a string always serialises"));
+    out.push(':');
+    out.push_str(v);
+  }
+  out.push('}');
+  out.into()
+}
+
+fn now_ms() -> u64 {
+  SystemTime::now()
+    .duration_since(UNIX_EPOCH)
+    .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Background work while Redis is enabled: connect, probe after each cooldown
+/// of the breaker, and replay the journal once Redis answers.
+async fn supervise(weak: Weak<Inner>) {
+  loop {
+    let Some(inner) = weak.upgrade() else { return };
+    if inner.closed.load(Ordering::Acquire) {
+      return;
+    }
+    let redis = inner.redis.as_ref().expect("supervised caches have Redis");
+    match inner.breaker.state() {
+      State::Closed => {
+        if !inner.journal.is_empty() {
+          inner.replay(redis).await;
+          continue;
+        }
+        let weak_inner = Arc::downgrade(&inner);
+        drop(inner);
+        if let Some(inner) = weak_inner.upgrade() {
+          let _ = tokio::time::timeout(Duration::from_millis(500), inner.wake.notified()).await;
+        }
+      }
+      State::Open | State::HalfOpen => {
+        if inner.breaker.try_begin_probe() {
+          match probe(redis).await {
+            Ok(()) => {
+              inner.breaker.record_success();
+              *inner.last_error.lock().unwrap() = None;
+              inner.set_mode(Mode::Redis, "redis answered the probe");
+            }
+            Err(Unavailable(error)) => {
+              inner.breaker.record_failure();
+              *inner.last_error.lock().unwrap() = Some(error);
+            }
+          }
+          continue;
+        }
+        let wait = inner.breaker.until_probe().max(Duration::from_millis(5));
+        let _ = tokio::time::timeout(wait, inner.wake.notified()).await;
+      }
+    }
+  }
+}
+
+/// Connects if needed and `PING`s; a connection that survived a restart of
+/// Redis fails its first command, so a second attempt follows a failed one.
+async fn probe(redis: &RedisTier) -> Result<(), Unavailable> {
+  redis.connect().await?;
+  let mut last = Unavailable("no attempt".into());
+  for attempt in 0..3 {
+    if attempt > 0 {
+      tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    match redis.run_one(redis::cmd("PING")).await {
+      Ok(_) => return Ok(()),
+      Err(e) => last = e,
+    }
+  }
+  Err(last)
+}

@@ -1,0 +1,183 @@
+//! Single-flight: concurrent callers of one key share one piece of work.
+//!
+//! The first caller of a key becomes its leader and does the work; the others
+//! follow and receive a clone of its result. If the leader is dropped without a
+//! result, followers are told so (they get `None`) and decide for themselves.
+
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::watch;
+
+/// A flight under way: its id and where its result will appear.
+type Flight<V> = (u64, watch::Receiver<Option<V>>);
+
+pub struct SingleFlight<K, V> {
+  inflight: Mutex<HashMap<K, Flight<V>>>,
+  next_id: AtomicU64,
+}
+
+pub enum Join<K: Eq + Hash + Clone, V: Clone> {
+  Leader(Lead<K, V>),
+  Follower(Follow<V>),
+}
+
+/// The right (and duty) to produce the key's result.
+pub struct Lead<K: Eq + Hash + Clone, V: Clone> {
+  flight: Arc<SingleFlight<K, V>>,
+  key: K,
+  id: u64,
+  tx: Option<watch::Sender<Option<V>>>,
+}
+
+pub struct Follow<V> {
+  rx: watch::Receiver<Option<V>>,
+}
+
+impl<K: Eq + Hash + Clone, V: Clone> Default for SingleFlight<K, V> {
+  fn default() -> Self {
+    Self {
+      inflight: Mutex::new(HashMap::new()),
+      next_id: AtomicU64::new(1),
+    }
+  }
+}
+
+impl<K: Eq + Hash + Clone, V: Clone> SingleFlight<K, V> {
+  pub fn new() -> Arc<Self> {
+    Arc::new(Self::default())
+  }
+
+  /// Leads the work for `key`, or follows the flight already under way.
+  pub fn join(self: &Arc<Self>, key: &K) -> Join<K, V> {
+    let mut map = self.inflight.lock().unwrap();
+    if let Some((_, rx)) = map.get(key) {
+      return Join::Follower(Follow { rx: rx.clone() });
+    }
+    let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+    let (tx, rx) = watch::channel(None);
+    map.insert(key.clone(), (id, rx));
+    Join::Leader(Lead {
+      flight: self.clone(),
+      key: key.clone(),
+      id,
+      tx: Some(tx),
+    })
+  }
+
+  /// Stops later callers from joining the flight under way for `key` (a write
+  /// to the key makes its result stale for anyone who starts after the write).
+  pub fn forget(&self, key: &K) {
+    self.inflight.lock().unwrap().remove(key);
+  }
+
+  /// [`forget`](Self::forget) for every key starting with `prefix`.
+  pub fn forget_prefix(&self, prefix: &str)
+  where
+    K: AsRef<str>,
+  {
+    self
+      .inflight
+      .lock()
+      .unwrap()
+      .retain(|k, _| !k.as_ref().starts_with(prefix));
+  }
+
+  /// Flights under way.
+  pub fn in_flight(&self) -> usize {
+    self.inflight.lock().unwrap().len()
+  }
+
+  fn finish_flight(&self, key: &K, id: u64) {
+    let mut map = self.inflight.lock().unwrap();
+    if map.get(key).is_some_and(|(current, _)| *current == id) {
+      map.remove(key);
+    }
+  }
+}
+
+impl<K: Eq + Hash + Clone, V: Clone> Lead<K, V> {
+  /// Hands the result to every follower.
+  pub fn finish(mut self, value: V) {
+    self.flight.finish_flight(&self.key, self.id);
+    if let Some(tx) = self.tx.take() {
+      let _ = tx.send(Some(value));
+    }
+  }
+}
+
+impl<K: Eq + Hash + Clone, V: Clone> Drop for Lead<K, V> {
+  fn drop(&mut self) {
+    if self.tx.is_some() {
+      self.flight.finish_flight(&self.key, self.id);
+    }
+  }
+}
+
+impl<V: Clone> Follow<V> {
+  /// The leader's result, or `None` if the leader gave up without one.
+  pub async fn wait(mut self) -> Option<V> {
+    match self.rx.wait_for(Option::is_some).await {
+      Ok(v) => v.clone(),
+      Err(_) => None,
+    }
+  }
+}
+
+#[cfg(test)]
+mod tests {
+  use super::*;
+  use std::sync::atomic::AtomicUsize;
+
+  #[tokio::test]
+  async fn concurrent_callers_share_one_execution() {
+    let flight = SingleFlight::<String, u32>::new();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..50 {
+      let (flight, calls) = (flight.clone(), calls.clone());
+      tasks.push(tokio::spawn(async move {
+        match flight.join(&"k".to_string()) {
+          Join::Leader(lead) => {
+            calls.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            lead.finish(7);
+            7
+          }
+          Join::Follower(f) => f.wait().await.unwrap(),
+        }
+      }));
+    }
+    for t in tasks {
+      assert_eq!(t.await.unwrap(), 7);
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    assert_eq!(flight.in_flight(), 0);
+  }
+
+  #[tokio::test]
+  async fn a_dropped_leader_releases_followers_and_the_key() {
+    let flight = SingleFlight::<u8, u8>::new();
+    let Join::Leader(lead) = flight.join(&1) else { panic!() };
+    let Join::Follower(f) = flight.join(&1) else { panic!() };
+    drop(lead);
+    assert_eq!(f.wait().await, None);
+    assert!(matches!(flight.join(&1), Join::Leader(_)));
+  }
+
+  #[tokio::test]
+  async fn forget_makes_later_callers_lead_again() {
+    let flight = SingleFlight::<u8, u8>::new();
+    let Join::Leader(first) = flight.join(&1) else { panic!() };
+    flight.forget(&1);
+    let Join::Leader(second) = flight.join(&1) else {
+      panic!("a caller after forget must not join the old flight")
+    };
+    // The old leader finishing must not remove the new flight.
+    first.finish(1);
+    assert!(matches!(flight.join(&1), Join::Follower(_)));
+    second.finish(2);
+  }
+}

@@ -1,0 +1,302 @@
+#![deny(clippy::all)]
+//! The napi surface: converts arguments and results, nothing else.
+//!
+//! JavaScript (`index.js`) collects every call of one tick into a batch and
+//! submits it with one native call; the core runs it on tokio and hands all
+//! its replies back through one shared threadsafe function. Measured in
+//! NOTES.md: this costs the main thread about a third of what one
+//! `async fn` per call does.
+
+pub mod batch;
+pub mod breaker;
+pub mod codec;
+pub mod config;
+pub mod domain;
+pub mod engine;
+pub mod error;
+pub mod flight;
+pub mod keys;
+pub mod metrics;
+pub mod replay;
+pub mod tiers;
+
+use std::ptr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use napi::bindgen_prelude::*;
+use napi::sys;
+use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
+use napi_derive::napi;
+
+use crate::batch::Reply;
+use crate::engine::{Cache, Mode};
+use crate::error::{CacheError, ErrorKind};
+
+/// What the shared completion callback receives: `[batchId, ...replies]`, or
+/// `[0, mode, reason]` when the mode changes.
+pub enum Completion {
+  Batch(u32, Vec<Reply>),
+  ModeChange(Mode, String),
+}
+
+type CompletionFn = ThreadsafeFunction<Completion, (), Completion, Status, false, true>;
+
+/// The native half of `CacheAdapter`; use the class exported by `index.js`.
+#[napi]
+pub struct NativeCache {
+  cache: Cache,
+  done: Arc<CompletionFn>,
+}
+
+#[napi]
+impl NativeCache {
+  /// `options_json`: the options object as JSON. `on_done` receives every
+  /// batch's replies and every mode change (see [`Completion`]).
+  #[napi(
+    constructor,
+    ts_args_type = "optionsJson: string, onDone: (completion: any[]) => void"
+  )]
+  pub fn new(env: Env, options_json: String, on_done: Function<Completion, ()>) -> Result<Self> {
+    let options: serde_json::Value = serde_json::from_str(&options_json).map_err(|e| {
+      throw(
+        &env,
+        CacheError::new(ErrorKind::Type, format!("options must be JSON-representable: {e}")),
+      )
+    })?;
+    let cfg = config::resolve(&options, &|name| std::env::var(name).ok()).map_err(|e| throw(&env, e))?;
+    // Weak: an adapter that is never closed must not keep Node alive.
+    let done: Arc<CompletionFn> = Arc::new(
+      on_done
+        .build_threadsafe_function::<Completion>()
+        .weak::<true>()
+        .callee_handled::<false>()
+        .build()?,
+    );
+    let observer_done = done.clone();
+    let observer = Box::new(move |mode: Mode, reason: &str| {
+      observer_done.call(
+        Completion::ModeChange(mode, reason.to_string()),
+        ThreadsafeFunctionCallMode::NonBlocking,
+      );
+    });
+    let runtime = napi::bindgen_prelude::block_on(async { tokio::runtime::Handle::current() });
+    Ok(Self {
+      cache: Cache::new(cfg, runtime, observer),
+      done,
+    })
+  }
+
+  /// Runs one tick's calls (see `batch` for the format); the replies arrive
+  /// through `on_done` as `[id, ...replies]`.
+  #[napi]
+  pub fn submit(&self, id: u32, codes: Uint32Array, nums: Float64Array, strs: Vec<String>) {
+    let (codes, nums) = (codes.to_vec(), nums.to_vec());
+    let (cache, done) = (self.cache.clone(), self.done.clone());
+    self.cache.runtime().spawn(async move {
+      let calls = batch::decode(&codes, &nums, strs, cache.config(), cache.keys(), now_ms());
+      let replies = cache.execute(calls).await;
+      done.call(Completion::Batch(id, replies), ThreadsafeFunctionCallMode::NonBlocking);
+    });
+  }
+
+  /// Read-through for one generic key (`ttl_seconds` NaN: the default TTL);
+  /// `loader` must return a Promise of the value's JSON, or of `null` for
+  /// `undefined` (which is not cached).
+  #[napi(ts_args_type = "key: string, ttlSeconds: number, loader: (key: string) => Promise<string | null>")]
+  pub async fn get_or_load(
+    &self,
+    key: String,
+    ttl_seconds: f64,
+    loader: ThreadsafeFunction<String, Promise<Option<String>>, String, Status, false>,
+  ) -> Result<Option<String>> {
+    let secs = if ttl_seconds.is_nan() {
+      self.cache.config().default_ttl_secs
+    } else {
+      ttl_seconds
+    };
+    let ttl = Duration::from_secs_f64(config::check_ttl(secs, "ttl").map_err(to_napi)?);
+    let call_key = key.clone();
+    let load = || async move {
+      let promise = loader.call_async_catch(call_key).await.map_err(|e| e.reason.clone())?;
+      promise.await.map_err(|e| e.reason.clone())
+    };
+    match self.cache.get_or_load(key, ttl, load).await {
+      Ok(json) => Ok(json.map(|j| j.to_string())),
+      Err(e) => Err(to_napi(e)),
+    }
+  }
+
+  /// The memory tier's value (JSON) of a process-local fallback-map entry.
+  #[napi]
+  pub fn fallback_get(&self, map: String, key: String) -> Result<Option<String>> {
+    let key = self.cache.keys().fallback(&map, &key);
+    Ok(self.cache.memory_get(&key).map_err(to_napi)?.map(|j| j.to_string()))
+  }
+
+  #[napi]
+  pub fn fallback_set(&self, map: String, key: String, json: String) {
+    let key = self.cache.keys().fallback(&map, &key);
+    let ttl = Duration::from_secs_f64(self.cache.config().default_ttl_secs);
+    self.cache.memory_set(&key, json.into(), ttl);
+  }
+
+  /// Counters, latency, mode, breaker, replay and memory-tier figures.
+  #[napi(ts_return_type = "Record<string, any>")]
+  pub fn stats(&self) -> serde_json::Value {
+    self.cache.stats()
+  }
+
+  /// The TTLs in force, in seconds, by name.
+  #[napi(ts_return_type = "Record<string, number>")]
+  pub fn ttl_config(&self) -> serde_json::Value {
+    self.cache.ttl_config()
+  }
+
+  #[napi(ts_return_type = "Promise<Record<string, any>>")]
+  pub async fn redis_health(&self) -> Result<serde_json::Value> {
+    Ok(self.cache.redis_health().await)
+  }
+
+  /// Prometheus text exposition.
+  #[napi]
+  pub fn metrics(&self) -> String {
+    self.cache.metrics_text()
+  }
+
+  #[napi]
+  pub fn mode(&self) -> String {
+    self.cache.mode().name().to_string()
+  }
+
+  #[napi]
+  pub fn redis_enabled(&self) -> bool {
+    self.cache.config().redis.is_some()
+  }
+
+  /// Stops background work and drops the connections. Idempotent.
+  #[napi]
+  pub fn close(&self) {
+    self.cache.close();
+  }
+}
+
+/// The domain table: the JavaScript class builds its methods from it.
+#[napi(ts_return_type = "Array<Record<string, any>>")]
+pub fn domain_methods() -> serde_json::Value {
+  serde_json::to_value(domain::method_specs()).expect("the table serialises")
+}
+
+/// Opcode numbers and flags of the batch format.
+#[napi(ts_return_type = "Record<string, number>")]
+pub fn protocol() -> serde_json::Value {
+  let mut map = serde_json::Map::new();
+  for op in batch::Opcode::ALL {
+    let name = serde_json::to_value(op).expect("opcodes serialise");
+    map.insert(
+      name.as_str().unwrap_or_default().to_string(),
+      serde_json::json!(op as u8),
+    );
+  }
+  map.insert("ORG_NULL".into(), serde_json::json!(batch::ORG_NULL));
+  serde_json::Value::Object(map)
+}
+
+/// `orgId:digits`, or the digits alone with no org.
+#[napi]
+pub fn create_org_key(org_id: Option<String>, phone: String) -> String {
+  keys::org_key(org_id.as_deref(), &phone)
+}
+
+fn now_ms() -> u64 {
+  SystemTime::now()
+    .duration_since(UNIX_EPOCH)
+    .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn code_of(kind: ErrorKind) -> &'static str {
+  match kind {
+    ErrorKind::Type => "ERR_INVALID_ARG_TYPE",
+    ErrorKind::Range => "ERR_OUT_OF_RANGE",
+    ErrorKind::Command => "ERR_CACHE_COMMAND",
+    ErrorKind::Loader => "ERR_CACHE_LOADER",
+    ErrorKind::Closed => "ERR_CACHE_CLOSED",
+    ErrorKind::Internal => "ERR_CACHE_INTERNAL",
+  }
+}
+
+/// A core error as a napi error (the JavaScript side maps the code to a class).
+fn to_napi(e: CacheError) -> Error {
+  Error::new(Status::GenericFailure, format!("{}: {}", code_of(e.kind), e.message))
+}
+
+/// Throws a core error as the right JavaScript class, now.
+fn throw(env: &Env, e: CacheError) -> Error {
+  let code = Some(code_of(e.kind));
+  let _ = match e.kind {
+    ErrorKind::Type => env.throw_type_error(&e.message, code),
+    ErrorKind::Range => env.throw_range_error(&e.message, code),
+    _ => env.throw_error(&e.message, code),
+  };
+  Error::new(Status::PendingException, e.message)
+}
+
+/// Builds a JavaScript error of the class the kind calls for, with a `code`.
+unsafe fn js_error(env: sys::napi_env, e: &CacheError) -> Result<sys::napi_value> {
+  let msg = unsafe { String::to_napi_value(env, e.message.clone())? };
+  let code = unsafe { String::to_napi_value(env, code_of(e.kind).to_string())? };
+  let mut out = ptr::null_mut();
+  let status = unsafe {
+    match e.kind {
+      ErrorKind::Type => sys::napi_create_type_error(env, code, msg, &mut out),
+      ErrorKind::Range => sys::napi_create_range_error(env, code, msg, &mut out),
+      _ => sys::napi_create_error(env, code, msg, &mut out),
+    }
+  };
+  if status != sys::Status::napi_ok {
+    return Err(Error::from_status(Status::from(status)));
+  }
+  Ok(out)
+}
+
+unsafe fn reply_to_js(env: sys::napi_env, reply: Reply) -> Result<sys::napi_value> {
+  unsafe {
+    match reply {
+      Reply::Null => Null::to_napi_value(env, Null),
+      Reply::Bool(b) => bool::to_napi_value(env, b),
+      Reply::Int(n) => f64::to_napi_value(env, n as f64),
+      Reply::Json(s) => <&str>::to_napi_value(env, &s),
+      Reply::Error(e) => js_error(env, &e),
+    }
+  }
+}
+
+impl ToNapiValue for Completion {
+  unsafe fn to_napi_value(env: sys::napi_env, val: Self) -> Result<sys::napi_value> {
+    unsafe {
+      let (head, items): (u32, Vec<sys::napi_value>) = match val {
+        Completion::Batch(id, replies) => {
+          let mut items = Vec::with_capacity(replies.len());
+          for r in replies {
+            items.push(reply_to_js(env, r)?);
+          }
+          (id, items)
+        }
+        Completion::ModeChange(mode, reason) => (
+          0,
+          vec![
+            <&str>::to_napi_value(env, mode.name())?,
+            String::to_napi_value(env, reason)?,
+          ],
+        ),
+      };
+      let mut array = ptr::null_mut();
+      check_status!(sys::napi_create_array_with_length(env, items.len() + 1, &mut array))?;
+      check_status!(sys::napi_set_element(env, array, 0, u32::to_napi_value(env, head)?))?;
+      for (i, item) in items.into_iter().enumerate() {
+        check_status!(sys::napi_set_element(env, array, i as u32 + 1, item))?;
+      }
+      Ok(array)
+    }
+  }
+}

@@ -1,0 +1,5 @@
+//! The two storage tiers: Redis (shared, primary) and memory (process-local,
+//! bounded; serves whenever Redis is off or failing).
+
+pub mod memory;
+pub mod redis;

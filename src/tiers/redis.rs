@@ -1,0 +1,305 @@
+//! The Redis tier: a pool of multiplexed connections (or one cluster
+//! connection), every batch sent as one pipeline, and every wait bounded.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::RwLock;
+use std::time::{Duration, Instant};
+
+use futures::future::join_all;
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClientBuilder;
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
+use redis::{Client, Cmd, ConnectionAddr, ConnectionInfo, IntoConnectionInfo, Pipeline, RedisError, Value};
+
+use crate::config::{RedisTarget, TlsFiles};
+
+/// Why a round trip to Redis failed as a whole (the breaker counts these).
+#[derive(Debug, Clone)]
+pub struct Unavailable(pub String);
+
+/// One command's own outcome inside a round trip that reached Redis.
+pub type Outcome = Result<Value, String>;
+
+#[derive(Clone)]
+enum Conn {
+  Single(ConnectionManager),
+  Cluster(ClusterConnection),
+}
+
+pub struct RedisTier {
+  target: RedisTarget,
+  pool_size: usize,
+  command_timeout: Duration,
+  connect_timeout: Duration,
+  conns: RwLock<Vec<Conn>>,
+  next: AtomicUsize,
+}
+
+impl RedisTier {
+  pub fn new(target: RedisTarget, pool_size: usize, command_timeout: Duration, connect_timeout: Duration) -> Self {
+    Self {
+      target,
+      pool_size: pool_size.max(1),
+      command_timeout,
+      connect_timeout,
+      conns: RwLock::new(Vec::new()),
+      next: AtomicUsize::new(0),
+    }
+  }
+
+  pub fn is_cluster(&self) -> bool {
+    !self.target.cluster_nodes.is_empty()
+  }
+
+  /// Connections currently open.
+  pub fn connections(&self) -> usize {
+    self.conns.read().unwrap().len()
+  }
+
+  /// Opens the pool if it is not open yet. Bounded by the connect timeout.
+  pub async fn connect(&self) -> Result<(), Unavailable> {
+    if self.connections() > 0 {
+      return Ok(());
+    }
+    let budget = self.connect_timeout + self.connect_timeout / 2;
+    let opened = tokio::time::timeout(budget, self.open())
+      .await
+      .map_err(|_| Unavailable(format!("connect timed out after {} ms", budget.as_millis())))??;
+    let mut conns = self.conns.write().unwrap();
+    if conns.is_empty() {
+      *conns = opened;
+    }
+    Ok(())
+  }
+
+  async fn open(&self) -> Result<Vec<Conn>, Unavailable> {
+    let certs = load_certs(self.target.tls.as_ref()).map_err(Unavailable)?;
+    if self.is_cluster() {
+      let mut b = ClusterClientBuilder::new(self.target.cluster_nodes.clone())
+        .connection_timeout(self.connect_timeout)
+        .response_timeout(self.command_timeout)
+        .retries(1);
+      if let Some(u) = &self.target.username {
+        b = b.username(u);
+      }
+      if let Some(p) = &self.target.password {
+        b = b.password(p);
+      }
+      if let Some(certs) = certs {
+        b = b.tls(redis::cluster::TlsMode::Secure).certs(certs);
+      }
+      let client = b.build().map_err(unavailable)?;
+      let conn = client.get_async_connection().await.map_err(unavailable)?;
+      return Ok(vec![Conn::Cluster(conn)]);
+    }
+    let info = self.connection_info()?;
+    let client = match certs {
+      Some(certs) => Client::build_with_tls(info, certs),
+      None => Client::open(info),
+    }
+    .map_err(unavailable)?;
+    let config = ConnectionManagerConfig::new()
+      .set_connection_timeout(Some(self.connect_timeout))
+      .set_response_timeout(Some(self.command_timeout))
+      // Reconnect quickly and give up quickly: the breaker and the memory
+      // tier take over while Redis is away (redis-rs defaults take ~9 s).
+      .set_number_of_retries(1)
+      .set_min_delay(Duration::from_millis(10))
+      .set_max_delay(Duration::from_millis(100));
+    let opens = (0..self.pool_size).map(|_| ConnectionManager::new_with_config(client.clone(), config.clone()));
+    join_all(opens)
+      .await
+      .into_iter()
+      .map(|r| r.map(Conn::Single).map_err(unavailable))
+      .collect()
+  }
+
+  fn connection_info(&self) -> Result<ConnectionInfo, Unavailable> {
+    let t = &self.target;
+    let addr = if t.tls.is_some() {
+      ConnectionAddr::TcpTls {
+        host: t.host.clone(),
+        port: t.port,
+        insecure: false,
+        tls_params: None,
+      }
+    } else {
+      ConnectionAddr::Tcp(t.host.clone(), t.port)
+    };
+    let mut redis_info = redis::RedisConnectionInfo::default().set_db(t.db);
+    if let Some(u) = &t.username {
+      redis_info = redis_info.set_username(u);
+    }
+    if let Some(p) = &t.password {
+      redis_info = redis_info.set_password(p);
+    }
+    let info = addr.into_connection_info().map_err(unavailable)?;
+    Ok(info.set_redis_settings(redis_info))
+  }
+
+  fn pick(&self) -> Option<Conn> {
+    let conns = self.conns.read().unwrap();
+    if conns.is_empty() {
+      return None;
+    }
+    let i = self.next.fetch_add(1, Ordering::Relaxed) % conns.len();
+    Some(conns[i].clone())
+  }
+
+  /// Sends the commands in one round trip (one pipeline; on a cluster, one
+  /// command per node, concurrently) and returns each command's outcome.
+  pub async fn run(&self, cmds: &[Cmd]) -> Result<Vec<Outcome>, Unavailable> {
+    let conn = self.pick().ok_or_else(|| Unavailable("not connected".into()))?;
+    let work = async move {
+      match conn {
+        Conn::Single(mut c) => {
+          let mut pipe = Pipeline::with_capacity(cmds.len());
+          for cmd in cmds {
+            pipe.add_command(cmd.clone());
+          }
+          pipe.ignore_errors();
+          let values: Vec<Value> = pipe.query_async(&mut c).await.map_err(unavailable)?;
+          Ok(values.into_iter().map(outcome).collect())
+        }
+        Conn::Cluster(c) => {
+          let sends = cmds.iter().map(|cmd| {
+            let mut c = c.clone();
+            async move { c.req_packed_command(cmd).await }
+          });
+          let mut out = Vec::with_capacity(cmds.len());
+          for r in join_all(sends).await {
+            match r {
+              Ok(v) => out.push(outcome(v)),
+              Err(e) if is_server_error(&e) => out.push(Err(e.to_string())),
+              Err(e) => return Err(unavailable(e)),
+            }
+          }
+          Ok(out)
+        }
+      }
+    };
+    tokio::time::timeout(self.command_timeout, work).await.map_err(|_| {
+      Unavailable(format!(
+        "command timed out after {} ms",
+        self.command_timeout.as_millis()
+      ))
+    })?
+  }
+
+  /// One command, for the maintenance paths; a server error is an `Err` too.
+  pub async fn run_one(&self, cmd: Cmd) -> Result<Value, Unavailable> {
+    let mut out = self.run(std::slice::from_ref(&cmd)).await?;
+    out.pop().unwrap_or_else(|| Err("no reply".into())).map_err(Unavailable)
+  }
+
+  /// `SCAN`s for `pattern` and `UNLINK`s what it finds, in batches, each step
+  /// bounded by the command timeout. `route_key` is a key in the same hash
+  /// slot as every match (on a cluster the scan runs on that slot's node).
+  pub async fn scan_unlink(&self, pattern: &str, route_key: &str) -> Result<u64, Unavailable> {
+    let mut cursor: u64 = 0;
+    let mut removed = 0;
+    let started = Instant::now();
+    loop {
+      let mut scan = redis::cmd("SCAN");
+      scan.arg(cursor).arg("MATCH").arg(pattern).arg("COUNT").arg(1000);
+      let reply = self.run_routed(scan, route_key).await?;
+      let (next, keys): (u64, Vec<String>) = redis::from_redis_value(reply).map_err(|e| Unavailable(e.to_string()))?;
+      if !keys.is_empty() {
+        let mut unlink = redis::cmd("UNLINK");
+        unlink.arg(&keys);
+        let n: u64 =
+          redis::from_redis_value(self.run_routed(unlink, route_key).await?).map_err(|e| Unavailable(e.to_string()))?;
+        removed += n;
+      }
+      cursor = next;
+      if cursor == 0 {
+        return Ok(removed);
+      }
+      // A bound, not a goal: a keyspace this large would need minutes.
+      if started.elapsed() > Duration::from_secs(60) {
+        return Err(Unavailable("clear took over 60 s; stopped".into()));
+      }
+    }
+  }
+
+  /// One command on the node that owns `route_key`'s slot.
+  pub async fn run_routed(&self, cmd: Cmd, route_key: &str) -> Result<Value, Unavailable> {
+    match self.pick().ok_or_else(|| Unavailable("not connected".into()))? {
+      Conn::Single(_) => self.run_one(cmd).await,
+      Conn::Cluster(mut c) => {
+        let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(Route::with_key(
+          route_key,
+          SlotAddr::Master,
+        )));
+        tokio::time::timeout(self.command_timeout, c.route_command(cmd, route))
+          .await
+          .map_err(|_| Unavailable("command timed out".into()))?
+          .map_err(unavailable)
+      }
+    }
+  }
+
+  /// `PING` round trip time and the server's version.
+  pub async fn ping(&self) -> Result<(Duration, Option<String>), Unavailable> {
+    let t0 = Instant::now();
+    self.run_one(redis::cmd("PING")).await?;
+    let latency = t0.elapsed();
+    let mut info = redis::cmd("INFO");
+    info.arg("server");
+    let version = match self.run_one(info).await {
+      Ok(v) => redis::from_redis_value::<String>(v).ok().and_then(|text| {
+        text
+          .lines()
+          .find_map(|l| l.strip_prefix("redis_version:").map(|v| v.trim().to_string()))
+      }),
+      Err(_) => None,
+    };
+    Ok((latency, version))
+  }
+}
+
+fn outcome(v: Value) -> Outcome {
+  match v {
+    Value::ServerError(e) => Err(match e.details() {
+      Some(details) => format!("{} {details}", e.code()),
+      None => e.code().to_string(),
+    }),
+    v => Ok(v),
+  }
+}
+
+fn is_server_error(e: &RedisError) -> bool {
+  !(e.is_io_error()
+    || e.is_timeout()
+    || e.is_connection_dropped()
+    || e.is_connection_refusal()
+    || e.is_unrecoverable_error())
+    && e.kind() != redis::ErrorKind::Client
+}
+
+fn unavailable(e: RedisError) -> Unavailable {
+  Unavailable(e.to_string())
+}
+
+fn load_certs(tls: Option<&TlsFiles>) -> Result<Option<redis::TlsCertificates>, String> {
+  let Some(files) = tls else { return Ok(None) };
+  let read = |path: &Option<String>| -> Result<Option<Vec<u8>>, String> {
+    path
+      .as_ref()
+      .map(|p| std::fs::read(p).map_err(|e| format!("cannot read TLS file {p}: {e}")))
+      .transpose()
+  };
+  let client_tls = match (read(&files.cert_file)?, read(&files.key_file)?) {
+    (Some(client_cert), Some(client_key)) => Some(redis::ClientTlsConfig {
+      client_cert,
+      client_key,
+    }),
+    (None, None) => None,
+    _ => return Err("TLS certFile and keyFile go together".into()),
+  };
+  Ok(Some(redis::TlsCertificates {
+    client_tls,
+    root_cert: read(&files.ca_file)?,
+  }))
+}
