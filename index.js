@@ -16,7 +16,19 @@ const OP = protocol()
 const ORG_NULL = OP.ORG_NULL
 const DOMAIN = domainMethods()
 
-const parse = (v) => (v === null ? null : JSON.parse(v))
+// A batch is sent when it reaches this many calls, even mid-tick, so that
+// Redis works on the first part while JavaScript still builds the rest.
+// With 64 calls in flight this measured 1.2-1.4x the ops/s of one batch per
+// tick (bench/, W1); much smaller batches cost more per call than they overlap.
+const MAX_BATCH = 32
+
+/** JSON text → value; a plain string with no escapes skips the parser. */
+function parse(v) {
+  if (v === null) return null
+  const last = v.length - 1
+  if (last > 0 && v.charCodeAt(0) === 34 && v.charCodeAt(last) === 34 && v.indexOf('\\') === -1) return v.slice(1, last)
+  return JSON.parse(v)
+}
 
 function describe(v) {
   if (v === null) return 'null'
@@ -88,6 +100,7 @@ class Batcher {
       this.nums.push(num)
       for (let i = 0; i < strs.length; i++) this.strs.push(strs[i])
       this.settle.push(resolve, reject, map)
+      if (this.codes.length >= MAX_BATCH) this.flush()
     })
   }
 
@@ -458,32 +471,40 @@ class CacheAdapter extends EventEmitter {
 
 // The domain methods: one generic getter and setter per row of the Rust table.
 for (const spec of DOMAIN) {
-  const keyStrings = (args) => {
+  const names = spec.args.map(([name]) => name)
+  const orgAt = spec.args.findIndex(([, role]) => role === 'org')
+  const arity = names.length
+  const getCode = OP.Get | (spec.kind << 8)
+  const setCode = OP.Set | (spec.kind << 8)
+  const fallback = spec.valueDefault === null ? undefined : JSON.parse(spec.valueDefault)
+  /** The key strings of a call, and the org-null flag. */
+  const keyStrings = (a, b, strs) => {
     let flags = 0
-    const strs = []
-    spec.args.forEach(([name, role], i) => {
-      const v = args[i]
-      if (role === 'org' && (v === null || v === undefined)) flags |= ORG_NULL
-      else strs.push(requireString(name, v))
-    })
-    return [flags, strs]
+    for (let i = 0; i < arity; i++) {
+      const v = i === 0 ? a : b
+      if (i === orgAt && (v === null || v === undefined)) flags = ORG_NULL
+      else strs.push(requireString(names[i], v))
+    }
+    return flags
   }
-  CacheAdapter.prototype[spec.getter] = function (...args) {
+  CacheAdapter.prototype[spec.getter] = function (a, b) {
     try {
-      const [flags, strs] = keyStrings(args)
-      return this._call(OP.Get | (spec.kind << 8) | flags, NaN, strs, parse)
+      const strs = []
+      const flags = keyStrings(a, b, strs)
+      return this._call(getCode | flags, NaN, strs, parse)
     } catch (e) {
       return Promise.reject(e)
     }
   }
   if (spec.setter) {
-    CacheAdapter.prototype[spec.setter] = function (...args) {
+    CacheAdapter.prototype[spec.setter] = function (a, b, c) {
       try {
-        const [flags, strs] = keyStrings(args)
-        let value = args[spec.args.length]
-        if (value === undefined && spec.valueDefault !== null) value = JSON.parse(spec.valueDefault)
+        const strs = []
+        const flags = keyStrings(a, b, strs)
+        let value = arity === 1 ? b : c
+        if (value === undefined) value = fallback
         strs.push(toJson(spec.valueArg, value))
-        return this._call(OP.Set | (spec.kind << 8) | flags, NaN, strs, null)
+        return this._call(setCode | flags, NaN, strs, null)
       } catch (e) {
         return Promise.reject(e)
       }

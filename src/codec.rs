@@ -9,6 +9,8 @@
 //! wrote: plain JSON, or `compressed:` followed by JSON. `written_ms` (wall
 //! clock) lets a replay after an outage skip keys another instance wrote later.
 
+use std::sync::Arc;
+
 use crate::error::{CacheError, ErrorKind};
 
 pub const MAGIC: u8 = 0xFE;
@@ -23,12 +25,8 @@ const ZSTD_LEVEL: i32 = 1;
 const MAX_DECODED: usize = 512 << 20;
 
 /// Encodes JSON text, compressing it when it is longer than `threshold` bytes
-/// and compression actually saves space. Integers are stored as their plain
-/// digits, so that `INCRBY` works on a value written by `set`.
+/// and compression actually saves space.
 pub fn encode(json: &str, threshold: usize, written_ms: u64) -> Vec<u8> {
-  if is_integer(json) {
-    return json.as_bytes().to_vec();
-  }
   if json.len() > threshold {
     if let Ok(frame) = zstd::bulk::compress(json.as_bytes(), ZSTD_LEVEL) {
       if frame.len() + 4 < json.len() {
@@ -40,20 +38,16 @@ pub fn encode(json: &str, threshold: usize, written_ms: u64) -> Vec<u8> {
       }
     }
   }
-  let mut out = Vec::with_capacity(HEADER + json.len());
-  push_header(&mut out, CODEC_JSON, written_ms);
+  let mut out = header(written_ms);
   out.extend_from_slice(json.as_bytes());
   out
 }
 
-/// Digits Redis's `INCRBY` accepts: an optional `-` and up to 18 digits, no leading zero.
-fn is_integer(json: &str) -> bool {
-  let digits = json.strip_prefix('-').unwrap_or(json);
-  !digits.is_empty()
-    && digits.len() <= 18
-    && digits.bytes().all(|b| b.is_ascii_digit())
-    && (digits == "0" || !digits.starts_with('0'))
-    && json != "-0"
+/// The header of an uncompressed JSON value (the increment script appends the digits).
+pub fn header(written_ms: u64) -> Vec<u8> {
+  let mut out = Vec::with_capacity(HEADER + 32);
+  push_header(&mut out, CODEC_JSON, written_ms);
+  out
 }
 
 fn push_header(out: &mut Vec<u8>, codec: u8, written_ms: u64) {
@@ -62,17 +56,19 @@ fn push_header(out: &mut Vec<u8>, codec: u8, written_ms: u64) {
   out.extend_from_slice(&written_ms.to_be_bytes());
 }
 
-/// Decodes a stored value to JSON text.
-pub fn decode(bytes: &[u8]) -> Result<String, CacheError> {
+/// Decodes a stored value to JSON text (copied once, into the `Arc`).
+pub fn decode(bytes: &[u8]) -> Result<Arc<str>, CacheError> {
   if bytes.first() != Some(&MAGIC) {
-    return Ok(decode_legacy(bytes));
+    return Ok(decode_legacy(bytes).into());
   }
   if bytes.len() < HEADER {
     return Err(corrupt("value shorter than its header"));
   }
   let payload = &bytes[HEADER..];
   match bytes[1] {
-    CODEC_JSON => String::from_utf8(payload.to_vec()).map_err(|_| corrupt("JSON value is not UTF-8")),
+    CODEC_JSON => std::str::from_utf8(payload)
+      .map(Arc::from)
+      .map_err(|_| corrupt("JSON value is not UTF-8")),
     CODEC_ZSTD => {
       let (len, frame) = payload
         .split_at_checked(4)
@@ -82,7 +78,9 @@ pub fn decode(bytes: &[u8]) -> Result<String, CacheError> {
         return Err(corrupt("compressed value claims an implausible size"));
       }
       let raw = zstd::bulk::decompress(frame, len).map_err(|e| corrupt(&format!("zstd: {e}")))?;
-      String::from_utf8(raw).map_err(|_| corrupt("decompressed value is not UTF-8"))
+      std::str::from_utf8(&raw)
+        .map(Arc::from)
+        .map_err(|_| corrupt("decompressed value is not UTF-8"))
     }
     other => Err(corrupt(&format!(
       "unknown codec {other:#04x} (written by a newer version?)"
@@ -133,22 +131,11 @@ mod tests {
 
   #[test]
   fn small_values_stay_plain_and_round_trip() {
-    for json in ["null", "true", "4.5", "\"hi\"", "[1,2]", "{\"a\":{\"b\":null}}"] {
+    for json in ["null", "true", "42", "\"hi\"", "[1,2]", "{\"a\":{\"b\":null}}"] {
       let enc = encode(json, 1024, 7);
       assert_eq!(enc[..2], [MAGIC, CODEC_JSON]);
       assert_eq!(written_ms(&enc), 7);
-      assert_eq!(decode(&enc).unwrap(), json);
-    }
-  }
-
-  #[test]
-  fn integers_stay_plain_digits_for_incrby() {
-    for json in ["0", "42", "-7", "123456789012345678"] {
-      assert_eq!(encode(json, 1024, 7), json.as_bytes());
-      assert_eq!(decode(json.as_bytes()).unwrap(), json);
-    }
-    for json in ["-0", "007", "1e3", "1234567890123456789"] {
-      assert_eq!(encode(json, 1024, 7)[0], MAGIC, "{json}");
+      assert_eq!(&*decode(&enc).unwrap(), json);
     }
   }
 
@@ -158,7 +145,7 @@ mod tests {
     let enc = encode(&json, 1024, 1);
     assert_eq!(enc[1], CODEC_ZSTD);
     assert!(enc.len() * 3 < json.len(), "{} vs {}", enc.len(), json.len());
-    assert_eq!(decode(&enc).unwrap(), json);
+    assert_eq!(&*decode(&enc).unwrap(), json);
   }
 
   #[test]
@@ -170,15 +157,15 @@ mod tests {
         .collect::<String>()
     );
     let enc = encode(&json, 16, 1);
-    assert_eq!(decode(&enc).unwrap(), json);
+    assert_eq!(&*decode(&enc).unwrap(), json);
   }
 
   #[test]
   fn the_old_adapters_values_still_read() {
-    assert_eq!(decode(b"{\"a\":1}").unwrap(), "{\"a\":1}");
-    assert_eq!(decode(b"compressed:[1,2,3]").unwrap(), "[1,2,3]");
-    assert_eq!(decode(b"5").unwrap(), "5");
-    assert_eq!(decode(b"plain text").unwrap(), "\"plain text\"");
+    assert_eq!(&*decode(b"{\"a\":1}").unwrap(), "{\"a\":1}");
+    assert_eq!(&*decode(b"compressed:[1,2,3]").unwrap(), "[1,2,3]");
+    assert_eq!(&*decode(b"5").unwrap(), "5");
+    assert_eq!(&*decode(b"plain text").unwrap(), "\"plain text\"");
     assert_eq!(written_ms(b"{\"a\":1}"), 0);
   }
 

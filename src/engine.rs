@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicU8, Ordering, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use redis::{Cmd, Value};
+use redis::{Pipeline, Value};
 use serde_json::{json, Value as Json};
 use tokio::runtime::Handle;
 use tokio::sync::Notify;
@@ -82,6 +82,29 @@ else
   redis.call('HDEL', key, ARGV[5])
 end
 return 1
+"#;
+
+/// `INCRBY` for values in our format: the counter keeps a header (and so a
+/// write time for replays), its TTL, or gets `ARGV[3]` ms when it had none.
+/// Plain digits (the old adapter's, or anyone's) count too.
+const INCREMENT_SCRIPT: &str = r#"
+local v = redis.call('GET', KEYS[1])
+local n = 0
+if v then
+  if string.byte(v, 1) == 254 then
+    if string.byte(v, 2) ~= 1 then return redis.error_reply('ERR value is not an integer or out of range') end
+    v = string.sub(v, 11)
+  end
+  n = tonumber(v)
+  if n == nil or n ~= math.floor(n) or string.find(v, '[^-0-9 ]') then
+    return redis.error_reply('ERR value is not an integer or out of range')
+  end
+end
+n = n + tonumber(ARGV[1])
+if math.abs(n) > 9007199254740991 then return redis.error_reply('ERR increment or decrement would overflow') end
+redis.call('SET', KEYS[1], ARGV[2] .. string.format('%d', n), 'KEEPTTL')
+if redis.call('PTTL', KEYS[1]) < 0 then redis.call('PEXPIRE', KEYS[1], ARGV[3]) end
+return n
 "#;
 
 /// Deletes the given keys of one tenant unless they were written after the clear.
@@ -455,7 +478,7 @@ impl Inner {
     }
 
     let mut out: Vec<Option<Reply>> = vec![None; ops.len()];
-    let mut cmds: Vec<Cmd> = Vec::with_capacity(ops.len());
+    let mut cmds = Pipeline::with_capacity(ops.len());
     // (op index, first command, command count, read lead if any)
     let mut sent = Vec::with_capacity(ops.len());
     let mut followers = Vec::new();
@@ -558,15 +581,9 @@ impl Inner {
     let m = &self.memory;
     let reply = match op {
       Op::Get { unwrap, .. } => {
-        let json = match value {
-          Value::Nil => None,
-          v => match redis::from_redis_value_ref::<Vec<u8>>(v)
-            .map_err(|e| e.to_string())
-            .and_then(|b| codec::decode(&b).map_err(|e| e.message))
-          {
-            Ok(json) => Some(Arc::<str>::from(json)),
-            Err(e) => return (Reply::Error(CacheError::new(ErrorKind::Internal, e)), Err(())),
-          },
+        let json = match decode_value(value) {
+          Ok(json) => json,
+          Err(e) => return (Reply::Error(e), Err(())),
         };
         return (self.read_reply(json.clone(), *unwrap), Ok(json));
       }
@@ -593,15 +610,9 @@ impl Inner {
         m.set(key, n.to_string().into(), *ttl, *kind);
         Reply::Int(n)
       }
-      Op::HGet { .. } => match value {
-        Value::Nil => self.read_reply(None, None),
-        v => match redis::from_redis_value_ref::<Vec<u8>>(v)
-          .map_err(|e| e.to_string())
-          .and_then(|b| codec::decode(&b).map_err(|e| e.message))
-        {
-          Ok(json) => self.read_reply(Some(json.into()), None),
-          Err(e) => Reply::Error(CacheError::new(ErrorKind::Internal, e)),
-        },
+      Op::HGet { .. } => match decode_value(value) {
+        Ok(json) => self.read_reply(json, None),
+        Err(e) => Reply::Error(e),
       },
       Op::HSet {
         key,
@@ -622,7 +633,7 @@ impl Inner {
           let mut fields = Vec::with_capacity(pairs.len());
           for (f, v) in pairs {
             match codec::decode(&v) {
-              Ok(json) => fields.push((String::from_utf8_lossy(&f).into_owned(), Arc::<str>::from(json))),
+              Ok(json) => fields.push((String::from_utf8_lossy(&f).into_owned(), json)),
               Err(e) => return (Reply::Error(e), Err(())),
             }
           }
@@ -671,7 +682,6 @@ impl Inner {
             Pending::Set {
               json: json.clone(),
               expires_at: now + *ttl,
-              raw: false,
             },
           );
           Reply::Bool(true)
@@ -691,7 +701,6 @@ impl Inner {
                 Pending::Set {
                   json,
                   expires_at: entry.expires_at,
-                  raw: false,
                 },
               ),
               MemValue::Hash(fields) => {
@@ -705,7 +714,6 @@ impl Inner {
                     Pending::Set {
                       json: json.clone(),
                       expires_at: entry.expires_at,
-                      raw: false,
                     },
                   );
                 }
@@ -722,7 +730,6 @@ impl Inner {
             Pending::Set {
               json: n.to_string().into(),
               expires_at,
-              raw: true,
             },
           );
           Reply::Int(n)
@@ -745,7 +752,6 @@ impl Inner {
             Pending::Set {
               json: json.clone(),
               expires_at: now + *ttl,
-              raw: false,
             },
           );
           Reply::Bool(true)
@@ -828,12 +834,8 @@ impl Inner {
             expired.push(i);
             continue;
           }
-          Pending::Set { json, expires_at, raw } => {
-            let bytes = if *raw {
-              json.as_bytes().to_vec()
-            } else {
-              codec::encode(json, self.cfg.compression_threshold, e.written_ms)
-            };
+          Pending::Set { json, expires_at } => {
+            let bytes = codec::encode(json, self.cfg.compression_threshold, e.written_ms);
             let ttl_ms = expires_at.duration_since(now).as_millis().max(1) as u64;
             let op = if e.slot.field.is_some() { "hset" } else { "set" };
             cmd.arg(op).arg(e.written_ms).arg(ttl_ms).arg(bytes);
@@ -849,8 +851,15 @@ impl Inner {
       for i in expired {
         self.journal.complete(&entries[i]);
       }
-      let (index, cmds): (Vec<usize>, Vec<Cmd>) = cmds.into_iter().unzip();
-      match redis.run(&cmds).await {
+      let mut pipe = Pipeline::with_capacity(cmds.len());
+      let index: Vec<usize> = cmds
+        .into_iter()
+        .map(|(i, cmd)| {
+          pipe.add_command(cmd);
+          i
+        })
+        .collect();
+      match redis.run(&pipe).await {
         Ok(outcomes) => {
           for (i, outcome) in index.into_iter().zip(outcomes) {
             match outcome {
@@ -891,42 +900,73 @@ impl Inner {
 }
 
 /// Builds the Redis commands of one operation (one round trip for all).
-fn push_commands(op: &Op, cmds: &mut Vec<Cmd>, threshold: usize, now_ms: u64) {
+fn push_commands(op: &Op, pipe: &mut Pipeline, threshold: usize, now_ms: u64) {
   let px = |ttl: &Duration| ttl.as_millis().max(1) as u64;
   match op {
-    Op::Get { key, .. } => cmds.push(redis::cmd("GET").arg(key).to_owned()),
-    Op::Set { key, json, ttl, .. } => cmds.push(
-      redis::cmd("SET")
+    Op::Get { key, .. } => {
+      pipe.cmd("GET").arg(key);
+    }
+    Op::Set { key, json, ttl, .. } => {
+      pipe
+        .cmd("SET")
         .arg(key)
         .arg(codec::encode(json, threshold, now_ms))
         .arg("PX")
-        .arg(px(ttl))
-        .to_owned(),
-    ),
-    Op::Delete { key } => cmds.push(redis::cmd("UNLINK").arg(key).to_owned()),
-    Op::Exists { key } => cmds.push(redis::cmd("EXISTS").arg(key).to_owned()),
-    Op::Expire { key, ttl } => cmds.push(redis::cmd("PEXPIRE").arg(key).arg(px(ttl)).to_owned()),
-    Op::Increment { key, by, ttl, .. } => {
-      cmds.push(redis::cmd("INCRBY").arg(key).arg(*by).to_owned());
-      // A counter gets the default TTL once, like any other entry.
-      cmds.push(redis::cmd("PEXPIRE").arg(key).arg(px(ttl)).arg("NX").to_owned());
+        .arg(px(ttl));
     }
-    Op::HGet { key, field } => cmds.push(redis::cmd("HGET").arg(key).arg(field).to_owned()),
+    Op::Delete { key } => {
+      pipe.cmd("UNLINK").arg(key);
+    }
+    Op::Exists { key } => {
+      pipe.cmd("EXISTS").arg(key);
+    }
+    Op::Expire { key, ttl } => {
+      pipe.cmd("PEXPIRE").arg(key).arg(px(ttl));
+    }
+    Op::Increment { key, by, ttl, .. } => {
+      let header = codec::header(now_ms);
+      pipe
+        .cmd("EVAL")
+        .arg(INCREMENT_SCRIPT)
+        .arg(1)
+        .arg(key)
+        .arg(*by)
+        .arg(header)
+        .arg(px(ttl));
+    }
+    Op::HGet { key, field } => {
+      pipe.cmd("HGET").arg(key).arg(field);
+    }
     Op::HSet {
       key, field, json, ttl, ..
     } => {
-      cmds.push(
-        redis::cmd("HSET")
-          .arg(key)
-          .arg(field)
-          .arg(codec::encode(json, threshold, now_ms))
-          .to_owned(),
-      );
-      cmds.push(redis::cmd("PEXPIRE").arg(key).arg(px(ttl)).to_owned());
+      pipe
+        .cmd("HSET")
+        .arg(key)
+        .arg(field)
+        .arg(codec::encode(json, threshold, now_ms));
+      pipe.cmd("PEXPIRE").arg(key).arg(px(ttl));
     }
-    Op::HDel { key, field } => cmds.push(redis::cmd("HDEL").arg(key).arg(field).to_owned()),
-    Op::HGetAll { key } => cmds.push(redis::cmd("HGETALL").arg(key).to_owned()),
+    Op::HDel { key, field } => {
+      pipe.cmd("HDEL").arg(key).arg(field);
+    }
+    Op::HGetAll { key } => {
+      pipe.cmd("HGETALL").arg(key);
+    }
     Op::ClearOrg { .. } => {}
+  }
+}
+
+/// A stored value (or nil) as JSON text.
+fn decode_value(value: &Value) -> Result<Option<Arc<str>>, CacheError> {
+  match value {
+    Value::Nil => Ok(None),
+    Value::BulkString(bytes) => codec::decode(bytes).map(Some),
+    Value::SimpleString(s) => codec::decode(s.as_bytes()).map(Some),
+    other => Err(CacheError::new(
+      ErrorKind::Internal,
+      format!("unexpected reply {other:?}"),
+    )),
   }
 }
 

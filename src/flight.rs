@@ -3,19 +3,21 @@
 //! The first caller of a key becomes its leader and does the work; the others
 //! follow and receive a clone of its result. If the leader is dropped without a
 //! result, followers are told so (they get `None`) and decide for themselves.
+//! A flight costs one small allocation, and one more per follower: it sits on
+//! the path of every Redis read.
 
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::watch;
+use tokio::sync::oneshot;
 
-/// A flight under way: its id and where its result will appear.
-type Flight<V> = (u64, watch::Receiver<Option<V>>);
+type Waiters<V> = Arc<Mutex<Vec<oneshot::Sender<V>>>>;
 
 pub struct SingleFlight<K, V> {
-  inflight: Mutex<HashMap<K, Flight<V>>>,
+  /// Key → (flight id, the followers waiting for it).
+  inflight: Mutex<HashMap<K, (u64, Waiters<V>)>>,
   next_id: AtomicU64,
 }
 
@@ -29,11 +31,11 @@ pub struct Lead<K: Eq + Hash + Clone, V: Clone> {
   flight: Arc<SingleFlight<K, V>>,
   key: K,
   id: u64,
-  tx: Option<watch::Sender<Option<V>>>,
+  waiters: Waiters<V>,
 }
 
 pub struct Follow<V> {
-  rx: watch::Receiver<Option<V>>,
+  rx: oneshot::Receiver<V>,
 }
 
 impl<K: Eq + Hash + Clone, V: Clone> Default for SingleFlight<K, V> {
@@ -53,22 +55,25 @@ impl<K: Eq + Hash + Clone, V: Clone> SingleFlight<K, V> {
   /// Leads the work for `key`, or follows the flight already under way.
   pub fn join(self: &Arc<Self>, key: &K) -> Join<K, V> {
     let mut map = self.inflight.lock().unwrap();
-    if let Some((_, rx)) = map.get(key) {
-      return Join::Follower(Follow { rx: rx.clone() });
+    if let Some((_, waiters)) = map.get(key) {
+      let (tx, rx) = oneshot::channel();
+      waiters.lock().unwrap().push(tx);
+      return Join::Follower(Follow { rx });
     }
     let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-    let (tx, rx) = watch::channel(None);
-    map.insert(key.clone(), (id, rx));
+    let waiters = Waiters::default();
+    map.insert(key.clone(), (id, waiters.clone()));
     Join::Leader(Lead {
       flight: self.clone(),
       key: key.clone(),
       id,
-      tx: Some(tx),
+      waiters,
     })
   }
 
   /// Stops later callers from joining the flight under way for `key` (a write
   /// to the key makes its result stale for anyone who starts after the write).
+  /// Callers already following it still get its result.
   pub fn forget(&self, key: &K) {
     self.inflight.lock().unwrap().remove(key);
   }
@@ -90,7 +95,7 @@ impl<K: Eq + Hash + Clone, V: Clone> SingleFlight<K, V> {
     self.inflight.lock().unwrap().len()
   }
 
-  fn finish_flight(&self, key: &K, id: u64) {
+  fn end_flight(&self, key: &K, id: u64) {
     let mut map = self.inflight.lock().unwrap();
     if map.get(key).is_some_and(|(current, _)| *current == id) {
       map.remove(key);
@@ -100,29 +105,27 @@ impl<K: Eq + Hash + Clone, V: Clone> SingleFlight<K, V> {
 
 impl<K: Eq + Hash + Clone, V: Clone> Lead<K, V> {
   /// Hands the result to every follower.
-  pub fn finish(mut self, value: V) {
-    self.flight.finish_flight(&self.key, self.id);
-    if let Some(tx) = self.tx.take() {
-      let _ = tx.send(Some(value));
+  pub fn finish(self, value: V) {
+    self.flight.end_flight(&self.key, self.id);
+    let waiters = std::mem::take(&mut *self.waiters.lock().unwrap());
+    for tx in waiters {
+      let _ = tx.send(value.clone());
     }
   }
 }
 
 impl<K: Eq + Hash + Clone, V: Clone> Drop for Lead<K, V> {
   fn drop(&mut self) {
-    if self.tx.is_some() {
-      self.flight.finish_flight(&self.key, self.id);
-    }
+    // After `finish` this finds nothing to end; otherwise followers see their
+    // senders dropped and get `None`.
+    self.flight.end_flight(&self.key, self.id);
   }
 }
 
 impl<V: Clone> Follow<V> {
   /// The leader's result, or `None` if the leader gave up without one.
-  pub async fn wait(mut self) -> Option<V> {
-    match self.rx.wait_for(Option::is_some).await {
-      Ok(v) => v.clone(),
-      Err(_) => None,
-    }
+  pub async fn wait(self) -> Option<V> {
+    self.rx.await.ok()
   }
 }
 
@@ -171,12 +174,16 @@ mod tests {
   async fn forget_makes_later_callers_lead_again() {
     let flight = SingleFlight::<u8, u8>::new();
     let Join::Leader(first) = flight.join(&1) else { panic!() };
+    let Join::Follower(early) = flight.join(&1) else {
+      panic!()
+    };
     flight.forget(&1);
     let Join::Leader(second) = flight.join(&1) else {
       panic!("a caller after forget must not join the old flight")
     };
-    // The old leader finishing must not remove the new flight.
+    // The old leader finishing must not end the new flight, and still serves its followers.
     first.finish(1);
+    assert_eq!(early.wait().await, Some(1));
     assert!(matches!(flight.join(&1), Join::Follower(_)));
     second.finish(2);
   }

@@ -13,12 +13,10 @@ use std::time::Instant;
 /// What the journal remembers for one key (or one field of a hash).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Pending {
-  /// Set to this JSON until `expires_at`. `raw` values are counters, stored
-  /// as plain integers so `INCRBY` keeps working on them.
+  /// Set to this JSON until `expires_at`.
   Set {
     json: Arc<str>,
     expires_at: Instant,
-    raw: bool,
   },
   Delete,
 }
@@ -252,7 +250,6 @@ mod tests {
     Pending::Set {
       json: v.into(),
       expires_at: *AT.get_or_init(Instant::now),
-      raw: false,
     }
   }
 

@@ -67,6 +67,10 @@ impl MemoryTier {
   pub fn new(max_entries: u64, max_bytes: u64) -> Self {
     let floor = (max_bytes / max_entries.max(1)).max(1);
     let cache = Cache::builder()
+      // LRU, not moka's default TinyLFU: an admission filter would turn away a
+      // new entry in favour of an old one, and a write just acknowledged
+      // must read back.
+      .eviction_policy(moka::policy::EvictionPolicy::lru())
       .max_capacity(max_bytes)
       .weigher(move |k: &String, v: &MemEntry| v.weight(k).max(floor).min(u32::MAX as u64) as u32)
       .expire_after(PerEntryTtl)
@@ -353,6 +357,8 @@ mod tests {
     let (entries, bytes) = m.usage();
     assert!(bytes <= 64 * 1024, "{bytes}");
     assert!(entries <= 100 && entries > 0, "{entries}");
+    assert!(m.exists("k1999"), "the newest entry is kept, the oldest evicted");
+    assert!(!m.exists("k0"));
     let m = MemoryTier::new(10, 1 << 30);
     for i in 0..500 {
       m.set(&format!("k{i}"), "1".into(), HOUR, 0);

@@ -147,27 +147,22 @@ impl RedisTier {
     Some(conns[i].clone())
   }
 
-  /// Sends the commands in one round trip (one pipeline; on a cluster, one
-  /// command per node, concurrently) and returns each command's outcome.
-  pub async fn run(&self, cmds: &[Cmd]) -> Result<Vec<Outcome>, Unavailable> {
+  /// Sends the pipeline in one round trip (on a cluster, one command per
+  /// node, concurrently) and returns each command's outcome.
+  pub async fn run(&self, pipe: &Pipeline) -> Result<Vec<Outcome>, Unavailable> {
     let conn = self.pick().ok_or_else(|| Unavailable("not connected".into()))?;
     let work = async move {
       match conn {
         Conn::Single(mut c) => {
-          let mut pipe = Pipeline::with_capacity(cmds.len());
-          for cmd in cmds {
-            pipe.add_command(cmd.clone());
-          }
-          pipe.ignore_errors();
-          let values: Vec<Value> = pipe.query_async(&mut c).await.map_err(unavailable)?;
+          let values: Vec<Value> = c.req_packed_commands(pipe, 0, pipe.len()).await.map_err(unavailable)?;
           Ok(values.into_iter().map(outcome).collect())
         }
         Conn::Cluster(c) => {
-          let sends = cmds.iter().map(|cmd| {
+          let sends = pipe.cmd_iter().map(|cmd| {
             let mut c = c.clone();
             async move { c.req_packed_command(cmd).await }
           });
-          let mut out = Vec::with_capacity(cmds.len());
+          let mut out = Vec::with_capacity(pipe.len());
           for r in join_all(sends).await {
             match r {
               Ok(v) => out.push(outcome(v)),
@@ -189,7 +184,9 @@ impl RedisTier {
 
   /// One command, for the maintenance paths; a server error is an `Err` too.
   pub async fn run_one(&self, cmd: Cmd) -> Result<Value, Unavailable> {
-    let mut out = self.run(std::slice::from_ref(&cmd)).await?;
+    let mut pipe = Pipeline::with_capacity(1);
+    pipe.add_command(cmd);
+    let mut out = self.run(&pipe).await?;
     out.pop().unwrap_or_else(|| Err("no reply".into())).map_err(Unavailable)
   }
 
