@@ -12,15 +12,17 @@ export declare const __napiBindingTarget: 'native' | 'wasm32-wasi' | 'wasm32-was
 /** The native half of `CacheAdapter`; use the class exported by `index.js`. */
 export declare class NativeCache {
   /**
-   * `options_json`: the options object as JSON. `on_done` receives every
-   * batch's replies and every mode change (see [`Completion`]).
+   * `options_json`: the options object as JSON. `wake` is called (with no
+   * arguments) when completions are ready to `drain()`.
    */
-  constructor(optionsJson: string, onDone: (completion: any[]) => void)
+  constructor(optionsJson: string, wake: () => void)
   /**
-   * Runs one tick's calls (see `batch` for the format); the replies arrive
-   * through `on_done` as `[id, ...replies]`.
+   * Runs one tick's calls (see `batch` for the format); the replies come
+   * back through `drain()` as `[id, ...replies]`.
    */
-  submit(id: number, codes: Uint32Array, nums: Float64Array, strs: Array<string>): void
+  submit(id: number, codes: Array<number>, nums: Array<number>, strs: Array<string>): void
+  /** Every completion ready now, oldest first. */
+  drain(): any[][]
   /**
    * Read-through for one generic key (`ttl_seconds` NaN: the default TTL);
    * `loader` must return a Promise of the value's JSON, or of `null` for

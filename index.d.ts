@@ -101,13 +101,17 @@ export interface CacheCounters {
   /** hits / (hits + misses), 0 to 1. */
   hitRate: number
   operations: number
+  /** Calls that failed, i.e. rejected to their caller. */
   errors: number
+  /** Redis round trips that failed or timed out; their calls were answered from memory. */
   redisErrors: number
+  /** Calls answered by the memory tier while Redis was unavailable. */
   servedFromMemory: number
   deduplicatedReads: number
   loaderCalls: number
   latency: { count: number; meanMs: number; p50Ms: number; p99Ms: number }
-  breaker: { state: 'closed' | 'open' | 'half-open'; consecutiveFailures: number; threshold: number; cooldownMs: number }
+  /** `'disabled'` when Redis is disabled by configuration. */
+  breaker: { state: 'closed' | 'open' | 'half-open' | 'disabled'; consecutiveFailures: number; threshold: number; cooldownMs: number }
   /** Times the breaker opened. */
   outages: number
   lastError: string | null

@@ -9,7 +9,10 @@
 //! wrote: plain JSON, or `compressed:` followed by JSON. `written_ms` (wall
 //! clock) lets a replay after an outage skip keys another instance wrote later.
 
+use std::cell::RefCell;
 use std::sync::Arc;
+
+use zstd::bulk::{Compressor, Decompressor};
 
 use crate::error::{CacheError, ErrorKind};
 
@@ -24,18 +27,34 @@ const ZSTD_LEVEL: i32 = 1;
 /// Refuse to inflate anything claiming to be larger than this.
 const MAX_DECODED: usize = 512 << 20;
 
+thread_local! {
+  // One zstd context per thread, reused: creating one per value cost more
+  // than compressing a 9 KB conversation.
+  static COMPRESSOR: RefCell<Option<Compressor<'static>>> = const { RefCell::new(None) };
+  static DECOMPRESSOR: RefCell<Option<Decompressor<'static>>> = const { RefCell::new(None) };
+}
+
 /// Encodes JSON text, compressing it when it is longer than `threshold` bytes
 /// and compression actually saves space.
 pub fn encode(json: &str, threshold: usize, written_ms: u64) -> Vec<u8> {
-  if json.len() > threshold {
-    if let Ok(frame) = zstd::bulk::compress(json.as_bytes(), ZSTD_LEVEL) {
-      if frame.len() + 4 < json.len() {
-        let mut out = Vec::with_capacity(HEADER + 4 + frame.len());
-        push_header(&mut out, CODEC_ZSTD, written_ms);
-        out.extend_from_slice(&(json.len() as u32).to_be_bytes());
-        out.extend_from_slice(&frame);
-        return out;
-      }
+  if json.len() > threshold && json.len() <= MAX_DECODED {
+    let start = HEADER + 4;
+    let mut out = vec![0; start + zstd::zstd_safe::compress_bound(json.len())];
+    let written = COMPRESSOR.with(|c| {
+      let mut c = c.borrow_mut();
+      let compressor = match c.as_mut() {
+        Some(compressor) => compressor,
+        None => c.insert(Compressor::new(ZSTD_LEVEL).ok()?),
+      };
+      compressor.compress_to_buffer(json.as_bytes(), &mut out[start..]).ok()
+    });
+    if let Some(written) = written.filter(|w| w + 4 < json.len()) {
+      out.truncate(start + written);
+      out[0] = MAGIC;
+      out[1] = CODEC_ZSTD;
+      out[2..HEADER].copy_from_slice(&written_ms.to_be_bytes());
+      out[HEADER..start].copy_from_slice(&(json.len() as u32).to_be_bytes());
+      return out;
     }
   }
   let mut out = header(written_ms);
@@ -77,7 +96,20 @@ pub fn decode(bytes: &[u8]) -> Result<Arc<str>, CacheError> {
       if len > MAX_DECODED {
         return Err(corrupt("compressed value claims an implausible size"));
       }
-      let raw = zstd::bulk::decompress(frame, len).map_err(|e| corrupt(&format!("zstd: {e}")))?;
+      let mut raw = vec![0u8; len];
+      let written = DECOMPRESSOR
+        .with(|d| {
+          let mut d = d.borrow_mut();
+          let decompressor = match d.as_mut() {
+            Some(decompressor) => decompressor,
+            None => d.insert(Decompressor::new()?),
+          };
+          decompressor.decompress_to_buffer(frame, &mut raw[..])
+        })
+        .map_err(|e| corrupt(&format!("zstd: {e}")))?;
+      if written != len {
+        return Err(corrupt("decompressed length differs from the header's"));
+      }
       std::str::from_utf8(&raw)
         .map(Arc::from)
         .map_err(|_| corrupt("decompressed value is not UTF-8"))

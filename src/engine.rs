@@ -341,7 +341,7 @@ impl Cache {
       "loaderCalls": m.loader_calls.load(Relaxed),
       "latency": { "count": latency.count, "meanMs": latency.mean_ms, "p50Ms": latency.p50_ms, "p99Ms": latency.p99_ms },
       "breaker": {
-        "state": inner.breaker.state().name(),
+        "state": if inner.redis.is_some() { inner.breaker.state().name() } else { "disabled" },
         "consecutiveFailures": inner.breaker.consecutive_failures(),
         "threshold": inner.cfg.breaker_failures,
         "cooldownMs": inner.cfg.breaker_cooldown.as_millis() as u64,
@@ -392,6 +392,11 @@ impl Cache {
   pub fn metrics_text(&self) -> String {
     let inner = &self.inner;
     let (entries, bytes) = inner.memory.usage();
+    let breaker_state = if inner.redis.is_some() {
+      inner.breaker.state() as u8 as f64
+    } else {
+      -1.0
+    };
     let gauges = [
       (
         "cache_mode_redis",
@@ -400,8 +405,8 @@ impl Cache {
       ),
       (
         "cache_breaker_state",
-        "Circuit breaker: 0 closed, 1 open, 2 half-open.",
-        inner.breaker.state() as u8 as f64,
+        "Circuit breaker: 0 closed, 1 open, 2 half-open, -1 Redis disabled.",
+        breaker_state,
       ),
       ("cache_memory_entries", "Entries in the memory tier.", entries as f64),
       (
@@ -419,13 +424,13 @@ impl Cache {
         "Writes waiting to be replayed to Redis.",
         inner.journal.len() as f64,
       ),
-      (
-        "cache_outages_total_gauge",
-        "Times the circuit breaker opened.",
-        inner.breaker.opens() as f64,
-      ),
     ];
-    inner.metrics.prometheus(&gauges)
+    let counters = [(
+      "cache_outages_total",
+      "Times the circuit breaker opened.",
+      inner.breaker.opens(),
+    )];
+    inner.metrics.prometheus(&counters, &gauges)
   }
 
   /// Names and seconds of the TTL table in force.

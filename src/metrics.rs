@@ -117,8 +117,8 @@ impl Metrics {
   }
 
   /// Prometheus text exposition (version 0.0.4) of the counters, the given
-  /// gauges and the latency histogram.
-  pub fn prometheus(&self, gauges: &[(&str, &str, f64)]) -> String {
+  /// counters kept elsewhere and gauges, and the latency histogram.
+  pub fn prometheus(&self, more_counters: &[(&str, &str, u64)], gauges: &[(&str, &str, f64)]) -> String {
     let mut out = String::with_capacity(4096);
     let counters: [(&str, &str, &AtomicU64); 9] = [
       ("cache_hits_total", "Reads that found a value.", &self.hits),
@@ -151,12 +151,9 @@ impl Metrics {
         &self.replay_dropped,
       ),
     ];
-    for (name, help, c) in counters {
-      let _ = writeln!(
-        out,
-        "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
-        c.load(Relaxed)
-      );
+    let counters = counters.iter().map(|(name, help, c)| (*name, *help, c.load(Relaxed)));
+    for (name, help, value) in counters.chain(more_counters.iter().copied()) {
+      let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}");
     }
     for (name, help, v) in gauges {
       let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
@@ -202,7 +199,11 @@ mod tests {
     let m = Metrics::default();
     m.hits.fetch_add(3, Relaxed);
     m.record_latency(Duration::from_micros(300), 4);
-    let text = m.prometheus(&[("cache_mode", "1 when serving from Redis.", 1.0)]);
+    let text = m.prometheus(
+      &[("cache_outages_total", "Outages.", 2)],
+      &[("cache_mode", "1 when serving from Redis.", 1.0)],
+    );
+    assert!(text.contains("# TYPE cache_outages_total counter\ncache_outages_total 2\n"));
     assert!(text.contains("cache_hits_total 3\n"));
     assert!(text.contains("# TYPE cache_mode gauge\ncache_mode 1\n"));
     assert!(text.contains("cache_operation_duration_seconds_bucket{le=\"+Inf\"} 4\n"));

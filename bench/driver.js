@@ -1,0 +1,249 @@
+'use strict'
+// One benchmark cell in its own process: (system, workload, in-flight count).
+// run.js forks this file with the cell as JSON in argv[2]; the result goes back
+// over IPC. Own process per cell, so the main thread's CPU time and the event
+// loop's delay belong to one system only.
+//
+// Steps: FLUSHALL, open the system, pre-populate every key through the system's
+// own setters, check a read-back, measure Redis bytes per entry, warm up, then
+// a closed loop: `inflight` workers each awaiting one op at a time for a fixed
+// time, latencies in a preallocated array. Every loop is bounded in count and
+// in time.
+
+const fs = require('node:fs')
+const path = require('node:path')
+const { performance, monitorEventLoopDelay } = require('node:perf_hooks')
+const Redis = require('ioredis')
+const { makeWorkload, prng } = require('./workloads')
+
+const SYSTEMS = {
+  native: {
+    async open(url) {
+      const { CacheAdapter } = require(path.join(__dirname, '..'))
+      const a = new CacheAdapter({ url, keyPrefix: 'bench' })
+      // The adapter connects in the background and serves from memory until
+      // Redis answers: wait until it reports Redis healthy, or we would
+      // measure the memory tier.
+      const until = Date.now() + 10000
+      for (let i = 0; i < 200 && Date.now() < until; i++) {
+        const h = await a.healthCheck()
+        if (h && h.redis && h.redis.status === 'healthy') return a
+        await sleep(50)
+      }
+      await a.close()
+      throw new Error('native adapter did not report redis.status === "healthy" within 10 s')
+    },
+  },
+  'ioredis-old': {
+    async open(url) {
+      const { IoredisOldAdapter } = require('./baselines/ioredis-adapter')
+      const a = new IoredisOldAdapter({ url, keyPrefix: 'bench' })
+      await a.ready()
+      return a
+    },
+  },
+  'node-redis-old': {
+    async open(url) {
+      const { NodeRedisOldAdapter } = require('./baselines/node-redis-adapter')
+      const a = new NodeRedisOldAdapter({ url, keyPrefix: 'bench' })
+      await a.ready()
+      return a
+    },
+  },
+}
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms))
+
+function withTimeout(promise, ms, what) {
+  let t
+  return Promise.race([
+    promise,
+    new Promise((_, rej) => {
+      t = setTimeout(() => rej(new Error(`${what} timed out after ${ms} ms`)), ms)
+    }),
+  ]).finally(() => clearTimeout(t))
+}
+
+/** ns on CPU of the main thread (tid == pid): first field of its schedstat. */
+function mainThreadCpuNs() {
+  try {
+    const s = fs.readFileSync(`/proc/self/task/${process.pid}/schedstat`, 'utf8')
+    return Number(s.split(' ')[0])
+  } catch {
+    return NaN
+  }
+}
+
+function parseInfo(text) {
+  const out = {}
+  for (const line of text.split('\r\n')) {
+    const i = line.indexOf(':')
+    if (i > 0) out[line.slice(0, i)] = line.slice(i + 1)
+  }
+  return out
+}
+
+async function serverCounters(admin) {
+  const i = parseInfo(await admin.info())
+  return {
+    cpuSec: Number(i.used_cpu_sys) + Number(i.used_cpu_user),
+    commands: Number(i.total_commands_processed),
+    usedMemory: Number(i.used_memory),
+  }
+}
+
+/** Sum of MEMORY USAGE (all samples) over every key in the DB, and the key count. */
+async function redisBytes(admin) {
+  let cursor = '0'
+  let bytes = 0
+  let nkeys = 0
+  for (let iter = 0; iter < 100000; iter++) {
+    const [next, batch] = await admin.scan(cursor, 'COUNT', 1000)
+    if (batch.length) {
+      const p = admin.pipeline()
+      for (const k of batch) p.memory('USAGE', k, 'SAMPLES', 0)
+      for (const [err, n] of await p.exec()) if (!err && n) bytes += Number(n)
+      nkeys += batch.length
+    }
+    cursor = next
+    if (cursor === '0') break
+  }
+  return { bytes, nkeys }
+}
+
+/** Write every key once through the system itself, a few at a time. */
+async function populate(a, w, deadlineMs) {
+  let next = 0
+  const deadline = performance.now() + deadlineMs
+  async function worker() {
+    while (next < w.keys && performance.now() < deadline) {
+      const k = next++
+      await w.set(a, k, k)
+    }
+  }
+  await Promise.all(Array.from({ length: 16 }, worker))
+  if (next < w.keys) throw new Error(`populate wrote ${next}/${w.keys} keys before its deadline`)
+}
+
+/**
+ * Closed loop: `inflight` workers, each awaiting one op at a time, until
+ * `ms` elapses or `lat` is full. Returns counts; latencies (ms) go to `lat`.
+ */
+async function closedLoop(a, w, inflight, ms, lat, seed) {
+  const cap = lat.length
+  const deadline = performance.now() + ms
+  let n = 0
+  let errors = 0
+  let misses = 0
+  let lastError = null
+  async function worker(id) {
+    const r = prng(seed * 1000 + id)
+    while (n < cap) {
+      const t0 = performance.now()
+      if (t0 >= deadline) break
+      const k = (r() * w.keys) | 0
+      try {
+        if (r() < w.getShare) {
+          if ((await w.get(a, k)) === null) misses++
+        } else {
+          await w.set(a, k, (r() * w.poolSize) | 0)
+        }
+      } catch (e) {
+        errors++
+        lastError = String(e && e.message ? e.message : e)
+      }
+      if (n < cap) lat[n++] = performance.now() - t0
+    }
+  }
+  const t0 = performance.now()
+  await Promise.all(Array.from({ length: inflight }, (_, i) => worker(i)))
+  return { ops: n, elapsedMs: performance.now() - t0, errors, misses, lastError }
+}
+
+function percentile(sorted, p) {
+  if (sorted.length === 0) return NaN
+  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))]
+}
+
+async function runCell(cell) {
+  const admin = new Redis(cell.url, { maxRetriesPerRequest: 1 })
+  let a = null
+  try {
+    await admin.flushall()
+    const w = makeWorkload(cell.workload, cell.keys)
+    a = await withTimeout(SYSTEMS[cell.system].open(cell.url), 15000, 'open')
+
+    const mem0 = await serverCounters(admin)
+    await withTimeout(populate(a, w, 30000), 35000, 'populate')
+    // read-back check: what we wrote is what we get
+    for (const k of [0, w.keys >> 1, w.keys - 1]) {
+      const got = await w.get(a, k)
+      if (JSON.stringify(got) !== JSON.stringify(w.value(k))) {
+        throw new Error(`read-back of key ${k} differs from what was written (got ${JSON.stringify(got).slice(0, 80)})`)
+      }
+    }
+    const { bytes, nkeys } = await redisBytes(admin)
+    if (nkeys === 0) throw new Error('nothing reached Redis after populate')
+    const mem1 = await serverCounters(admin)
+
+    const lat = new Float64Array(Math.min(4e6, Math.max(1e5, Math.ceil(cell.seconds * 400000))))
+    if (cell.warmupSeconds > 0) await closedLoop(a, w, cell.inflight, cell.warmupSeconds * 1000, lat, cell.seed + 7)
+
+    const eld = monitorEventLoopDelay({ resolution: 1 })
+    const srv0 = await serverCounters(admin)
+    eld.enable()
+    const cpu0 = process.cpuUsage()
+    const main0 = mainThreadCpuNs()
+    const run = await closedLoop(a, w, cell.inflight, cell.seconds * 1000, lat, cell.seed)
+    const main1 = mainThreadCpuNs()
+    const cpu = process.cpuUsage(cpu0)
+    eld.disable()
+    const srv1 = await serverCounters(admin)
+
+    const sorted = lat.subarray(0, run.ops).sort()
+    const ops = Math.max(1, run.ops)
+    return {
+      ok: true,
+      ops: run.ops,
+      seconds: run.elapsedMs / 1000,
+      opsPerSec: run.ops / (run.elapsedMs / 1000),
+      p50ms: percentile(sorted, 50),
+      p99ms: percentile(sorted, 99),
+      eldP99ms: eld.percentile(99) / 1e6,
+      cpuUsPerOp: (cpu.user + cpu.system) / ops,
+      mainUsPerOp: (main1 - main0) / 1000 / ops,
+      bytesPerEntry: bytes / w.keys,
+      redisKeys: nkeys,
+      usedMemoryPerEntry: (mem1.usedMemory - mem0.usedMemory) / w.keys,
+      redisCmdsPerOp: (srv1.commands - srv0.commands - 1) / ops, // minus our own INFO
+      redisCpuUsPerOp: ((srv1.cpuSec - srv0.cpuSec) * 1e6) / ops,
+      errors: run.errors,
+      misses: run.misses,
+      lastError: run.lastError,
+    }
+  } finally {
+    if (a) await withTimeout(a.close(), 5000, 'close').catch(() => {})
+    admin.disconnect()
+  }
+}
+
+if (require.main === module) {
+  const cell = JSON.parse(process.argv[2])
+  const hard = setTimeout(() => {
+    process.stderr.write('driver: hard time limit reached\n')
+    process.exit(3)
+  }, cell.timeLimitMs)
+  hard.unref()
+  process.on('disconnect', () => process.exit(4)) // run.js went away: do not linger
+  runCell(cell)
+    .catch((e) => ({ ok: false, error: String(e && e.stack ? e.stack : e) }))
+    .then((res) => {
+      if (process.send) process.send(res, () => process.exit(0))
+      else {
+        console.log(JSON.stringify(res, null, 2))
+        process.exit(0)
+      }
+    })
+}
+
+module.exports = { runCell, SYSTEMS }
