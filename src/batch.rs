@@ -136,10 +136,7 @@ impl Op {
   }
 
   pub fn is_write(&self) -> bool {
-    !matches!(
-      self,
-      Op::Get { .. } | Op::Exists { .. } | Op::HGet { .. } | Op::HGetAll { .. }
-    )
+    !matches!(self, Op::Get { .. } | Op::Exists { .. } | Op::HGet { .. } | Op::HGetAll { .. })
   }
 }
 
@@ -162,16 +159,7 @@ pub fn decode(codes: &[u32], nums: &[f64], strs: Vec<String>, cfg: &Config, keys
   codes
     .iter()
     .enumerate()
-    .map(|(i, &code)| {
-      decode_call(
-        code,
-        nums.get(i).copied().unwrap_or(f64::NAN),
-        &mut strs,
-        cfg,
-        keys,
-        now_ms,
-      )
-    })
+    .map(|(i, &code)| decode_call(code, nums.get(i).copied().unwrap_or(f64::NAN), &mut strs, cfg, keys, now_ms))
     .collect()
 }
 
@@ -198,11 +186,7 @@ fn decode_call(
     None => args.push(Some(next()?)),
     Some(e) => {
       for (_, role) in e.args {
-        args.push(if *role == ArgRole::Org && org_null {
-          None
-        } else {
-          Some(next()?)
-        });
+        args.push(if *role == ArgRole::Org && org_null { None } else { Some(next()?) });
       }
     }
   }
@@ -229,47 +213,21 @@ fn decode_call(
     let default = cfg.default_ttl_secs;
     return Ok(vec![match opcode {
       Opcode::Get => Op::Get { key, unwrap: None },
-      Opcode::Set => Op::Set {
-        key,
-        kind: 0,
-        json: value.unwrap().into(),
-        ttl: ttl_secs(default)?,
-      },
+      Opcode::Set => Op::Set { key, kind: 0, json: value.unwrap().into(), ttl: ttl_secs(default)? },
       Opcode::Delete => Op::Delete { key },
       Opcode::Exists => Op::Exists { key },
-      Opcode::Expire => Op::Expire {
-        key,
-        ttl: ttl_secs(default)?,
-      },
+      Opcode::Expire => Op::Expire { key, ttl: ttl_secs(default)? },
       Opcode::Increment => {
         if !(num.is_finite() && num.fract() == 0.0 && num.abs() <= 9.007_199_254_740_991e15) {
-          return Err(CacheError::new(
-            ErrorKind::Range,
-            format!("by must be a safe integer, got {num}"),
-          ));
+          return Err(CacheError::new(ErrorKind::Range, format!("by must be a safe integer, got {num}")));
         }
-        Op::Increment {
-          key,
-          kind: 0,
-          by: num as i64,
-          ttl: Duration::from_secs_f64(default),
-        }
+        Op::Increment { key, kind: 0, by: num as i64, ttl: Duration::from_secs_f64(default) }
       }
-      Opcode::HGet => Op::HGet {
-        key,
-        field: field.unwrap(),
-      },
-      Opcode::HSet => Op::HSet {
-        key,
-        kind: 0,
-        field: field.unwrap(),
-        json: value.unwrap().into(),
-        ttl: ttl_secs(default)?,
-      },
-      Opcode::HDel => Op::HDel {
-        key,
-        field: field.unwrap(),
-      },
+      Opcode::HGet => Op::HGet { key, field: field.unwrap() },
+      Opcode::HSet => {
+        Op::HSet { key, kind: 0, field: field.unwrap(), json: value.unwrap().into(), ttl: ttl_secs(default)? }
+      }
+      Opcode::HDel => Op::HDel { key, field: field.unwrap() },
       Opcode::HGetAll => Op::HGetAll { key },
       Opcode::ClearOrg => unreachable!(),
     }]);
@@ -291,20 +249,10 @@ fn decode_call(
       let ttl = Duration::from_secs_f64(cfg.ttl(entry.ttl));
       let kind = kind as u8;
       match entry.shape {
-        Shape::Plain => Ok(vec![Op::Set {
-          key,
-          kind,
-          json: json.into(),
-          ttl,
-        }]),
+        Shape::Plain => Ok(vec![Op::Set { key, kind, json: json.into(), ttl }]),
         Shape::Field(f) => {
           let wrapped = format!("{{\"{f}\":{json},\"timestamp\":{now_ms}}}");
-          Ok(vec![Op::Set {
-            key,
-            kind,
-            json: wrapped.into(),
-            ttl,
-          }])
+          Ok(vec![Op::Set { key, kind, json: wrapped.into(), ttl }])
         }
         Shape::Mapping { reverse } => {
           let target: String = serde_json::from_str(&json)
@@ -314,18 +262,8 @@ fn decode_call(
           let given = args[0].as_deref().unwrap_or_default();
           let reverse_json = serde_json::to_string(given).expect("a string always serialises");
           Ok(vec![
-            Op::Set {
-              key,
-              kind,
-              json: json.into(),
-              ttl,
-            },
-            Op::Set {
-              key: reverse_key,
-              kind: reverse as u8,
-              json: reverse_json.into(),
-              ttl,
-            },
+            Op::Set { key, kind, json: json.into(), ttl },
+            Op::Set { key: reverse_key, kind: reverse as u8, json: reverse_json.into(), ttl },
           ])
         }
       }
@@ -367,26 +305,13 @@ mod tests {
       code(Opcode::HSet, Kind::Generic),
       code(Opcode::Set, Kind::PhoneToLead),
     ];
-    let strs = ["k", "[1]", "+1 555", "h", "f", "2", "+1 (555) 1", "\"lead-1\""]
-      .map(String::from)
-      .to_vec();
+    let strs = ["k", "[1]", "+1 555", "h", "f", "2", "+1 (555) 1", "\"lead-1\""].map(String::from).to_vec();
     let calls = decode(&codes, &[10.0, f64::NAN, f64::NAN, f64::NAN], strs, &cfg, &keys, 5);
     assert_eq!(
       calls[0],
-      Ok(vec![Op::Set {
-        key: "p:kv:k".into(),
-        kind: 0,
-        json: "[1]".into(),
-        ttl: Duration::from_secs(10)
-      }])
+      Ok(vec![Op::Set { key: "p:kv:k".into(), kind: 0, json: "[1]".into(), ttl: Duration::from_secs(10) }])
     );
-    assert_eq!(
-      calls[1],
-      Ok(vec![Op::Get {
-        key: "p:global:ctx:1555".into(),
-        unwrap: None
-      }])
-    );
+    assert_eq!(calls[1], Ok(vec![Op::Get { key: "p:global:ctx:1555".into(), unwrap: None }]));
     assert!(
       matches!(&calls[2], Ok(ops) if ops[0] == Op::HSet { key: "p:kv:h".into(), kind: 0, field: "f".into(), json: "2".into(), ttl: Duration::from_secs(7200) })
     );
@@ -400,22 +325,9 @@ mod tests {
   fn a_refused_call_does_not_shift_the_next() {
     let (cfg, keys) = (cfg(), KeySpace::new("p"));
     let codes = [code(Opcode::Set, Kind::Generic), code(Opcode::Get, Kind::Generic)];
-    let calls = decode(
-      &codes,
-      &[-1.0, f64::NAN],
-      ["a", "1", "b"].map(String::from).to_vec(),
-      &cfg,
-      &keys,
-      0,
-    );
+    let calls = decode(&codes, &[-1.0, f64::NAN], ["a", "1", "b"].map(String::from).to_vec(), &cfg, &keys, 0);
     assert_eq!(calls[0].as_ref().unwrap_err().kind, ErrorKind::Range);
-    assert_eq!(
-      calls[1],
-      Ok(vec![Op::Get {
-        key: "p:kv:b".into(),
-        unwrap: None
-      }])
-    );
+    assert_eq!(calls[1], Ok(vec![Op::Get { key: "p:kv:b".into(), unwrap: None }]));
   }
 
   #[test]
@@ -440,14 +352,7 @@ mod tests {
   #[test]
   fn truncated_batches_are_errors_not_panics() {
     let (cfg, keys) = (cfg(), KeySpace::new("p"));
-    let calls = decode(
-      &[code(Opcode::Set, Kind::Generic), 0xFF],
-      &[],
-      vec!["only-key".into()],
-      &cfg,
-      &keys,
-      0,
-    );
+    let calls = decode(&[code(Opcode::Set, Kind::Generic), 0xFF], &[], vec!["only-key".into()], &cfg, &keys, 0);
     assert!(calls.iter().all(|c| c.is_err()));
   }
 }

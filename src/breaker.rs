@@ -70,12 +70,7 @@ impl CircuitBreaker {
     elapsed >= self.cooldown.as_micros() as u64
       && self
         .state
-        .compare_exchange(
-          State::Open as u8,
-          State::HalfOpen as u8,
-          Ordering::AcqRel,
-          Ordering::Acquire,
-        )
+        .compare_exchange(State::Open as u8, State::HalfOpen as u8, Ordering::AcqRel, Ordering::Acquire)
         .is_ok()
   }
 

@@ -85,13 +85,9 @@ pub fn decode(bytes: &[u8]) -> Result<Arc<str>, CacheError> {
   }
   let payload = &bytes[HEADER..];
   match bytes[1] {
-    CODEC_JSON => std::str::from_utf8(payload)
-      .map(Arc::from)
-      .map_err(|_| corrupt("JSON value is not UTF-8")),
+    CODEC_JSON => std::str::from_utf8(payload).map(Arc::from).map_err(|_| corrupt("JSON value is not UTF-8")),
     CODEC_ZSTD => {
-      let (len, frame) = payload
-        .split_at_checked(4)
-        .ok_or_else(|| corrupt("compressed value too short"))?;
+      let (len, frame) = payload.split_at_checked(4).ok_or_else(|| corrupt("compressed value too short"))?;
       let len = u32::from_be_bytes(len.try_into().unwrap()) as usize;
       if len > MAX_DECODED {
         return Err(corrupt("compressed value claims an implausible size"));
@@ -110,13 +106,9 @@ pub fn decode(bytes: &[u8]) -> Result<Arc<str>, CacheError> {
       if written != len {
         return Err(corrupt("decompressed length differs from the header's"));
       }
-      std::str::from_utf8(&raw)
-        .map(Arc::from)
-        .map_err(|_| corrupt("decompressed value is not UTF-8"))
+      std::str::from_utf8(&raw).map(Arc::from).map_err(|_| corrupt("decompressed value is not UTF-8"))
     }
-    other => Err(corrupt(&format!(
-      "unknown codec {other:#04x} (written by a newer version?)"
-    ))),
+    other => Err(corrupt(&format!("unknown codec {other:#04x} (written by a newer version?)"))),
   }
 }
 
@@ -155,9 +147,8 @@ mod tests {
       "The blue hybrid, if it is still in stock.",
       "Let me check the inventory for you.",
     ];
-    let msgs: Vec<String> = (0..n)
-      .map(|i| format!("{{\"role\":\"user\",\"content\":\"{} #{i}\"}}", lines[i % 4]))
-      .collect();
+    let msgs: Vec<String> =
+      (0..n).map(|i| format!("{{\"role\":\"user\",\"content\":\"{} #{i}\"}}", lines[i % 4])).collect();
     format!("[{}]", msgs.join(","))
   }
 
@@ -182,12 +173,8 @@ mod tests {
 
   #[test]
   fn incompressible_values_are_kept_plain() {
-    let json = format!(
-      "\"{}\"",
-      (0..2000u32)
-        .map(|i| char::from(b'a' + ((i * 7919 + i * i) % 26) as u8))
-        .collect::<String>()
-    );
+    let json =
+      format!("\"{}\"", (0..2000u32).map(|i| char::from(b'a' + ((i * 7919 + i * i) % 26) as u8)).collect::<String>());
     let enc = encode(&json, 16, 1);
     assert_eq!(&*decode(&enc).unwrap(), json);
   }

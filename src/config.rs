@@ -92,10 +92,7 @@ pub fn resolve(options: &Value, env: &dyn Fn(&str) -> Option<String>) -> Result<
     "onModeChange",
   ];
   if let Some(unknown) = opts.keys().find(|k| !known.contains(&k.as_str())) {
-    return Err(CacheError::new(
-      ErrorKind::Type,
-      format!("options.{unknown} is not a known option"),
-    ));
+    return Err(CacheError::new(ErrorKind::Type, format!("options.{unknown} is not a known option")));
   }
   let o = Opts { opts, env };
 
@@ -111,14 +108,8 @@ pub fn resolve(options: &Value, env: &dyn Fn(&str) -> Option<String>) -> Result<
   let key_prefix = match o.string("keyPrefix", None)? {
     Some(p) => p,
     None => {
-      let namespace = env("CACHE_NAMESPACE")
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "jack".into());
-      let stage = if env("NODE_ENV").as_deref() == Some("production") {
-        "prod"
-      } else {
-        "dev"
-      };
+      let namespace = env("CACHE_NAMESPACE").filter(|s| !s.is_empty()).unwrap_or_else(|| "jack".into());
+      let stage = if env("NODE_ENV").as_deref() == Some("production") { "prod" } else { "dev" };
       format!("{namespace}:{stage}")
     }
   };
@@ -138,11 +129,7 @@ pub fn resolve(options: &Value, env: &dyn Fn(&str) -> Option<String>) -> Result<
 
   let default_ttl_secs = match env("CACHE_DEFAULT_TTL") {
     Some(s) => ttl_value(
-      &Value::from(
-        s.trim()
-          .parse::<f64>()
-          .map_err(|_| type_err("CACHE_DEFAULT_TTL", "a number of seconds"))?,
-      ),
+      &Value::from(s.trim().parse::<f64>().map_err(|_| type_err("CACHE_DEFAULT_TTL", "a number of seconds"))?),
       "CACHE_DEFAULT_TTL",
     )?,
     None => 7200.0,
@@ -157,13 +144,7 @@ pub fn resolve(options: &Value, env: &dyn Fn(&str) -> Option<String>) -> Result<
     compression_threshold: o.int("compressionThreshold", None, 0, u32::MAX as u64, 1024)? as usize,
     command_timeout: Duration::from_millis(o.int("commandTimeoutMs", None, 1, 600_000, 250)?),
     connect_timeout: Duration::from_millis(o.int("connectTimeoutMs", None, 1, 600_000, 1000)?),
-    breaker_failures: o.int(
-      "breakerFailures",
-      Some("CACHE_CIRCUIT_BREAKER_FAILURES"),
-      1,
-      1_000_000,
-      5,
-    )? as u32,
+    breaker_failures: o.int("breakerFailures", Some("CACHE_CIRCUIT_BREAKER_FAILURES"), 1, 1_000_000, 5)? as u32,
     breaker_cooldown: Duration::from_millis(o.int(
       "breakerCooldownMs",
       Some("CACHE_CIRCUIT_BREAKER_TIMEOUT"),
@@ -218,11 +199,8 @@ fn resolve_target(o: &Opts) -> Result<RedisTarget, CacheError> {
           Some(_) => Err(type_err(&format!("options.tls.{name}"), "a file path string")),
         }
       };
-      target.tls = Some(TlsFiles {
-        ca_file: file("caFile")?,
-        cert_file: file("certFile")?,
-        key_file: file("keyFile")?,
-      });
+      target.tls =
+        Some(TlsFiles { ca_file: file("caFile")?, cert_file: file("certFile")?, key_file: file("keyFile")? });
     }
     Some(_) => return Err(type_err("options.tls", "a boolean or {caFile, certFile, keyFile}")),
     None => {
@@ -237,9 +215,7 @@ fn resolve_target(o: &Opts) -> Result<RedisTarget, CacheError> {
     None | Some(Value::Null) => {}
     Some(Value::Array(nodes)) => {
       for (i, n) in nodes.iter().enumerate() {
-        let s = n
-          .as_str()
-          .ok_or_else(|| type_err(&format!("options.clusterNodes[{i}]"), "a redis:// URL string"))?;
+        let s = n.as_str().ok_or_else(|| type_err(&format!("options.clusterNodes[{i}]"), "a redis:// URL string"))?;
         let mut probe = target.clone();
         apply_url(&mut probe, s)
           .map_err(|why| CacheError::new(ErrorKind::Type, format!("options.clusterNodes[{i}] {why}")))?;
@@ -257,11 +233,7 @@ fn apply_url(t: &mut RedisTarget, url: &str) -> Result<(), String> {
   match scheme {
     "redis" => {}
     "rediss" => t.tls = Some(t.tls.take().unwrap_or_default()),
-    _ => {
-      return Err(format!(
-        "has an unsupported scheme {scheme:?}; use redis:// or rediss://"
-      ))
-    }
+    _ => return Err(format!("has an unsupported scheme {scheme:?}; use redis:// or rediss://")),
   }
   let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
   let (userinfo, hostport) = match authority.rsplit_once('@') {
@@ -290,9 +262,7 @@ fn apply_url(t: &mut RedisTarget, url: &str) -> Result<(), String> {
   }
   let db = path.split('?').next().unwrap_or("");
   if !db.is_empty() {
-    t.db = db
-      .parse()
-      .map_err(|_| format!("has an invalid database number {db:?}"))?;
+    t.db = db.parse().map_err(|_| format!("has an invalid database number {db:?}"))?;
   }
   Ok(())
 }
@@ -326,10 +296,7 @@ pub fn check_ttl(secs: f64, name: &str) -> Result<f64, CacheError> {
   if secs.is_finite() && secs > 0.0 {
     Ok(secs)
   } else {
-    Err(CacheError::new(
-      ErrorKind::Range,
-      format!("{name} must be a positive finite number of seconds, got {secs}"),
-    ))
+    Err(CacheError::new(ErrorKind::Range, format!("{name} must be a positive finite number of seconds, got {secs}")))
   }
 }
 
@@ -362,19 +329,11 @@ impl Opts<'_> {
 
   fn int(&self, name: &str, env: Option<&str>, min: u64, max: u64, default: u64) -> Result<u64, CacheError> {
     let (value, label) = match self.get(name) {
-      Some(v) => (
-        v.as_f64()
-          .ok_or_else(|| type_err(&format!("options.{name}"), "a number"))?,
-        format!("options.{name}"),
-      ),
-      None => match env
-        .and_then(|e| (self.env)(e).map(|s| (e, s)))
-        .filter(|(_, s)| !s.trim().is_empty())
-      {
-        Some((e, s)) => (
-          s.trim().parse::<f64>().map_err(|_| type_err(e, "a number"))?,
-          e.to_string(),
-        ),
+      Some(v) => {
+        (v.as_f64().ok_or_else(|| type_err(&format!("options.{name}"), "a number"))?, format!("options.{name}"))
+      }
+      None => match env.and_then(|e| (self.env)(e).map(|s| (e, s))).filter(|(_, s)| !s.trim().is_empty()) {
+        Some((e, s)) => (s.trim().parse::<f64>().map_err(|_| type_err(e, "a number"))?, e.to_string()),
         None => return Ok(default),
       },
     };
@@ -444,13 +403,7 @@ mod tests {
     assert!(e.message.contains("options.ttl.leadData"));
     let e = resolve(&json!({"poolSize": 0}), &no_env).unwrap_err();
     assert_eq!(e.kind, ErrorKind::Range);
-    assert!(resolve(&json!({"nope": 1}), &no_env)
-      .unwrap_err()
-      .message
-      .contains("options.nope"));
-    assert!(resolve(&json!({"url": "http://x"}), &no_env)
-      .unwrap_err()
-      .message
-      .contains("options.url"));
+    assert!(resolve(&json!({"nope": 1}), &no_env).unwrap_err().message.contains("options.nope"));
+    assert!(resolve(&json!({"url": "http://x"}), &no_env).unwrap_err().message.contains("options.url"));
   }
 }

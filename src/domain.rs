@@ -169,9 +169,7 @@ pub const TABLE: &[Entry] = &[
     value_default: None,
     ttl: TtlName::LeadData,
     tag: "phone2lead",
-    shape: Shape::Mapping {
-      reverse: Kind::LeadToPhone,
-    },
+    shape: Shape::Mapping { reverse: Kind::LeadToPhone },
   },
   Entry {
     kind: Kind::LeadToPhone,
@@ -336,15 +334,9 @@ mod tests {
       domain_key(&ks, ctx, &[Some("org 1"), Some("+1 (987) 654-321")]).unwrap(),
       "p:org:{org%201}:ctx:1987654321"
     );
-    assert_eq!(
-      domain_key(&ks, ctx, &[None, Some("+1987654321")]).unwrap(),
-      "p:global:ctx:1987654321"
-    );
+    assert_eq!(domain_key(&ks, ctx, &[None, Some("+1987654321")]).unwrap(), "p:global:ctx:1987654321");
     let sse = Kind::SseResponse.entry().unwrap();
-    assert_eq!(
-      domain_key(&ks, sse, &[Some("l:1"), Some("555")]).unwrap(),
-      "p:sse:l%3A1:555"
-    );
+    assert_eq!(domain_key(&ks, sse, &[Some("l:1"), Some("555")]).unwrap(), "p:sse:l%3A1:555");
     let org = Kind::OrganizationData.entry().unwrap();
     assert_eq!(domain_key(&ks, org, &[Some("o")]).unwrap(), "p:org:{o}:orgdata");
     let e = domain_key(&ks, ctx, &[Some("o"), Some("no digits")]).unwrap_err();
@@ -354,11 +346,7 @@ mod tests {
 
   #[test]
   fn every_method_name_is_unique() {
-    let mut names: Vec<_> = TABLE
-      .iter()
-      .flat_map(|e| [Some(e.getter), e.setter])
-      .flatten()
-      .collect();
+    let mut names: Vec<_> = TABLE.iter().flat_map(|e| [Some(e.getter), e.setter]).flatten().collect();
     let n = names.len();
     names.sort();
     names.dedup();

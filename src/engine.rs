@@ -150,10 +150,7 @@ struct Inner {
 impl Cache {
   /// Starts the cache; with Redis enabled, connects in the background.
   pub fn new(cfg: Config, runtime: Handle, observer: ModeObserver) -> Cache {
-    let redis = cfg
-      .redis
-      .clone()
-      .map(|t| RedisTier::new(t, cfg.pool_size, cfg.command_timeout, cfg.connect_timeout));
+    let redis = cfg.redis.clone().map(|t| RedisTier::new(t, cfg.pool_size, cfg.command_timeout, cfg.connect_timeout));
     let inner = Arc::new(Inner {
       keys: KeySpace::new(&cfg.key_prefix),
       memory: MemoryTier::new(cfg.memory_max_entries, cfg.memory_max_bytes),
@@ -239,12 +236,10 @@ impl Cache {
   {
     let lead = match self.inner.loads.join(&key) {
       Join::Follower(f) => {
-        return f.wait().await.unwrap_or_else(|| {
-          Err(CacheError::new(
-            ErrorKind::Loader,
-            "the loader of this key was abandoned",
-          ))
-        })
+        return f
+          .wait()
+          .await
+          .unwrap_or_else(|| Err(CacheError::new(ErrorKind::Loader, "the loader of this key was abandoned")))
       }
       Join::Leader(lead) => lead,
     };
@@ -259,14 +254,7 @@ impl Cache {
     Fut: Future<Output = Result<Option<String>, String>>,
   {
     let generic_key = self.inner.keys.generic(&key);
-    match self
-      .execute(vec![Ok(vec![Op::Get {
-        key: generic_key.clone(),
-        unwrap: None,
-      }])])
-      .await
-      .pop()
-    {
+    match self.execute(vec![Ok(vec![Op::Get { key: generic_key.clone(), unwrap: None }])]).await.pop() {
       Some(Reply::Json(json)) => return Ok(Some(json)),
       Some(Reply::Error(e)) => return Err(e),
       _ => {}
@@ -284,12 +272,7 @@ impl Cache {
       Ok(Ok(None)) => return Ok(None),
       Ok(Ok(Some(json))) => Arc::<str>::from(json),
     };
-    let set = Op::Set {
-      key: generic_key,
-      kind: 0,
-      json: json.clone(),
-      ttl,
-    };
+    let set = Op::Set { key: generic_key, kind: 0, json: json.clone(), ttl };
     match self.execute(vec![Ok(vec![set])]).await.pop() {
       Some(Reply::Error(e)) => Err(e),
       _ => Ok(Some(json)),
@@ -367,12 +350,7 @@ impl Cache {
       return json!({ "status": "disabled", "enabled": false });
     };
     if !inner.breaker.allows_traffic() {
-      let error = inner
-        .last_error
-        .lock()
-        .unwrap()
-        .clone()
-        .unwrap_or_else(|| "circuit breaker open".into());
+      let error = inner.last_error.lock().unwrap().clone().unwrap_or_else(|| "circuit breaker open".into());
       return json!({ "status": "unhealthy", "enabled": true, "connected": false, "error": error, "breaker": inner.breaker.state().name() });
     }
     match redis.ping().await {
@@ -392,44 +370,20 @@ impl Cache {
   pub fn metrics_text(&self) -> String {
     let inner = &self.inner;
     let (entries, bytes) = inner.memory.usage();
-    let breaker_state = if inner.redis.is_some() {
-      inner.breaker.state() as u8 as f64
-    } else {
-      -1.0
-    };
+    let breaker_state = if inner.redis.is_some() { inner.breaker.state() as u8 as f64 } else { -1.0 };
     let gauges = [
       (
         "cache_mode_redis",
         "1 while serving from Redis, 0 while serving from memory.",
         (inner.mode() == Mode::Redis) as u8 as f64,
       ),
-      (
-        "cache_breaker_state",
-        "Circuit breaker: 0 closed, 1 open, 2 half-open, -1 Redis disabled.",
-        breaker_state,
-      ),
+      ("cache_breaker_state", "Circuit breaker: 0 closed, 1 open, 2 half-open, -1 Redis disabled.", breaker_state),
       ("cache_memory_entries", "Entries in the memory tier.", entries as f64),
-      (
-        "cache_memory_bytes",
-        "Approximate bytes held by the memory tier.",
-        bytes as f64,
-      ),
-      (
-        "cache_pool_connections",
-        "Open Redis connections.",
-        inner.redis.as_ref().map_or(0, |r| r.connections()) as f64,
-      ),
-      (
-        "cache_replay_pending",
-        "Writes waiting to be replayed to Redis.",
-        inner.journal.len() as f64,
-      ),
+      ("cache_memory_bytes", "Approximate bytes held by the memory tier.", bytes as f64),
+      ("cache_pool_connections", "Open Redis connections.", inner.redis.as_ref().map_or(0, |r| r.connections()) as f64),
+      ("cache_replay_pending", "Writes waiting to be replayed to Redis.", inner.journal.len() as f64),
     ];
-    let counters = [(
-      "cache_outages_total",
-      "Times the circuit breaker opened.",
-      inner.breaker.opens(),
-    )];
+    let counters = [("cache_outages_total", "Times the circuit breaker opened.", inner.breaker.opens())];
     inner.metrics.prometheus(&counters, &gauges)
   }
 
@@ -619,13 +573,7 @@ impl Inner {
         Ok(json) => self.read_reply(json, None),
         Err(e) => Reply::Error(e),
       },
-      Op::HSet {
-        key,
-        kind,
-        field,
-        json,
-        ttl,
-      } => {
+      Op::HSet { key, kind, field, json, ttl } => {
         let _ = m.hset(key, field, json.clone(), *ttl, *kind);
         Reply::Bool(true)
       }
@@ -666,10 +614,6 @@ impl Inner {
         self.journal.record(slot, pending, at);
       }
     };
-    let whole = |key: &str| Slot {
-      key: key.to_string(),
-      field: None,
-    };
     let result: Result<Reply, CacheError> = (|| {
       Ok(match op {
         Op::Get { key, unwrap } => {
@@ -682,18 +626,12 @@ impl Inner {
         }
         Op::Set { key, kind, json, ttl } => {
           m.set(key, json.clone(), *ttl, *kind);
-          record(
-            whole(key),
-            Pending::Set {
-              json: json.clone(),
-              expires_at: now + *ttl,
-            },
-          );
+          record(Slot::whole(key), Pending::Set { json: json.clone(), expires_at: now + *ttl });
           Reply::Bool(true)
         }
         Op::Delete { key } => {
           let existed = m.delete(key);
-          record(whole(key), Pending::Delete);
+          record(Slot::whole(key), Pending::Delete);
           Reply::Bool(existed)
         }
         Op::Exists { key } => Reply::Bool(m.exists(key)),
@@ -701,26 +639,10 @@ impl Inner {
           let found = m.expire(key, *ttl);
           if let Some(entry) = m.get(key).filter(|_| found) {
             match entry.value {
-              MemValue::Json(json) => record(
-                whole(key),
-                Pending::Set {
-                  json,
-                  expires_at: entry.expires_at,
-                },
-              ),
+              MemValue::Json(json) => record(Slot::whole(key), Pending::Set { json, expires_at: entry.expires_at }),
               MemValue::Hash(fields) => {
                 for (field, json) in fields.iter() {
-                  let slot = Slot {
-                    key: key.clone(),
-                    field: Some(field.clone()),
-                  };
-                  record(
-                    slot,
-                    Pending::Set {
-                      json: json.clone(),
-                      expires_at: entry.expires_at,
-                    },
-                  );
+                  record(Slot::field(key, field), Pending::Set { json: json.clone(), expires_at: entry.expires_at });
                 }
               }
             }
@@ -730,46 +652,18 @@ impl Inner {
         Op::Increment { key, kind, by, ttl } => {
           let n = m.increment(key, *by, *ttl, *kind)?;
           let expires_at = m.get(key).map_or(now + *ttl, |e| e.expires_at);
-          record(
-            whole(key),
-            Pending::Set {
-              json: n.to_string().into(),
-              expires_at,
-            },
-          );
+          record(Slot::whole(key), Pending::Set { json: n.to_string().into(), expires_at });
           Reply::Int(n)
         }
         Op::HGet { key, field } => self.read_reply(m.hget(key, field)?, None),
-        Op::HSet {
-          key,
-          kind,
-          field,
-          json,
-          ttl,
-        } => {
+        Op::HSet { key, kind, field, json, ttl } => {
           m.hset(key, field, json.clone(), *ttl, *kind)?;
-          let slot = Slot {
-            key: key.clone(),
-            field: Some(field.clone()),
-          };
-          record(
-            slot,
-            Pending::Set {
-              json: json.clone(),
-              expires_at: now + *ttl,
-            },
-          );
+          record(Slot::field(key, field), Pending::Set { json: json.clone(), expires_at: now + *ttl });
           Reply::Bool(true)
         }
         Op::HDel { key, field } => {
           let removed = m.hdel(key, field)?;
-          record(
-            Slot {
-              key: key.clone(),
-              field: Some(field.clone()),
-            },
-            Pending::Delete,
-          );
+          record(Slot::field(key, field), Pending::Delete);
           Reply::Bool(removed)
         }
         Op::HGetAll { key } => Reply::Json(object_json(&m.hgetall(key)?)),
@@ -777,14 +671,9 @@ impl Inner {
           let n = m.clear_prefix(scope);
           self.reads.forget_prefix(scope);
           if journal {
-            self.journal.record_clear(
-              scope,
-              Clear {
-                pattern: pattern.clone(),
-                route_key: scope.clone(),
-                written_ms: at,
-              },
-            );
+            self
+              .journal
+              .record_clear(scope, Clear { pattern: pattern.clone(), route_key: scope.clone(), written_ms: at });
           }
           Reply::Int(n as i64)
         }
@@ -794,9 +683,7 @@ impl Inner {
   }
 
   async fn clear_org(&self, redis: &RedisTier, op: &Op) -> Reply {
-    let Op::ClearOrg { scope, pattern } = op else {
-      unreachable!()
-    };
+    let Op::ClearOrg { scope, pattern } = op else { unreachable!() };
     let from_memory = self.memory.clear_prefix(scope);
     self.reads.forget_prefix(scope);
     self.journal.void_scope(scope);
@@ -912,12 +799,7 @@ fn push_commands(op: &Op, pipe: &mut Pipeline, threshold: usize, now_ms: u64) {
       pipe.cmd("GET").arg(key);
     }
     Op::Set { key, json, ttl, .. } => {
-      pipe
-        .cmd("SET")
-        .arg(key)
-        .arg(codec::encode(json, threshold, now_ms))
-        .arg("PX")
-        .arg(px(ttl));
+      pipe.cmd("SET").arg(key).arg(codec::encode(json, threshold, now_ms)).arg("PX").arg(px(ttl));
     }
     Op::Delete { key } => {
       pipe.cmd("UNLINK").arg(key);
@@ -930,26 +812,13 @@ fn push_commands(op: &Op, pipe: &mut Pipeline, threshold: usize, now_ms: u64) {
     }
     Op::Increment { key, by, ttl, .. } => {
       let header = codec::header(now_ms);
-      pipe
-        .cmd("EVAL")
-        .arg(INCREMENT_SCRIPT)
-        .arg(1)
-        .arg(key)
-        .arg(*by)
-        .arg(header)
-        .arg(px(ttl));
+      pipe.cmd("EVAL").arg(INCREMENT_SCRIPT).arg(1).arg(key).arg(*by).arg(header).arg(px(ttl));
     }
     Op::HGet { key, field } => {
       pipe.cmd("HGET").arg(key).arg(field);
     }
-    Op::HSet {
-      key, field, json, ttl, ..
-    } => {
-      pipe
-        .cmd("HSET")
-        .arg(key)
-        .arg(field)
-        .arg(codec::encode(json, threshold, now_ms));
+    Op::HSet { key, field, json, ttl, .. } => {
+      pipe.cmd("HSET").arg(key).arg(field).arg(codec::encode(json, threshold, now_ms));
       pipe.cmd("PEXPIRE").arg(key).arg(px(ttl));
     }
     Op::HDel { key, field } => {
@@ -968,10 +837,7 @@ fn decode_value(value: &Value) -> Result<Option<Arc<str>>, CacheError> {
     Value::Nil => Ok(None),
     Value::BulkString(bytes) => codec::decode(bytes).map(Some),
     Value::SimpleString(s) => codec::decode(s.as_bytes()).map(Some),
-    other => Err(CacheError::new(
-      ErrorKind::Internal,
-      format!("unexpected reply {other:?}"),
-    )),
+    other => Err(CacheError::new(ErrorKind::Internal, format!("unexpected reply {other:?}"))),
   }
 }
 
@@ -991,9 +857,7 @@ fn object_json(fields: &[(String, Arc<str>)]) -> Arc<str> {
 }
 
 fn now_ms() -> u64 {
-  SystemTime::now()
-    .duration_since(UNIX_EPOCH)
-    .map_or(0, |d| d.as_millis() as u64)
+  SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Background work while Redis is enabled: connect, probe after each cooldown
@@ -1039,9 +903,19 @@ async fn supervise(weak: Weak<Inner>) {
   }
 }
 
+/// [`try_probe`], with a panic (say, in a TLS library) counted as a failed
+/// probe rather than ending the supervision for good.
+async fn probe(redis: &RedisTier) -> Result<(), Unavailable> {
+  use futures::FutureExt;
+  std::panic::AssertUnwindSafe(try_probe(redis)).catch_unwind().await.unwrap_or_else(|panic| {
+    let why = panic.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| panic.downcast_ref::<String>().cloned());
+    Err(Unavailable(format!("connecting panicked: {}", why.unwrap_or_else(|| "unknown panic".into()))))
+  })
+}
+
 /// Connects if needed and `PING`s; a connection that survived a restart of
 /// Redis fails its first command, so a second attempt follows a failed one.
-async fn probe(redis: &RedisTier) -> Result<(), Unavailable> {
+async fn try_probe(redis: &RedisTier) -> Result<(), Unavailable> {
   redis.connect().await?;
   let mut last = Unavailable("no attempt".into());
   for attempt in 0..3 {

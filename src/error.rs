@@ -27,10 +27,7 @@ pub struct CacheError {
 
 impl CacheError {
   pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-    Self {
-      kind,
-      message: message.into(),
-    }
+    Self { kind, message: message.into() }
   }
 }
 

@@ -40,10 +40,7 @@ pub struct Follow<V> {
 
 impl<K: Eq + Hash + Clone, V: Clone> Default for SingleFlight<K, V> {
   fn default() -> Self {
-    Self {
-      inflight: Mutex::new(HashMap::new()),
-      next_id: AtomicU64::new(1),
-    }
+    Self { inflight: Mutex::new(HashMap::new()), next_id: AtomicU64::new(1) }
   }
 }
 
@@ -63,12 +60,7 @@ impl<K: Eq + Hash + Clone, V: Clone> SingleFlight<K, V> {
     let id = self.next_id.fetch_add(1, Ordering::Relaxed);
     let waiters = Waiters::default();
     map.insert(key.clone(), (id, waiters.clone()));
-    Join::Leader(Lead {
-      flight: self.clone(),
-      key: key.clone(),
-      id,
-      waiters,
-    })
+    Join::Leader(Lead { flight: self.clone(), key: key.clone(), id, waiters })
   }
 
   /// Stops later callers from joining the flight under way for `key` (a write
@@ -83,11 +75,7 @@ impl<K: Eq + Hash + Clone, V: Clone> SingleFlight<K, V> {
   where
     K: AsRef<str>,
   {
-    self
-      .inflight
-      .lock()
-      .unwrap()
-      .retain(|k, _| !k.as_ref().starts_with(prefix));
+    self.inflight.lock().unwrap().retain(|k, _| !k.as_ref().starts_with(prefix));
   }
 
   /// Flights under way.
@@ -174,13 +162,9 @@ mod tests {
   async fn forget_makes_later_callers_lead_again() {
     let flight = SingleFlight::<u8, u8>::new();
     let Join::Leader(first) = flight.join(&1) else { panic!() };
-    let Join::Follower(early) = flight.join(&1) else {
-      panic!()
-    };
+    let Join::Follower(early) = flight.join(&1) else { panic!() };
     flight.forget(&1);
-    let Join::Leader(second) = flight.join(&1) else {
-      panic!("a caller after forget must not join the old flight")
-    };
+    let Join::Leader(second) = flight.join(&1) else { panic!("a caller after forget must not join the old flight") };
     // The old leader finishing must not end the new flight, and still serves its followers.
     first.finish(1);
     assert_eq!(early.wait().await, Some(1));

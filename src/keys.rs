@@ -60,9 +60,7 @@ pub struct KeySpace {
 
 impl KeySpace {
   pub fn new(prefix: &str) -> Self {
-    Self {
-      prefix: prefix.trim_end_matches(':').to_string(),
-    }
+    Self { prefix: prefix.trim_end_matches(':').to_string() }
   }
 
   pub fn prefix(&self) -> &str {
@@ -124,10 +122,7 @@ mod tests {
   fn escaping_leaves_no_separator_glob_or_brace() {
     let nasty = "a:b*c?{d}[e]\\f g%";
     let e = escape_id(nasty);
-    assert!(
-      e.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-%".contains(&b)),
-      "{e}"
-    );
+    assert!(e.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-%".contains(&b)), "{e}");
     assert_eq!(escape_id("org-1_a.b"), "org-1_a.b");
     assert_eq!(escape_id("a:b"), "a%3Ab");
     // Escaping is injective: distinct ids give distinct keys.
@@ -154,14 +149,8 @@ mod tests {
     assert!(!glob_match(&ks.org_pattern(Some("*")), &a));
     assert!(glob_match(&ks.org_pattern(Some("*")), &star));
     // "a" must not match the org "a:b" or "ab".
-    assert!(!glob_match(
-      &ks.org_pattern(Some("a")),
-      &ks.scoped(Some("a:b"), "ctx", &[])
-    ));
-    assert!(!glob_match(
-      &ks.org_pattern(Some("a")),
-      &ks.scoped(Some("ab"), "ctx", &[])
-    ));
+    assert!(!glob_match(&ks.org_pattern(Some("a")), &ks.scoped(Some("a:b"), "ctx", &[])));
+    assert!(!glob_match(&ks.org_pattern(Some("a")), &ks.scoped(Some("ab"), "ctx", &[])));
     assert!(!glob_match(&ks.org_pattern(Some("a")), &ks.generic("org:{a}:x")));
   }
 

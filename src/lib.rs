@@ -26,11 +26,13 @@ pub mod metrics;
 pub mod replay;
 pub mod tiers;
 
+use std::panic::AssertUnwindSafe;
 use std::ptr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use futures::FutureExt;
 use napi::bindgen_prelude::*;
 use napi::sys;
 use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
@@ -90,32 +92,17 @@ impl NativeCache {
   /// arguments) when completions are ready to `drain()`.
   #[napi(constructor, ts_args_type = "optionsJson: string, wake: () => void")]
   pub fn new(env: Env, options_json: String, wake: Function<(), ()>) -> Result<Self> {
-    let options: serde_json::Value = serde_json::from_str(&options_json).map_err(|e| {
-      throw(
-        &env,
-        CacheError::new(ErrorKind::Type, format!("options must be JSON-representable: {e}")),
-      )
-    })?;
+    let options: serde_json::Value = serde_json::from_str(&options_json)
+      .map_err(|e| throw(&env, CacheError::new(ErrorKind::Type, format!("options must be JSON-representable: {e}"))))?;
     let cfg = config::resolve(&options, &|name| std::env::var(name).ok()).map_err(|e| throw(&env, e))?;
     // Weak: an adapter that is never closed must not keep Node alive.
-    let wake = wake
-      .build_threadsafe_function::<()>()
-      .weak::<true>()
-      .callee_handled::<false>()
-      .build()?;
-    let outbox = Arc::new(Outbox {
-      ready: Mutex::new(Vec::new()),
-      woken: AtomicBool::new(false),
-      wake,
-    });
+    let wake = wake.build_threadsafe_function::<()>().weak::<true>().callee_handled::<false>().build()?;
+    let outbox = Arc::new(Outbox { ready: Mutex::new(Vec::new()), woken: AtomicBool::new(false), wake });
     let observer_outbox = outbox.clone();
     let observer = Box::new(move |mode: Mode, reason: &str| {
       observer_outbox.deliver(Completion::ModeChange(mode, reason.to_string()));
     });
-    Ok(Self {
-      cache: Cache::new(cfg, cache_runtime(), observer),
-      outbox,
-    })
+    Ok(Self { cache: Cache::new(cfg, cache_runtime(), observer), outbox })
   }
 
   /// Runs one tick's calls (see `batch` for the format); the replies come
@@ -124,8 +111,17 @@ impl NativeCache {
   pub fn submit(&self, id: u32, codes: Vec<u32>, nums: Vec<f64>, strs: Vec<String>) {
     let (cache, outbox) = (self.cache.clone(), self.outbox.clone());
     self.cache.runtime().spawn(async move {
-      let calls = batch::decode(&codes, &nums, strs, cache.config(), cache.keys(), now_ms());
-      let replies = cache.execute(calls).await;
+      let calls = codes.len();
+      let work = async {
+        let decoded = batch::decode(&codes, &nums, strs, cache.config(), cache.keys(), now_ms());
+        cache.execute(decoded).await
+      };
+      // Every call gets an answer, even if the core panics: a Promise that
+      // never settles is worse than an error.
+      let replies = AssertUnwindSafe(work).catch_unwind().await.unwrap_or_else(|panic| {
+        let e = CacheError::new(ErrorKind::Internal, format!("the cache core failed: {}", panic_message(&panic)));
+        vec![Reply::Error(e); calls]
+      });
       outbox.deliver(Completion::Batch(id, replies));
     });
   }
@@ -146,11 +142,7 @@ impl NativeCache {
     ttl_seconds: f64,
     loader: ThreadsafeFunction<String, Promise<Option<String>>, String, Status, false>,
   ) -> Result<Option<String>> {
-    let secs = if ttl_seconds.is_nan() {
-      self.cache.config().default_ttl_secs
-    } else {
-      ttl_seconds
-    };
+    let secs = if ttl_seconds.is_nan() { self.cache.config().default_ttl_secs } else { ttl_seconds };
     let ttl = Duration::from_secs_f64(config::check_ttl(secs, "ttl").map_err(to_napi)?);
     let call_key = key.clone();
     let load = || async move {
@@ -229,10 +221,7 @@ pub fn protocol() -> serde_json::Value {
   let mut map = serde_json::Map::new();
   for op in batch::Opcode::ALL {
     let name = serde_json::to_value(op).expect("opcodes serialise");
-    map.insert(
-      name.as_str().unwrap_or_default().to_string(),
-      serde_json::json!(op as u8),
-    );
+    map.insert(name.as_str().unwrap_or_default().to_string(), serde_json::json!(op as u8));
   }
   map.insert("ORG_NULL".into(), serde_json::json!(batch::ORG_NULL));
   serde_json::Value::Object(map)
@@ -251,10 +240,8 @@ fn cache_runtime() -> tokio::runtime::Handle {
   static RUNTIME: std::sync::OnceLock<tokio::runtime::Handle> = std::sync::OnceLock::new();
   RUNTIME
     .get_or_init(|| {
-      let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("the cache runtime starts");
+      let runtime =
+        tokio::runtime::Builder::new_current_thread().enable_all().build().expect("the cache runtime starts");
       let handle = runtime.handle().clone();
       std::thread::Builder::new()
         .name("cache-io".into())
@@ -265,10 +252,16 @@ fn cache_runtime() -> tokio::runtime::Handle {
     .clone()
 }
 
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+  panic
+    .downcast_ref::<&str>()
+    .map(|s| s.to_string())
+    .or_else(|| panic.downcast_ref::<String>().cloned())
+    .unwrap_or_else(|| "panic".into())
+}
+
 fn now_ms() -> u64 {
-  SystemTime::now()
-    .duration_since(UNIX_EPOCH)
-    .map_or(0, |d| d.as_millis() as u64)
+  SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 fn code_of(kind: ErrorKind) -> &'static str {
@@ -339,13 +332,9 @@ impl ToNapiValue for Completion {
           }
           (id, items)
         }
-        Completion::ModeChange(mode, reason) => (
-          0,
-          vec![
-            <&str>::to_napi_value(env, mode.name())?,
-            String::to_napi_value(env, reason)?,
-          ],
-        ),
+        Completion::ModeChange(mode, reason) => {
+          (0, vec![<&str>::to_napi_value(env, mode.name())?, String::to_napi_value(env, reason)?])
+        }
       };
       let mut array = ptr::null_mut();
       check_status!(sys::napi_create_array_with_length(env, items.len() + 1, &mut array))?;

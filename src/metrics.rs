@@ -125,31 +125,11 @@ impl Metrics {
       ("cache_misses_total", "Reads that found nothing.", &self.misses),
       ("cache_operations_total", "Calls completed.", &self.operations),
       ("cache_errors_total", "Calls that failed.", &self.errors),
-      (
-        "cache_redis_errors_total",
-        "Redis commands that failed or timed out.",
-        &self.redis_errors,
-      ),
-      (
-        "cache_memory_served_total",
-        "Calls answered by the memory tier instead of Redis.",
-        &self.served_from_memory,
-      ),
-      (
-        "cache_deduplicated_reads_total",
-        "Reads that shared another read of the same key.",
-        &self.deduplicated,
-      ),
-      (
-        "cache_replays_total",
-        "Writes replayed to Redis after an outage.",
-        &self.replayed,
-      ),
-      (
-        "cache_replay_dropped_total",
-        "Writes dropped from the full replay queue.",
-        &self.replay_dropped,
-      ),
+      ("cache_redis_errors_total", "Redis commands that failed or timed out.", &self.redis_errors),
+      ("cache_memory_served_total", "Calls answered by the memory tier instead of Redis.", &self.served_from_memory),
+      ("cache_deduplicated_reads_total", "Reads that shared another read of the same key.", &self.deduplicated),
+      ("cache_replays_total", "Writes replayed to Redis after an outage.", &self.replayed),
+      ("cache_replay_dropped_total", "Writes dropped from the full replay queue.", &self.replay_dropped),
     ];
     let counters = counters.iter().map(|(name, help, c)| (*name, *help, c.load(Relaxed)));
     for (name, help, value) in counters.chain(more_counters.iter().copied()) {
@@ -159,10 +139,7 @@ impl Metrics {
       let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
     }
     let name = "cache_operation_duration_seconds";
-    let _ = writeln!(
-      out,
-      "# HELP {name} Time from a call reaching the core to its answer.\n# TYPE {name} histogram"
-    );
+    let _ = writeln!(out, "# HELP {name} Time from a call reaching the core to its answer.\n# TYPE {name} histogram");
     let mut cumulative = 0;
     for (bound, c) in bucket_bounds().iter().zip(&self.latency_buckets) {
       cumulative += c.load(Relaxed);
@@ -199,10 +176,8 @@ mod tests {
     let m = Metrics::default();
     m.hits.fetch_add(3, Relaxed);
     m.record_latency(Duration::from_micros(300), 4);
-    let text = m.prometheus(
-      &[("cache_outages_total", "Outages.", 2)],
-      &[("cache_mode", "1 when serving from Redis.", 1.0)],
-    );
+    let text =
+      m.prometheus(&[("cache_outages_total", "Outages.", 2)], &[("cache_mode", "1 when serving from Redis.", 1.0)]);
     assert!(text.contains("# TYPE cache_outages_total counter\ncache_outages_total 2\n"));
     assert!(text.contains("cache_hits_total 3\n"));
     assert!(text.contains("# TYPE cache_mode gauge\ncache_mode 1\n"));

@@ -37,6 +37,16 @@ pub struct Entry {
   seq: u64,
 }
 
+impl Slot {
+  pub fn whole(key: &str) -> Self {
+    Slot { key: key.to_string(), field: None }
+  }
+
+  pub fn field(key: &str, field: &str) -> Self {
+    Slot { key: key.to_string(), field: Some(field.to_string()) }
+  }
+}
+
 /// A tenant clear done while Redis was unavailable.
 #[derive(Debug, Clone)]
 pub struct Clear {
@@ -65,12 +75,7 @@ pub struct Journal {
 
 impl Journal {
   pub fn new(max: usize) -> Self {
-    Self {
-      inner: Mutex::new(Inner::default()),
-      len: AtomicUsize::new(0),
-      max: max.max(1),
-      dropped: AtomicU64::new(0),
-    }
+    Self { inner: Mutex::new(Inner::default()), len: AtomicUsize::new(0), max: max.max(1), dropped: AtomicU64::new(0) }
   }
 
   /// Entries and clears waiting (cheap: no lock).
@@ -93,15 +98,7 @@ impl Journal {
     inner.next_seq += 1;
     let seq = inner.next_seq;
     let is_field = slot.field.is_some();
-    let previous = inner.entries.insert(
-      slot.clone(),
-      Entry {
-        slot: slot.clone(),
-        pending,
-        written_ms,
-        seq,
-      },
-    );
+    let previous = inner.entries.insert(slot.clone(), Entry { slot: slot.clone(), pending, written_ms, seq });
     if previous.is_none() && is_field {
       *inner.pending_fields.entry(slot.key.clone()).or_insert(0) += 1;
     }
@@ -119,12 +116,7 @@ impl Journal {
     if inner.order.len() > 2 * self.max + 64 {
       let live: VecDeque<_> = {
         let entries = &inner.entries;
-        inner
-          .order
-          .iter()
-          .filter(|(s, q)| entries.get(s).is_some_and(|e| e.seq == *q))
-          .cloned()
-          .collect()
+        inner.order.iter().filter(|(s, q)| entries.get(s).is_some_and(|e| e.seq == *q)).cloned().collect()
       };
       inner.order = live;
     }
@@ -145,12 +137,7 @@ impl Journal {
       return;
     }
     let mut inner = self.inner.lock().unwrap();
-    let doomed: Vec<Slot> = inner
-      .entries
-      .keys()
-      .filter(|s| s.key.starts_with(scope))
-      .cloned()
-      .collect();
+    let doomed: Vec<Slot> = inner.entries.keys().filter(|s| s.key.starts_with(scope)).cloned().collect();
     for slot in doomed {
       Self::remove_locked(&mut inner, &slot);
     }
@@ -163,13 +150,7 @@ impl Journal {
       return None;
     }
     let inner = self.inner.lock().unwrap();
-    inner
-      .entries
-      .get(&Slot {
-        key: key.to_string(),
-        field: None,
-      })
-      .map(|e| e.pending.clone())
+    inner.entries.get(&Slot::whole(key)).map(|e| e.pending.clone())
   }
 
   /// Is anything pending for this key or any field of it?
@@ -178,11 +159,7 @@ impl Journal {
       return false;
     }
     let inner = self.inner.lock().unwrap();
-    inner.pending_fields.contains_key(key)
-      || inner.entries.contains_key(&Slot {
-        key: key.to_string(),
-        field: None,
-      })
+    inner.pending_fields.contains_key(key) || inner.entries.contains_key(&Slot::whole(key))
   }
 
   /// Clears first (they must run before the writes that followed them), then
@@ -235,9 +212,7 @@ impl Journal {
   }
 
   fn update_len(&self, inner: &Inner) {
-    self
-      .len
-      .store(inner.entries.len() + inner.clears.len(), Ordering::Release);
+    self.len.store(inner.entries.len() + inner.clears.len(), Ordering::Release);
   }
 }
 
@@ -247,17 +222,11 @@ mod tests {
 
   fn set(v: &str) -> Pending {
     static AT: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-    Pending::Set {
-      json: v.into(),
-      expires_at: *AT.get_or_init(Instant::now),
-    }
+    Pending::Set { json: v.into(), expires_at: *AT.get_or_init(Instant::now) }
   }
 
   fn key(k: &str) -> Slot {
-    Slot {
-      key: k.into(),
-      field: None,
-    }
+    Slot::whole(k)
   }
 
   #[test]
@@ -302,22 +271,11 @@ mod tests {
   fn a_clear_voids_the_writes_before_it_in_its_scope() {
     let j = Journal::new(10);
     j.record(key("p:org:{a}:x"), set("1"), 1);
-    j.record(
-      Slot {
-        key: "p:org:{a}:h".into(),
-        field: Some("f".into()),
-      },
-      set("1"),
-      1,
-    );
+    j.record(Slot::field("p:org:{a}:h", "f"), set("1"), 1);
     j.record(key("p:org:{b}:x"), set("1"), 1);
     j.record_clear(
       "p:org:{a}:",
-      Clear {
-        pattern: "p:org:{a}:*".into(),
-        route_key: "p:org:{a}:".into(),
-        written_ms: 2,
-      },
+      Clear { pattern: "p:org:{a}:*".into(), route_key: "p:org:{a}:".into(), written_ms: 2 },
     );
     assert!(!j.touches("p:org:{a}:x"));
     assert!(!j.touches("p:org:{a}:h"));

@@ -91,11 +91,7 @@ impl MemoryTier {
   }
 
   pub fn set(&self, key: &str, json: Arc<str>, ttl: Duration, kind: u8) {
-    let entry = MemEntry {
-      value: MemValue::Json(json),
-      expires_at: Instant::now() + ttl,
-      kind,
-    };
+    let entry = MemEntry { value: MemValue::Json(json), expires_at: Instant::now() + ttl, kind };
     self.cache.insert(key.to_string(), entry);
   }
 
@@ -114,17 +110,14 @@ impl MemoryTier {
   }
 
   pub fn expire(&self, key: &str, ttl: Duration) -> bool {
-    let result = self
-      .cache
-      .entry(key.to_string())
-      .and_compute_with(|current| match current {
-        Some(e) if e.value().live(Instant::now()) => {
-          let mut entry = e.into_value();
-          entry.expires_at = Instant::now() + ttl;
-          Op::Put(entry)
-        }
-        _ => Op::Nop,
-      });
+    let result = self.cache.entry(key.to_string()).and_compute_with(|current| match current {
+      Some(e) if e.value().live(Instant::now()) => {
+        let mut entry = e.into_value();
+        entry.expires_at = Instant::now() + ttl;
+        Op::Put(entry)
+      }
+      _ => Op::Nop,
+    });
     matches!(result, moka::ops::compute::CompResult::ReplacedWith(_))
   }
 
@@ -135,11 +128,7 @@ impl MemoryTier {
       let now = Instant::now();
       let (base, expires_at) = match current.map(|e| e.into_value()).filter(|e| e.live(now)) {
         None => (0, now + ttl),
-        Some(MemEntry {
-          value: MemValue::Json(s),
-          expires_at,
-          ..
-        }) => match s.trim().parse::<i64>() {
+        Some(MemEntry { value: MemValue::Json(s), expires_at, .. }) => match s.trim().parse::<i64>() {
           Ok(n) => (n, expires_at),
           Err(_) => {
             outcome = Err(not_integer());
@@ -154,17 +143,10 @@ impl MemoryTier {
       match base.checked_add(by) {
         Some(n) => {
           outcome = Ok(n);
-          Op::Put(MemEntry {
-            value: MemValue::Json(n.to_string().into()),
-            expires_at,
-            kind,
-          })
+          Op::Put(MemEntry { value: MemValue::Json(n.to_string().into()), expires_at, kind })
         }
         None => {
-          outcome = Err(CacheError::new(
-            ErrorKind::Command,
-            "increment or decrement would overflow",
-          ));
+          outcome = Err(CacheError::new(ErrorKind::Command, "increment or decrement would overflow"));
           Op::Nop
         }
       }
@@ -228,11 +210,7 @@ impl MemoryTier {
       let now = Instant::now();
       let (mut hash, expires_at, kind) = match current.map(|e| e.into_value()).filter(|e| e.live(now)) {
         None => (HashMap::new(), now, kind),
-        Some(MemEntry {
-          value: MemValue::Hash(h),
-          expires_at,
-          kind,
-        }) => (Arc::unwrap_or_clone(h), expires_at, kind),
+        Some(MemEntry { value: MemValue::Hash(h), expires_at, kind }) => (Arc::unwrap_or_clone(h), expires_at, kind),
         Some(_) => {
           outcome = Err(wrong_type());
           return Op::Nop;
@@ -242,11 +220,7 @@ impl MemoryTier {
       if hash.is_empty() {
         Op::Remove
       } else {
-        Op::Put(MemEntry {
-          value: MemValue::Hash(Arc::new(hash)),
-          expires_at,
-          kind,
-        })
+        Op::Put(MemEntry { value: MemValue::Hash(Arc::new(hash)), expires_at, kind })
       }
     });
     outcome
@@ -255,12 +229,8 @@ impl MemoryTier {
   /// Removes every entry whose key starts with `prefix`; returns how many live ones.
   pub fn clear_prefix(&self, prefix: &str) -> u64 {
     let now = Instant::now();
-    let doomed: Vec<(Arc<String>, bool)> = self
-      .cache
-      .iter()
-      .filter(|(k, _)| k.starts_with(prefix))
-      .map(|(k, v)| (k, v.live(now)))
-      .collect();
+    let doomed: Vec<(Arc<String>, bool)> =
+      self.cache.iter().filter(|(k, _)| k.starts_with(prefix)).map(|(k, v)| (k, v.live(now))).collect();
     let mut live = 0;
     for (k, is_live) in doomed {
       self.cache.invalidate(k.as_str());
@@ -291,10 +261,7 @@ impl MemoryTier {
 }
 
 fn wrong_type() -> CacheError {
-  CacheError::new(
-    ErrorKind::Command,
-    "WRONGTYPE Operation against a key holding the wrong kind of value",
-  )
+  CacheError::new(ErrorKind::Command, "WRONGTYPE Operation against a key holding the wrong kind of value")
 }
 
 fn not_integer() -> CacheError {

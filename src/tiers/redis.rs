@@ -75,6 +75,10 @@ impl RedisTier {
 
   async fn open(&self) -> Result<Vec<Conn>, Unavailable> {
     let certs = load_certs(self.target.tls.as_ref()).map_err(Unavailable)?;
+    if certs.is_some() {
+      // Another library in the process may have chosen one already; either is fine.
+      let _ = rustls::crypto::ring::default_provider().install_default();
+    }
     if self.is_cluster() {
       let mut b = ClusterClientBuilder::new(self.target.cluster_nodes.clone())
         .connection_timeout(self.connect_timeout)
@@ -108,22 +112,13 @@ impl RedisTier {
       .set_min_delay(Duration::from_millis(10))
       .set_max_delay(Duration::from_millis(100));
     let opens = (0..self.pool_size).map(|_| ConnectionManager::new_with_config(client.clone(), config.clone()));
-    join_all(opens)
-      .await
-      .into_iter()
-      .map(|r| r.map(Conn::Single).map_err(unavailable))
-      .collect()
+    join_all(opens).await.into_iter().map(|r| r.map(Conn::Single).map_err(unavailable)).collect()
   }
 
   fn connection_info(&self) -> Result<ConnectionInfo, Unavailable> {
     let t = &self.target;
     let addr = if t.tls.is_some() {
-      ConnectionAddr::TcpTls {
-        host: t.host.clone(),
-        port: t.port,
-        insecure: false,
-        tls_params: None,
-      }
+      ConnectionAddr::TcpTls { host: t.host.clone(), port: t.port, insecure: false, tls_params: None }
     } else {
       ConnectionAddr::Tcp(t.host.clone(), t.port)
     };
@@ -174,12 +169,9 @@ impl RedisTier {
         }
       }
     };
-    tokio::time::timeout(self.command_timeout, work).await.map_err(|_| {
-      Unavailable(format!(
-        "command timed out after {} ms",
-        self.command_timeout.as_millis()
-      ))
-    })?
+    tokio::time::timeout(self.command_timeout, work)
+      .await
+      .map_err(|_| Unavailable(format!("command timed out after {} ms", self.command_timeout.as_millis())))?
   }
 
   /// One command, for the maintenance paths; a server error is an `Err` too.
@@ -225,10 +217,8 @@ impl RedisTier {
     match self.pick().ok_or_else(|| Unavailable("not connected".into()))? {
       Conn::Single(_) => self.run_one(cmd).await,
       Conn::Cluster(mut c) => {
-        let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(Route::with_key(
-          route_key,
-          SlotAddr::Master,
-        )));
+        let route =
+          RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(Route::with_key(route_key, SlotAddr::Master)));
         tokio::time::timeout(self.command_timeout, c.route_command(cmd, route))
           .await
           .map_err(|_| Unavailable("command timed out".into()))?
@@ -245,11 +235,9 @@ impl RedisTier {
     let mut info = redis::cmd("INFO");
     info.arg("server");
     let version = match self.run_one(info).await {
-      Ok(v) => redis::from_redis_value::<String>(v).ok().and_then(|text| {
-        text
-          .lines()
-          .find_map(|l| l.strip_prefix("redis_version:").map(|v| v.trim().to_string()))
-      }),
+      Ok(v) => redis::from_redis_value::<String>(v)
+        .ok()
+        .and_then(|text| text.lines().find_map(|l| l.strip_prefix("redis_version:").map(|v| v.trim().to_string()))),
       Err(_) => None,
     };
     Ok((latency, version))
@@ -282,21 +270,12 @@ fn unavailable(e: RedisError) -> Unavailable {
 fn load_certs(tls: Option<&TlsFiles>) -> Result<Option<redis::TlsCertificates>, String> {
   let Some(files) = tls else { return Ok(None) };
   let read = |path: &Option<String>| -> Result<Option<Vec<u8>>, String> {
-    path
-      .as_ref()
-      .map(|p| std::fs::read(p).map_err(|e| format!("cannot read TLS file {p}: {e}")))
-      .transpose()
+    path.as_ref().map(|p| std::fs::read(p).map_err(|e| format!("cannot read TLS file {p}: {e}"))).transpose()
   };
   let client_tls = match (read(&files.cert_file)?, read(&files.key_file)?) {
-    (Some(client_cert), Some(client_key)) => Some(redis::ClientTlsConfig {
-      client_cert,
-      client_key,
-    }),
+    (Some(client_cert), Some(client_key)) => Some(redis::ClientTlsConfig { client_cert, client_key }),
     (None, None) => None,
     _ => return Err("TLS certFile and keyFile go together".into()),
   };
-  Ok(Some(redis::TlsCertificates {
-    client_tls,
-    root_cert: read(&files.ca_file)?,
-  }))
+  Ok(Some(redis::TlsCertificates { client_tls, root_cert: read(&files.ca_file)? }))
 }
