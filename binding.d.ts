@@ -18,7 +18,7 @@ export declare class NativeCache {
   constructor(optionsJson: string, wake: () => void)
   /**
    * Runs one tick's calls (see `batch` for the format); the replies come
-   * back through `drain()` as `[id, ...replies]`.
+   * back through `drain()` as `[id, first, ...replies]`, chunk by chunk.
    */
   submit(id: number, codes: Array<number>, nums: Array<number>, strs: Array<string>): void
   /** Every completion ready now, oldest first. */

@@ -42,11 +42,17 @@ use crate::batch::Reply;
 use crate::engine::{Cache, Mode};
 use crate::error::{CacheError, ErrorKind};
 
-/// A finished batch, `[batchId, ...replies]`, or a change of mode, `[0, mode, reason]`.
+/// Replies to a batch's calls `first..first + replies.len()`, as
+/// `[batchId, first, ...replies]`, or a change of mode, `[0, mode, reason]`.
 pub enum Completion {
-  Batch(u32, Vec<Reply>),
+  Batch { id: u32, first: u32, replies: Vec<Reply> },
   ModeChange(Mode, String),
 }
+
+/// A batch runs as chunks of at most this many calls, each its own pipeline,
+/// answered as soon as it is done: JavaScript settles the first chunk while
+/// Redis still works on the next, instead of the two taking turns.
+const CHUNK_CALLS: usize = 32;
 
 type WakeFn = ThreadsafeFunction<(), (), (), Status, false, true>;
 
@@ -106,23 +112,33 @@ impl NativeCache {
   }
 
   /// Runs one tick's calls (see `batch` for the format); the replies come
-  /// back through `drain()` as `[id, ...replies]`.
+  /// back through `drain()` as `[id, first, ...replies]`, chunk by chunk.
   #[napi]
   pub fn submit(&self, id: u32, codes: Vec<u32>, nums: Vec<f64>, strs: Vec<String>) {
     let (cache, outbox) = (self.cache.clone(), self.outbox.clone());
     self.cache.runtime().spawn(async move {
-      let calls = codes.len();
-      let work = async {
-        let decoded = batch::decode(&codes, &nums, strs, cache.config(), cache.keys(), now_ms());
-        cache.execute(decoded).await
-      };
-      // Every call gets an answer, even if the core panics: a Promise that
-      // never settles is worse than an error.
-      let replies = AssertUnwindSafe(work).catch_unwind().await.unwrap_or_else(|panic| {
-        let e = CacheError::new(ErrorKind::Internal, format!("the cache core failed: {}", panic_message(&panic)));
-        vec![Reply::Error(e); calls]
-      });
-      outbox.deliver(Completion::Batch(id, replies));
+      let calls = batch::decode(&codes, &nums, strs, cache.config(), cache.keys(), now_ms());
+      let mut chunks = Vec::with_capacity(calls.len().div_ceil(CHUNK_CALLS));
+      let mut calls = calls.into_iter();
+      let mut first = 0;
+      loop {
+        let chunk: Vec<_> = calls.by_ref().take(CHUNK_CALLS).collect();
+        if chunk.is_empty() {
+          break;
+        }
+        let (cache, outbox, len) = (&cache, &outbox, chunk.len());
+        chunks.push(async move {
+          // Every call gets an answer, even if the core panics: a Promise
+          // that never settles is worse than an error.
+          let replies = AssertUnwindSafe(cache.execute(chunk)).catch_unwind().await.unwrap_or_else(|panic| {
+            let e = CacheError::new(ErrorKind::Internal, format!("the cache core failed: {}", panic_message(&panic)));
+            vec![Reply::Error(e); len]
+          });
+          outbox.deliver(Completion::Batch { id, first, replies });
+        });
+        first += len as u32;
+      }
+      futures::future::join_all(chunks).await;
     });
   }
 
@@ -324,23 +340,26 @@ unsafe fn reply_to_js(env: sys::napi_env, reply: Reply) -> Result<sys::napi_valu
 impl ToNapiValue for Completion {
   unsafe fn to_napi_value(env: sys::napi_env, val: Self) -> Result<sys::napi_value> {
     unsafe {
-      let (head, items): (u32, Vec<sys::napi_value>) = match val {
-        Completion::Batch(id, replies) => {
-          let mut items = Vec::with_capacity(replies.len());
+      let items = match val {
+        Completion::Batch { id, first, replies } => {
+          let mut items = Vec::with_capacity(replies.len() + 2);
+          items.push(u32::to_napi_value(env, id)?);
+          items.push(u32::to_napi_value(env, first)?);
           for r in replies {
             items.push(reply_to_js(env, r)?);
           }
-          (id, items)
+          items
         }
-        Completion::ModeChange(mode, reason) => {
-          (0, vec![<&str>::to_napi_value(env, mode.name())?, String::to_napi_value(env, reason)?])
-        }
+        Completion::ModeChange(mode, reason) => vec![
+          u32::to_napi_value(env, 0)?,
+          <&str>::to_napi_value(env, mode.name())?,
+          String::to_napi_value(env, reason)?,
+        ],
       };
       let mut array = ptr::null_mut();
-      check_status!(sys::napi_create_array_with_length(env, items.len() + 1, &mut array))?;
-      check_status!(sys::napi_set_element(env, array, 0, u32::to_napi_value(env, head)?))?;
+      check_status!(sys::napi_create_array_with_length(env, items.len(), &mut array))?;
       for (i, item) in items.into_iter().enumerate() {
-        check_status!(sys::napi_set_element(env, array, i as u32 + 1, item))?;
+        check_status!(sys::napi_set_element(env, array, i as u32, item))?;
       }
       Ok(array)
     }
