@@ -8,6 +8,7 @@ const assert = require('node:assert/strict')
 const path = require('node:path')
 const { execFile } = require('node:child_process')
 const { startRedis, freePort } = require('./helpers/redis')
+const { sleep, guard, until } = require('./helpers/wait')
 
 // The environment must not steer these tests (options win, but defaults come from here).
 for (const name of [
@@ -44,31 +45,9 @@ after(async () => {
 
 // ---------------------------------------------------------------- helpers
 
-const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms))
 
 function uniquePrefix() {
   return `test-${process.pid}-${++seq}`
-}
-
-/** Rejects if `promise` does not settle within `ms` (guards a test against hanging). */
-function guard(promise, ms, what) {
-  let timer
-  const timeout = new Promise((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`guard: ${what} did not settle within ${ms} ms`)), ms)
-  })
-  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer))
-}
-
-/** Polls `fn` until it returns a truthy value; bounded. Returns that value. */
-async function until(fn, ms, what) {
-  const deadline = Date.now() + ms
-  let last
-  while (Date.now() < deadline) {
-    last = await fn()
-    if (last) return last
-    await sleep(25)
-  }
-  throw new Error(`until: ${what} not reached within ${ms} ms (last: ${JSON.stringify(last)})`)
 }
 
 async function waitRedisHealthy(adapter) {

@@ -11,6 +11,7 @@ const { test } = require('node:test')
 const assert = require('node:assert/strict')
 const { performance } = require('node:perf_hooks')
 const { startRedis, freePort } = require('./helpers/redis')
+const { sleep, guard, until } = require('./helpers/wait')
 
 // The environment must not steer these tests.
 for (const name of [
@@ -24,7 +25,6 @@ const { CacheAdapter } = require('..')
 
 // ---------------------------------------------------------------- helpers
 
-const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms))
 
 let seq = 0
 const uniquePrefix = () => `res-${process.pid}-${++seq}`
@@ -35,27 +35,6 @@ const FAST = {
   connectTimeoutMs: 300,
   breakerFailures: 3,
   breakerCooldownMs: 500,
-}
-
-/** Rejects if `promise` does not settle within `ms` (keeps a broken adapter from hanging the test). */
-function guard(promise, ms, what) {
-  let timer
-  const timeout = new Promise((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`guard: ${what} did not settle within ${ms} ms`)), ms)
-  })
-  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer))
-}
-
-/** Polls `fn` until it returns a truthy value (bounded in time and count); returns that value. */
-async function until(fn, ms, what, stepMs = 25) {
-  const deadline = Date.now() + ms
-  let last
-  for (let i = 0; i < 100000 && Date.now() < deadline; i++) {
-    last = await fn()
-    if (last) return last
-    await sleep(stepMs)
-  }
-  throw new Error(`until: ${what} not reached within ${ms} ms (last: ${JSON.stringify(last)})`)
 }
 
 /** Runs `fn()`, returning `{value, error, ms}`; never throws. */
@@ -508,6 +487,49 @@ test('outage: health is unhealthy with the reason, the adapter still works, and 
     assert.ok(after.outages >= 1)
     assert.ok(after.replay.replayed >= 6, `replayed ${after.replay.replayed}`)
     assert.equal((await guard(adapter.healthCheck(), 3000, 'healthCheck')).redis.status, 'healthy')
+  } finally {
+    await closeAll([adapter], [server])
+  }
+})
+
+test('a tenant clear made during an outage is replayed: that org\'s older keys go, later writes and other orgs stay', async () => {
+  const server = await startRedis()
+  const keyPrefix = uniquePrefix()
+  const adapter = new CacheAdapter({ url: server.url, keyPrefix, ...FAST })
+  const orgKeys = async (org) => (await server.cli('--scan', '--pattern', `${keyPrefix}:org:{${org}}:*`)).split('\n').filter(Boolean)
+  try {
+    await waitConverged(adapter, 10000, 'initial connect')
+    for (let i = 0; i < 5; i++) await adapter.setConversationContext('org-a', `+1555000${i}`, [i])
+    await adapter.setConversationContext('org-b', '+15550000', ['b'])
+    assert.equal((await orgKeys('org-a')).length, 5)
+    const modes = recordModes(adapter)
+
+    server.pause()
+    try {
+      await until(
+        async () => {
+          await guard(adapter.get('probe'), 2000, 'get during the outage')
+          return modes.find((e) => e.mode === 'memory')
+        },
+        5000,
+        "modeChange to 'memory'",
+      )
+      assert.equal(await adapter.clearOrganizationCache('org-a'), 5, 'the memory tier held the five entries')
+      assert.equal(await adapter.getConversationContext('org-a', '+15550001'), null)
+      // written after the clear: must survive its replay
+      await sleep(5)
+      assert.equal(await adapter.setConversationContext('org-a', '+15550009', ['after']), true)
+    } finally {
+      server.resume()
+    }
+
+    await waitConverged(adapter, 15000, 'recovery')
+    const left = await orgKeys('org-a')
+    assert.equal(left.length, 1, `only the write after the clear is left: ${left.join(' ')}`)
+    assert.deepStrictEqual(await adapter.getConversationContext('org-a', '+15550009'), ['after'])
+    assert.equal(await adapter.getConversationContext('org-a', '+15550002'), null)
+    assert.deepStrictEqual(await adapter.getConversationContext('org-b', '+15550000'), ['b'])
+    assert.equal((await orgKeys('org-b')).length, 1)
   } finally {
     await closeAll([adapter], [server])
   }

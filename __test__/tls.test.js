@@ -14,6 +14,7 @@ const fs = require('node:fs')
 const os = require('node:os')
 const path = require('node:path')
 const { startRedis } = require('./helpers/redis')
+const { sleep, guard, until } = require('./helpers/wait')
 
 // The environment must not steer these tests.
 for (const name of [
@@ -30,28 +31,6 @@ const CONNECT_WAIT_MS = 10000
 /** How long a non-connecting adapter is watched to make sure it stays in memory mode. */
 const STAY_MS = 1500
 
-const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms))
-
-/** Rejects if `promise` does not settle within `ms`. */
-function guard(promise, ms, what) {
-  let timer
-  const timeout = new Promise((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`guard: ${what} did not settle within ${ms} ms`)), ms)
-  })
-  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer))
-}
-
-/** Polls `fn` until truthy (bounded in time and count); returns that value. */
-async function until(fn, ms, what, stepMs = 25) {
-  const deadline = Date.now() + ms
-  let last
-  for (let i = 0; i < 100000 && Date.now() < deadline; i++) {
-    last = await fn()
-    if (last) return last
-    await sleep(stepMs)
-  }
-  throw new Error(`until: ${what} not reached within ${ms} ms (last: ${JSON.stringify(last)})`)
-}
 
 async function closeAll(adapters) {
   for (const a of adapters) await guard(a.close(), 5000, 'close').catch(() => {})

@@ -27,7 +27,8 @@ use crate::error::{CacheError, ErrorKind};
 use crate::flight::{Join, SingleFlight};
 use crate::keys::KeySpace;
 use crate::metrics::Metrics;
-use crate::replay::{Clear, Journal, Pending, Slot};
+use crate::replay::{self, Clear, Journal, Pending, Slot};
+use crate::tiers;
 use crate::tiers::memory::{MemValue, MemoryTier};
 use crate::tiers::redis::{Outcome, RedisTier, Unavailable};
 
@@ -53,76 +54,6 @@ pub type ModeObserver = Box<dyn Fn(Mode, &str) + Send + Sync>;
 
 type ReadResult = Result<Option<Arc<str>>, ()>;
 type LoadResult = Result<Option<Arc<str>>, CacheError>;
-
-/// How many journal entries one replay round trip carries.
-const REPLAY_BATCH: usize = 256;
-
-/// Last-writer-wins replay of one journal entry. `ts` reads the write time
-/// from the value header (0xFE, codec, u64 BE ms); values without one (the
-/// old adapter's, counters) count as older than anything.
-const REPLAY_SCRIPT: &str = r#"
-local function ts(v)
-  if type(v) ~= 'string' or #v < 10 or string.byte(v, 1) ~= 254 then return 0 end
-  local t = 0
-  for i = 3, 10 do t = t * 256 + string.byte(v, i) end
-  return t
-end
-local op, mine, key = ARGV[1], tonumber(ARGV[2]), KEYS[1]
-if op == 'set' or op == 'del' then
-  if redis.call('TYPE', key).ok == 'string' and ts(redis.call('GET', key)) > mine then return 0 end
-  if op == 'set' then redis.call('SET', key, ARGV[4], 'PX', ARGV[3]) else redis.call('DEL', key) end
-  return 1
-end
-if redis.call('TYPE', key).ok ~= 'hash' and redis.call('EXISTS', key) == 1 then redis.call('DEL', key) end
-if ts(redis.call('HGET', key, ARGV[5])) > mine then return 0 end
-if op == 'hset' then
-  redis.call('HSET', key, ARGV[5], ARGV[4])
-  redis.call('PEXPIRE', key, ARGV[3])
-else
-  redis.call('HDEL', key, ARGV[5])
-end
-return 1
-"#;
-
-/// `INCRBY` for values in our format: the counter keeps a header (and so a
-/// write time for replays), its TTL, or gets `ARGV[3]` ms when it had none.
-/// Plain digits (the old adapter's, or anyone's) count too.
-const INCREMENT_SCRIPT: &str = r#"
-local v = redis.call('GET', KEYS[1])
-local n = 0
-if v then
-  if string.byte(v, 1) == 254 then
-    if string.byte(v, 2) ~= 1 then return redis.error_reply('ERR value is not an integer or out of range') end
-    v = string.sub(v, 11)
-  end
-  n = tonumber(v)
-  if n == nil or n ~= math.floor(n) or string.find(v, '[^-0-9 ]') then
-    return redis.error_reply('ERR value is not an integer or out of range')
-  end
-end
-n = n + tonumber(ARGV[1])
-if math.abs(n) > 9007199254740991 then return redis.error_reply('ERR increment or decrement would overflow') end
-redis.call('SET', KEYS[1], ARGV[2] .. string.format('%d', n), 'KEEPTTL')
-if redis.call('PTTL', KEYS[1]) < 0 then redis.call('PEXPIRE', KEYS[1], ARGV[3]) end
-return n
-"#;
-
-/// Deletes the given keys of one tenant unless they were written after the clear.
-const CLEAR_SCRIPT: &str = r#"
-local function ts(v)
-  if type(v) ~= 'string' or #v < 10 or string.byte(v, 1) ~= 254 then return 0 end
-  local t = 0
-  for i = 3, 10 do t = t * 256 + string.byte(v, i) end
-  return t
-end
-local n, at = 0, tonumber(ARGV[1])
-for _, key in ipairs(KEYS) do
-  if redis.call('TYPE', key).ok ~= 'string' or ts(redis.call('GET', key)) <= at then
-    n = n + redis.call('UNLINK', key)
-  end
-end
-return n
-"#;
 
 #[derive(Clone)]
 pub struct Cache {
@@ -471,7 +402,7 @@ impl Inner {
         }
       };
       let first = cmds.len();
-      push_commands(op, &mut cmds, self.cfg.compression_threshold, now_ms);
+      tiers::redis::push_op(op, &mut cmds, self.cfg.compression_threshold, now_ms);
       sent.push((i, first, cmds.len() - first, lead));
     }
 
@@ -682,6 +613,17 @@ impl Inner {
     result.unwrap_or_else(Reply::Error)
   }
 
+  /// Writes the journal back to Redis; a failure counts against the breaker.
+  async fn replay(&self, redis: &RedisTier) {
+    let keep_going = || self.breaker.allows_traffic() && !self.closed.load(Ordering::Acquire);
+    let written = replay::write_back(&self.journal, redis, self.cfg.compression_threshold, keep_going).await;
+    self.metrics.replayed.fetch_add(written.replayed, Relaxed);
+    self.metrics.replay_dropped.fetch_add(written.refused, Relaxed);
+    if let Err(e) = written.outcome {
+      self.redis_failed(e);
+    }
+  }
+
   async fn clear_org(&self, redis: &RedisTier, op: &Op) -> Reply {
     let Op::ClearOrg { scope, pattern } = op else { unreachable!() };
     let from_memory = self.memory.clear_prefix(scope);
@@ -700,137 +642,7 @@ impl Inner {
       }
     }
   }
-
-  /// Writes the journal back to Redis; stops at the first failure.
-  async fn replay(&self, redis: &RedisTier) {
-    while !self.journal.is_empty() && self.breaker.allows_traffic() && !self.closed.load(Ordering::Acquire) {
-      let (clears, entries) = self.journal.take_batch(REPLAY_BATCH);
-      for (i, clear) in clears.iter().enumerate() {
-        if let Err(e) = self.replay_clear(redis, clear).await {
-          self.journal.restore_clears(clears[i..].to_vec());
-          self.redis_failed(e);
-          return;
-        }
-      }
-      if entries.is_empty() {
-        continue;
-      }
-      let now = Instant::now();
-      let mut cmds = Vec::with_capacity(entries.len());
-      let mut expired = Vec::new();
-      for (i, e) in entries.iter().enumerate() {
-        let mut cmd = redis::cmd("EVAL");
-        cmd.arg(REPLAY_SCRIPT).arg(1).arg(&e.slot.key);
-        match &e.pending {
-          Pending::Set { expires_at, .. } if *expires_at <= now => {
-            expired.push(i);
-            continue;
-          }
-          Pending::Set { json, expires_at } => {
-            let bytes = codec::encode(json, self.cfg.compression_threshold, e.written_ms);
-            let ttl_ms = expires_at.duration_since(now).as_millis().max(1) as u64;
-            let op = if e.slot.field.is_some() { "hset" } else { "set" };
-            cmd.arg(op).arg(e.written_ms).arg(ttl_ms).arg(bytes);
-          }
-          Pending::Delete => {
-            let op = if e.slot.field.is_some() { "hdel" } else { "del" };
-            cmd.arg(op).arg(e.written_ms).arg(0).arg("");
-          }
-        }
-        cmd.arg(e.slot.field.as_deref().unwrap_or(""));
-        cmds.push((i, cmd));
-      }
-      for i in expired {
-        self.journal.complete(&entries[i]);
-      }
-      let mut pipe = Pipeline::with_capacity(cmds.len());
-      let index: Vec<usize> = cmds
-        .into_iter()
-        .map(|(i, cmd)| {
-          pipe.add_command(cmd);
-          i
-        })
-        .collect();
-      match redis.run(&pipe).await {
-        Ok(outcomes) => {
-          for (i, outcome) in index.into_iter().zip(outcomes) {
-            match outcome {
-              Ok(_) => self.metrics.replayed.fetch_add(1, Relaxed),
-              // Redis refused this entry for good (e.g. a type clash): count it, move on.
-              Err(_) => self.metrics.replay_dropped.fetch_add(1, Relaxed),
-            };
-            self.journal.complete(&entries[i]);
-          }
-        }
-        Err(e) => {
-          self.redis_failed(e);
-          return;
-        }
-      }
-    }
-  }
-
-  async fn replay_clear(&self, redis: &RedisTier, clear: &Clear) -> Result<(), Unavailable> {
-    let mut cursor: u64 = 0;
-    for _ in 0..100_000 {
-      let mut scan = redis::cmd("SCAN");
-      scan.arg(cursor).arg("MATCH").arg(&clear.pattern).arg("COUNT").arg(1000);
-      let (next, keys): (u64, Vec<String>) = redis::from_redis_value(redis.run_routed(scan, &clear.route_key).await?)
-        .map_err(|e| Unavailable(e.to_string()))?;
-      if !keys.is_empty() {
-        let mut eval = redis::cmd("EVAL");
-        eval.arg(CLEAR_SCRIPT).arg(keys.len()).arg(&keys).arg(clear.written_ms);
-        redis.run_routed(eval, &clear.route_key).await?;
-      }
-      cursor = next;
-      if cursor == 0 {
-        break;
-      }
-    }
-    Ok(())
-  }
 }
-
-/// Builds the Redis commands of one operation (one round trip for all).
-fn push_commands(op: &Op, pipe: &mut Pipeline, threshold: usize, now_ms: u64) {
-  let px = |ttl: &Duration| ttl.as_millis().max(1) as u64;
-  match op {
-    Op::Get { key, .. } => {
-      pipe.cmd("GET").arg(key);
-    }
-    Op::Set { key, json, ttl, .. } => {
-      pipe.cmd("SET").arg(key).arg(codec::encode(json, threshold, now_ms)).arg("PX").arg(px(ttl));
-    }
-    Op::Delete { key } => {
-      pipe.cmd("UNLINK").arg(key);
-    }
-    Op::Exists { key } => {
-      pipe.cmd("EXISTS").arg(key);
-    }
-    Op::Expire { key, ttl } => {
-      pipe.cmd("PEXPIRE").arg(key).arg(px(ttl));
-    }
-    Op::Increment { key, by, ttl, .. } => {
-      let header = codec::header(now_ms);
-      pipe.cmd("EVAL").arg(INCREMENT_SCRIPT).arg(1).arg(key).arg(*by).arg(header).arg(px(ttl));
-    }
-    Op::HGet { key, field } => {
-      pipe.cmd("HGET").arg(key).arg(field);
-    }
-    Op::HSet { key, field, json, ttl, .. } => {
-      pipe.cmd("HSET").arg(key).arg(field).arg(codec::encode(json, threshold, now_ms));
-      pipe.cmd("PEXPIRE").arg(key).arg(px(ttl));
-    }
-    Op::HDel { key, field } => {
-      pipe.cmd("HDEL").arg(key).arg(field);
-    }
-    Op::HGetAll { key } => {
-      pipe.cmd("HGETALL").arg(key);
-    }
-    Op::ClearOrg { .. } => {}
-  }
-}
-
 /// A stored value (or nil) as JSON text.
 fn decode_value(value: &Value) -> Result<Option<Arc<str>>, CacheError> {
   match value {

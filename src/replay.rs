@@ -2,13 +2,19 @@
 //! latest per key, waiting to be written back when Redis returns.
 //!
 //! Bounded: past `max` entries the oldest is dropped (and counted). Replay is
-//! last-writer-wins on the write time in the value header (see `codec`), so a
-//! value another instance wrote to Redis after ours is never overwritten.
+//! last-writer-wins on the write time in the value header (see `codec`),
+//! decided on the server by a Lua script, so a value another instance wrote
+//! to Redis after ours is never overwritten.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
+
+use redis::Pipeline;
+
+use crate::codec;
+use crate::tiers::redis::{RedisTier, Unavailable};
 
 /// What the journal remembers for one key (or one field of a hash).
 #[derive(Debug, Clone, PartialEq)]
@@ -214,6 +220,153 @@ impl Journal {
   fn update_len(&self, inner: &Inner) {
     self.len.store(inner.entries.len() + inner.clears.len(), Ordering::Release);
   }
+}
+
+/// How many journal entries one replay round trip carries.
+const REPLAY_BATCH: usize = 256;
+
+/// Lua: `ts(value)` is the write time in a value's header (0xFE, codec,
+/// u64 BE ms); a value without one (the old adapter's) counts as older
+/// than anything.
+macro_rules! lua_write_time {
+  () => {
+    r#"
+local function ts(v)
+  if type(v) ~= 'string' or #v < 10 or string.byte(v, 1) ~= 254 then return 0 end
+  local t = 0
+  for i = 3, 10 do t = t * 256 + string.byte(v, i) end
+  return t
+end
+"#
+  };
+}
+
+/// Last-writer-wins replay of one journal entry.
+const REPLAY_SCRIPT: &str = concat!(
+  lua_write_time!(),
+  r#"
+local op, mine, key = ARGV[1], tonumber(ARGV[2]), KEYS[1]
+if op == 'set' or op == 'del' then
+  if redis.call('TYPE', key).ok == 'string' and ts(redis.call('GET', key)) > mine then return 0 end
+  if op == 'set' then redis.call('SET', key, ARGV[4], 'PX', ARGV[3]) else redis.call('DEL', key) end
+  return 1
+end
+if redis.call('TYPE', key).ok ~= 'hash' and redis.call('EXISTS', key) == 1 then redis.call('DEL', key) end
+if ts(redis.call('HGET', key, ARGV[5])) > mine then return 0 end
+if op == 'hset' then
+  redis.call('HSET', key, ARGV[5], ARGV[4])
+  redis.call('PEXPIRE', key, ARGV[3])
+else
+  redis.call('HDEL', key, ARGV[5])
+end
+return 1
+"#
+);
+
+/// Deletes the given keys of one tenant unless they were written after the clear.
+const CLEAR_SCRIPT: &str = concat!(
+  lua_write_time!(),
+  r#"
+local n, at = 0, tonumber(ARGV[1])
+for _, key in ipairs(KEYS) do
+  if redis.call('TYPE', key).ok ~= 'string' or ts(redis.call('GET', key)) <= at then
+    n = n + redis.call('UNLINK', key)
+  end
+end
+return n
+"#
+);
+
+/// What one write-back did.
+pub struct WriteBack {
+  pub replayed: u64,
+  /// Entries Redis refused for good (e.g. a type clash); counted, then forgotten.
+  pub refused: u64,
+  /// `Err`: Redis became unavailable; the rest stays journaled.
+  pub outcome: Result<(), Unavailable>,
+}
+
+/// Writes the journal back to Redis, clears first, then the oldest entries,
+/// while `keep_going` says so; stops at the first failure.
+pub async fn write_back(
+  journal: &Journal,
+  redis: &RedisTier,
+  threshold: usize,
+  keep_going: impl Fn() -> bool,
+) -> WriteBack {
+  let mut done = WriteBack { replayed: 0, refused: 0, outcome: Ok(()) };
+  while !journal.is_empty() && keep_going() {
+    let (clears, entries) = journal.take_batch(REPLAY_BATCH);
+    for (i, clear) in clears.iter().enumerate() {
+      if let Err(e) = write_back_clear(redis, clear).await {
+        journal.restore_clears(clears[i..].to_vec());
+        done.outcome = Err(e);
+        return done;
+      }
+    }
+    let now = Instant::now();
+    let mut pipe = Pipeline::with_capacity(entries.len());
+    let mut sent = Vec::with_capacity(entries.len());
+    for e in &entries {
+      let field = e.slot.field.as_deref();
+      let (op, ttl_ms, value) = match &e.pending {
+        // Expired meanwhile: nothing to write back.
+        Pending::Set { expires_at, .. } if *expires_at <= now => {
+          journal.complete(e);
+          continue;
+        }
+        Pending::Set { json, expires_at } => (
+          if field.is_some() { "hset" } else { "set" },
+          expires_at.duration_since(now).as_millis().max(1) as u64,
+          codec::encode(json, threshold, e.written_ms),
+        ),
+        Pending::Delete => (if field.is_some() { "hdel" } else { "del" }, 0, Vec::new()),
+      };
+      pipe.cmd("EVAL").arg(REPLAY_SCRIPT).arg(1).arg(&e.slot.key);
+      pipe.arg(op).arg(e.written_ms).arg(ttl_ms).arg(value).arg(field.unwrap_or(""));
+      sent.push(e);
+    }
+    if sent.is_empty() {
+      continue;
+    }
+    match redis.run(&pipe).await {
+      Ok(outcomes) => {
+        for (e, outcome) in sent.into_iter().zip(outcomes) {
+          match outcome {
+            Ok(_) => done.replayed += 1,
+            Err(_) => done.refused += 1,
+          }
+          journal.complete(e);
+        }
+      }
+      Err(e) => {
+        done.outcome = Err(e);
+        return done;
+      }
+    }
+  }
+  done
+}
+
+/// Replays one tenant clear: deletes that tenant's keys not written since.
+async fn write_back_clear(redis: &RedisTier, clear: &Clear) -> Result<(), Unavailable> {
+  let mut cursor: u64 = 0;
+  for _ in 0..100_000 {
+    let mut scan = redis::cmd("SCAN");
+    scan.arg(cursor).arg("MATCH").arg(&clear.pattern).arg("COUNT").arg(1000);
+    let (next, keys): (u64, Vec<String>) = redis::from_redis_value(redis.run_routed(scan, &clear.route_key).await?)
+      .map_err(|e| Unavailable(e.to_string()))?;
+    if !keys.is_empty() {
+      let mut eval = redis::cmd("EVAL");
+      eval.arg(CLEAR_SCRIPT).arg(keys.len()).arg(&keys).arg(clear.written_ms);
+      redis.run_routed(eval, &clear.route_key).await?;
+    }
+    cursor = next;
+    if cursor == 0 {
+      break;
+    }
+  }
+  Ok(())
 }
 
 #[cfg(test)]

@@ -12,6 +12,8 @@ use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
 use redis::{Client, Cmd, ConnectionAddr, ConnectionInfo, IntoConnectionInfo, Pipeline, RedisError, Value};
 
+use crate::batch::Op;
+use crate::codec;
 use crate::config::{RedisTarget, TlsFiles};
 
 /// Why a round trip to Redis failed as a whole (the breaker counts these).
@@ -278,4 +280,67 @@ fn load_certs(tls: Option<&TlsFiles>) -> Result<Option<redis::TlsCertificates>, 
     _ => return Err("TLS certFile and keyFile go together".into()),
   };
   Ok(Some(redis::TlsCertificates { client_tls, root_cert: read(&files.ca_file)? }))
+}
+
+/// `INCRBY` for values in our format: the counter keeps a header (and so a
+/// write time for replays), its TTL, or gets `ARGV[3]` ms when it had none.
+/// Plain digits (the old adapter's, or anyone's) count too.
+const INCREMENT_SCRIPT: &str = r#"
+local v = redis.call('GET', KEYS[1])
+local n = 0
+if v then
+  if string.byte(v, 1) == 254 then
+    if string.byte(v, 2) ~= 1 then return redis.error_reply('ERR value is not an integer or out of range') end
+    v = string.sub(v, 11)
+  end
+  n = tonumber(v)
+  if n == nil or n ~= math.floor(n) or string.find(v, '[^-0-9 ]') then
+    return redis.error_reply('ERR value is not an integer or out of range')
+  end
+end
+n = n + tonumber(ARGV[1])
+if math.abs(n) > 9007199254740991 then return redis.error_reply('ERR increment or decrement would overflow') end
+redis.call('SET', KEYS[1], ARGV[2] .. string.format('%d', n), 'KEEPTTL')
+if redis.call('PTTL', KEYS[1]) < 0 then redis.call('PEXPIRE', KEYS[1], ARGV[3]) end
+return n
+"#;
+
+/// Appends the Redis commands of one operation to a batch's pipeline.
+pub fn push_op(op: &Op, pipe: &mut Pipeline, threshold: usize, now_ms: u64) {
+  let px = |ttl: &Duration| ttl.as_millis().max(1) as u64;
+  match op {
+    Op::Get { key, .. } => {
+      pipe.cmd("GET").arg(key);
+    }
+    Op::Set { key, json, ttl, .. } => {
+      pipe.cmd("SET").arg(key).arg(codec::encode(json, threshold, now_ms)).arg("PX").arg(px(ttl));
+    }
+    Op::Delete { key } => {
+      pipe.cmd("UNLINK").arg(key);
+    }
+    Op::Exists { key } => {
+      pipe.cmd("EXISTS").arg(key);
+    }
+    Op::Expire { key, ttl } => {
+      pipe.cmd("PEXPIRE").arg(key).arg(px(ttl));
+    }
+    Op::Increment { key, by, ttl, .. } => {
+      let header = codec::header(now_ms);
+      pipe.cmd("EVAL").arg(INCREMENT_SCRIPT).arg(1).arg(key).arg(*by).arg(header).arg(px(ttl));
+    }
+    Op::HGet { key, field } => {
+      pipe.cmd("HGET").arg(key).arg(field);
+    }
+    Op::HSet { key, field, json, ttl, .. } => {
+      pipe.cmd("HSET").arg(key).arg(field).arg(codec::encode(json, threshold, now_ms));
+      pipe.cmd("PEXPIRE").arg(key).arg(px(ttl));
+    }
+    Op::HDel { key, field } => {
+      pipe.cmd("HDEL").arg(key).arg(field);
+    }
+    Op::HGetAll { key } => {
+      pipe.cmd("HGETALL").arg(key);
+    }
+    Op::ClearOrg { .. } => {}
+  }
 }
