@@ -163,6 +163,18 @@ describe('construction and close', () => {
     assert.equal(await adapter.set('k', 1), true)
     await guard(adapter.close(), 5000, 'first close()')
     await guard(adapter.close(), 5000, 'second close()')
+    await assert.rejects(adapter.get('k'), /closed/)
+  })
+
+  test('close() closes the connections to Redis', async () => {
+    const clients = async () => Number(/connected_clients:(\d+)/.exec(await server.cli('info', 'clients'))[1])
+    const before = await clients()
+    const adapter = new CacheAdapter({ url: server.url, keyPrefix: uniquePrefix(), poolSize: 3 })
+    await waitRedisHealthy(adapter)
+    assert.ok((await clients()) >= before + 3, 'the pool is open')
+    await adapter.close()
+    // (each cli call is itself a client, counted in `before` too)
+    await until(async () => (await clients()) <= before, 5000, 'the pool closed')
   })
 
   test('close() on a never-connected (dead port) adapter is idempotent', async () => {

@@ -223,6 +223,9 @@ impl Cache {
   pub fn close(&self) {
     self.inner.closed.store(true, Ordering::Release);
     self.inner.wake.notify_one();
+    if let Some(redis) = &self.inner.redis {
+      redis.disconnect();
+    }
   }
 
   pub fn is_closed(&self) -> bool {

@@ -1,7 +1,7 @@
 //! The Redis tier: a pool of multiplexed connections (or one cluster
 //! connection), every batch sent as one pipeline, and every wait bounded.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::RwLock;
 use std::time::{Duration, Instant};
 
@@ -36,6 +36,8 @@ pub struct RedisTier {
   connect_timeout: Duration,
   conns: RwLock<Vec<Conn>>,
   next: AtomicUsize,
+  /// Set by `disconnect`: no connection is opened again.
+  closed: AtomicBool,
 }
 
 impl RedisTier {
@@ -47,6 +49,7 @@ impl RedisTier {
       connect_timeout,
       conns: RwLock::new(Vec::new()),
       next: AtomicUsize::new(0),
+      closed: AtomicBool::new(false),
     }
   }
 
@@ -59,6 +62,12 @@ impl RedisTier {
     self.conns.read().unwrap().len()
   }
 
+  /// Drops the pool: each connection closes once the commands using it finish.
+  pub fn disconnect(&self) {
+    self.closed.store(true, Ordering::Release);
+    self.conns.write().unwrap().clear();
+  }
+
   /// Opens the pool if it is not open yet. Bounded by the connect timeout.
   pub async fn connect(&self) -> Result<(), Unavailable> {
     if self.connections() > 0 {
@@ -69,6 +78,9 @@ impl RedisTier {
       .await
       .map_err(|_| Unavailable(format!("connect timed out after {} ms", budget.as_millis())))??;
     let mut conns = self.conns.write().unwrap();
+    if self.closed.load(Ordering::Acquire) {
+      return Err(Unavailable("the adapter is closed".into()));
+    }
     if conns.is_empty() {
       *conns = opened;
     }
