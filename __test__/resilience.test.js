@@ -535,6 +535,29 @@ test('a tenant clear made during an outage is replayed: that org\'s older keys g
   }
 })
 
+test('a Redis out of memory (maxmemory, noeviction) is unavailable, not a caller error: writes are kept and replayed', async () => {
+  const server = await startRedis()
+  const keyPrefix = uniquePrefix()
+  const adapter = new CacheAdapter({ url: server.url, keyPrefix, ...FAST })
+  try {
+    await waitConverged(adapter, 10000, 'initial connect')
+    await server.cli('config', 'set', 'maxmemory-policy', 'noeviction')
+    await server.cli('config', 'set', 'maxmemory', '1')
+    for (let i = 0; i < 10; i++) assert.equal(await adapter.set(`oom:${i}`, { i }, 600), true, `set ${i} while Redis is out of memory`)
+    for (let i = 0; i < 10; i++) assert.deepStrictEqual(await adapter.get(`oom:${i}`), { i })
+    assert.equal(await server.cli('exists', redisKey(keyPrefix, 'oom:0')), '0', 'Redis refused it')
+    assert.ok((await cacheStats(adapter)).replay.pending >= 10)
+
+    await server.cli('config', 'set', 'maxmemory', '0')
+    await waitConverged(adapter, 15000, 'replay after memory is back')
+    const keys = Array.from({ length: 10 }, (_, i) => redisKey(keyPrefix, `oom:${i}`))
+    assert.equal(await server.cli('exists', ...keys), '10', 'every write acknowledged meanwhile is in Redis')
+    assert.deepStrictEqual(await adapter.get('oom:9'), { i: 9 })
+  } finally {
+    await closeAll([adapter], [server])
+  }
+})
+
 test("replay never overwrites a value another instance wrote to Redis after the outage began", async () => {
   const server = await startRedis()
   const keyPrefix = uniquePrefix()

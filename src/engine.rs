@@ -617,13 +617,18 @@ impl Inner {
   }
 
   /// Writes the journal back to Redis; a failure counts against the breaker.
-  async fn replay(&self, redis: &RedisTier) {
+  /// Returns false if Redis failed it (the rest stays journaled).
+  async fn replay(&self, redis: &RedisTier) -> bool {
     let keep_going = || self.breaker.allows_traffic() && !self.closed.load(Ordering::Acquire);
     let written = replay::write_back(&self.journal, redis, self.cfg.compression_threshold, keep_going).await;
     self.metrics.replayed.fetch_add(written.replayed, Relaxed);
     self.metrics.replay_dropped.fetch_add(written.refused, Relaxed);
-    if let Err(e) = written.outcome {
-      self.redis_failed(e);
+    match written.outcome {
+      Ok(()) => true,
+      Err(e) => {
+        self.redis_failed(e);
+        false
+      }
     }
   }
 
@@ -686,15 +691,16 @@ async fn supervise(weak: Weak<Inner>) {
     let redis = inner.redis.as_ref().expect("supervised caches have Redis");
     match inner.breaker.state() {
       State::Closed => {
-        if !inner.journal.is_empty() {
-          inner.replay(redis).await;
+        let pause = if inner.journal.is_empty() {
+          Duration::from_millis(500)
+        } else if inner.replay(redis).await {
           continue;
-        }
-        let weak_inner = Arc::downgrade(&inner);
-        drop(inner);
-        if let Some(inner) = weak_inner.upgrade() {
-          let _ = tokio::time::timeout(Duration::from_millis(500), inner.wake.notified()).await;
-        }
+        } else {
+          // Redis answers but refuses the writes (out of memory, loading...):
+          // try again later rather than in a tight loop.
+          inner.cfg.breaker_cooldown.min(Duration::from_secs(1))
+        };
+        let _ = tokio::time::timeout(pause, inner.wake.notified()).await;
       }
       State::Open | State::HalfOpen => {
         if inner.breaker.try_begin_probe() {

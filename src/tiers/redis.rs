@@ -175,7 +175,10 @@ impl RedisTier {
           for r in join_all(sends).await {
             match r {
               Ok(v) => out.push(outcome(v)),
-              Err(e) if is_server_error(&e) => out.push(Err(e.to_string())),
+              Err(e) if is_server_error(&e) => out.push(Err(match (e.code(), e.detail()) {
+                (Some(code), Some(detail)) => format!("{code} {detail}"),
+                _ => e.to_string(),
+              })),
               Err(e) => return Err(unavailable(e)),
             }
           }
@@ -183,9 +186,15 @@ impl RedisTier {
         }
       }
     };
-    tokio::time::timeout(self.command_timeout, work)
+    let outcomes = tokio::time::timeout(self.command_timeout, work)
       .await
-      .map_err(|_| Unavailable(format!("command timed out after {} ms", self.command_timeout.as_millis())))?
+      .map_err(|_| Unavailable(format!("command timed out after {} ms", self.command_timeout.as_millis())))??;
+    // A Redis that is loading, out of memory, read-only or without its
+    // cluster is unavailable, not refusing this data: the batch goes to memory.
+    if let Some(Err(e)) = outcomes.iter().find(|o| matches!(o, Err(e) if is_unavailability(e))) {
+      return Err(Unavailable(e.clone()));
+    }
+    Ok(outcomes)
   }
 
   /// One command, for the maintenance paths; a server error is an `Err` too.
@@ -266,6 +275,14 @@ fn outcome(v: Value) -> Outcome {
     }),
     v => Ok(v),
   }
+}
+
+/// Server error codes that say Redis cannot serve now, whatever the command.
+fn is_unavailability(error: &str) -> bool {
+  const CODES: [&str; 9] =
+    ["LOADING", "BUSY", "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN", "READONLY", "OOM", "NOREPLICAS", "MISCONF"];
+  let code = error.split_whitespace().next().unwrap_or("");
+  CODES.contains(&code)
 }
 
 fn is_server_error(e: &RedisError) -> bool {
@@ -354,5 +371,19 @@ pub fn push_op(op: &Op, pipe: &mut Pipeline, threshold: usize, now_ms: u64) {
       pipe.cmd("HGETALL").arg(key);
     }
     Op::ClearOrg { .. } => {}
+  }
+}
+
+#[cfg(test)]
+mod tests {
+  use super::*;
+
+  #[test]
+  fn unavailability_is_told_from_data_errors() {
+    assert!(is_unavailability("LOADING Redis is loading the dataset in memory"));
+    assert!(is_unavailability("OOM command not allowed when used memory > 'maxmemory'."));
+    assert!(is_unavailability("READONLY You can't write against a read only replica."));
+    assert!(!is_unavailability("WRONGTYPE Operation against a key holding the wrong kind of value"));
+    assert!(!is_unavailability("ERR value is not an integer or out of range"));
   }
 }
