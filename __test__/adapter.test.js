@@ -10,13 +10,7 @@ const { execFile } = require('node:child_process')
 const { startRedis, freePort } = require('./helpers/redis')
 const { sleep, guard, until } = require('./helpers/wait')
 
-// The environment must not steer these tests (options win, but defaults come from here).
-for (const name of [
-  'REDIS_URL', 'REDIS_HOST', 'REDIS_PORT', 'REDIS_PASSWORD', 'REDIS_DB', 'REDIS_TLS', 'REDIS_ENABLED', 'USE_REDIS',
-  'CACHE_DEFAULT_TTL', 'CACHE_NAMESPACE', 'REDIS_POOL_SIZE', 'CACHE_CIRCUIT_BREAKER_FAILURES', 'CACHE_CIRCUIT_BREAKER_TIMEOUT',
-]) {
-  delete process.env[name]
-}
+require('./helpers/env').isolateFromEnvironment()
 
 const ROOT = path.join(__dirname, '..')
 const { CacheAdapter } = require('..')

@@ -3,6 +3,7 @@
 const { test, before, after } = require('node:test')
 const assert = require('node:assert/strict')
 const { startCluster } = require('./helpers/redis')
+require('./helpers/env').isolateFromEnvironment()
 const { CacheAdapter } = require('..')
 
 let cluster

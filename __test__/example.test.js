@@ -12,6 +12,7 @@ const fs = require('node:fs')
 const os = require('node:os')
 const path = require('node:path')
 const { startRedis, freePort } = require('./helpers/redis')
+require('./helpers/env').isolateFromEnvironment()
 const { startServer, WEBHOOK_PATH } = require('../examples/server')
 const fakeDb = require('../examples/fake-db')
 

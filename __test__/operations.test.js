@@ -4,6 +4,7 @@
 const { test, before, after } = require('node:test')
 const assert = require('node:assert/strict')
 const { startRedis } = require('./helpers/redis')
+require('./helpers/env').isolateFromEnvironment()
 const { CacheAdapter } = require('..')
 
 let redis

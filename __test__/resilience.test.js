@@ -13,13 +13,7 @@ const { performance } = require('node:perf_hooks')
 const { startRedis, freePort } = require('./helpers/redis')
 const { sleep, guard, until } = require('./helpers/wait')
 
-// The environment must not steer these tests.
-for (const name of [
-  'REDIS_URL', 'REDIS_HOST', 'REDIS_PORT', 'REDIS_PASSWORD', 'REDIS_DB', 'REDIS_TLS', 'REDIS_ENABLED', 'USE_REDIS',
-  'CACHE_DEFAULT_TTL', 'CACHE_NAMESPACE', 'REDIS_POOL_SIZE', 'CACHE_CIRCUIT_BREAKER_FAILURES', 'CACHE_CIRCUIT_BREAKER_TIMEOUT',
-]) {
-  delete process.env[name]
-}
+require('./helpers/env').isolateFromEnvironment()
 
 const { CacheAdapter } = require('..')
 

@@ -16,13 +16,7 @@ const path = require('node:path')
 const { startRedis } = require('./helpers/redis')
 const { sleep, guard, until } = require('./helpers/wait')
 
-// The environment must not steer these tests.
-for (const name of [
-  'REDIS_URL', 'REDIS_HOST', 'REDIS_PORT', 'REDIS_PASSWORD', 'REDIS_DB', 'REDIS_TLS', 'REDIS_ENABLED', 'USE_REDIS',
-  'CACHE_DEFAULT_TTL', 'CACHE_NAMESPACE', 'REDIS_POOL_SIZE', 'CACHE_CIRCUIT_BREAKER_FAILURES', 'CACHE_CIRCUIT_BREAKER_TIMEOUT',
-]) {
-  delete process.env[name]
-}
+require('./helpers/env').isolateFromEnvironment()
 
 const { CacheAdapter } = require('..')
 
