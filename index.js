@@ -364,16 +364,22 @@ class CacheAdapter extends EventEmitter {
       requireString('key', key)
       if (typeof loader !== 'function') throw new TypeError(`loader must be a function, got ${describe(loader)}`)
       const num = ttlSeconds('ttl', ttl)
-      if (this._closed) throw Object.assign(new Error('the cache adapter is closed'), { code: 'ERR_CACHE_CLOSED' })
-      const load = (k) =>
-        new Promise((resolve) => resolve(loader(k))).then((v) => (v === undefined ? null : toJson('loader result', v)))
-      return this._native.getOrLoad(key, num, load).then(
-        (json) => (json === null || json === undefined ? undefined : JSON.parse(json)),
-        (e) => Promise.reject(fromNative(e)),
-      )
+      // A hit costs one batched read; only a miss (or a cached null) takes
+      // the native single-flight path, which reads again under its lock.
+      return this._call(OP.Get, NaN, [key], parse).then((hit) => (hit !== null ? hit : this._load(key, loader, num)))
     } catch (e) {
       return Promise.reject(e)
     }
+  }
+
+  _load(key, loader, num) {
+    if (this._closed) return Promise.reject(Object.assign(new Error('the cache adapter is closed'), { code: 'ERR_CACHE_CLOSED' }))
+    const load = (k) =>
+      new Promise((resolve) => resolve(loader(k))).then((v) => (v === undefined ? null : toJson('loader result', v)))
+    return this._native.getOrLoad(key, num, load).then(
+      (json) => (json === null || json === undefined ? undefined : JSON.parse(json)),
+      (e) => Promise.reject(fromNative(e)),
+    )
   }
 
   // Tenants --------------------------------------------------------------
