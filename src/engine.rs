@@ -228,10 +228,6 @@ impl Cache {
     }
   }
 
-  pub fn is_closed(&self) -> bool {
-    self.inner.closed.load(Ordering::Acquire)
-  }
-
   pub fn stats(&self) -> Json {
     let inner = &self.inner;
     let m = &inner.metrics;
@@ -634,23 +630,26 @@ impl Inner {
 
   async fn clear_org(&self, redis: &RedisTier, op: &Op) -> Reply {
     let Op::ClearOrg { scope, pattern } = op else { unreachable!() };
-    let from_memory = self.memory.clear_prefix(scope);
-    self.reads.forget_prefix(scope);
-    self.journal.void_scope(scope);
     if !self.breaker.allows_traffic() {
       self.metrics.served_from_memory.fetch_add(1, Relaxed);
       return self.in_memory(op, true);
     }
     match redis.scan_unlink(pattern, scope).await {
-      Ok(n) => Reply::Int(n as i64),
+      Ok(n) => {
+        self.memory.clear_prefix(scope);
+        self.reads.forget_prefix(scope);
+        self.journal.void_scope(scope);
+        Reply::Int(n as i64)
+      }
+      // The memory path clears memory too, and journals the clear for replay.
       Err(e) => {
         self.redis_failed(e);
-        let _ = from_memory;
         self.in_memory(op, true)
       }
     }
   }
 }
+
 /// A stored value (or nil) as JSON text.
 fn decode_value(value: &Value) -> Result<Option<Arc<str>>, CacheError> {
   match value {
