@@ -57,29 +57,16 @@ function makeCerts() {
     '-addext', 'basicConstraints=critical,CA:TRUE',
     '-addext', 'keyUsage=critical,keyCertSign,cRLSign',
     '-keyout', files.caKey, '-out', files.caFile)
+  /** A leaf certificate signed by the CA, with the given usage (and names). */
+  const issue = (name, subject, usage, keyFile, certFile) => {
+    fs.writeFileSync(f(`${name}.ext`), ['basicConstraints=CA:FALSE', 'keyUsage=critical,digitalSignature,keyEncipherment', ...usage, ''].join('\n'))
+    openssl('req', '-newkey', 'rsa:2048', '-nodes', '-sha256', '-subj', subject, '-keyout', keyFile, '-out', f(`${name}.csr`))
+    openssl('x509', '-req', '-in', f(`${name}.csr`), '-CA', files.caFile, '-CAkey', files.caKey, '-CAcreateserial',
+      '-days', '2', '-sha256', '-extfile', f(`${name}.ext`), '-out', certFile)
+  }
   // server certificate: 127.0.0.1 and localhost
-  fs.writeFileSync(f('server.ext'), [
-    'basicConstraints=CA:FALSE',
-    'keyUsage=critical,digitalSignature,keyEncipherment',
-    'extendedKeyUsage=serverAuth',
-    'subjectAltName=IP:127.0.0.1,DNS:localhost',
-    '',
-  ].join('\n'))
-  openssl('req', '-newkey', 'rsa:2048', '-nodes', '-sha256', '-subj', '/CN=localhost',
-    '-keyout', files.serverKey, '-out', f('server.csr'))
-  openssl('x509', '-req', '-in', f('server.csr'), '-CA', files.caFile, '-CAkey', files.caKey, '-CAcreateserial',
-    '-days', '2', '-sha256', '-extfile', f('server.ext'), '-out', files.serverCert)
-  // client certificate
-  fs.writeFileSync(f('client.ext'), [
-    'basicConstraints=CA:FALSE',
-    'keyUsage=critical,digitalSignature,keyEncipherment',
-    'extendedKeyUsage=clientAuth',
-    '',
-  ].join('\n'))
-  openssl('req', '-newkey', 'rsa:2048', '-nodes', '-sha256', '-subj', '/CN=cache-adapter test client',
-    '-keyout', files.clientKey, '-out', f('client.csr'))
-  openssl('x509', '-req', '-in', f('client.csr'), '-CA', files.caFile, '-CAkey', files.caKey, '-CAcreateserial',
-    '-days', '2', '-sha256', '-extfile', f('client.ext'), '-out', files.clientCert)
+  issue('server', '/CN=localhost', ['extendedKeyUsage=serverAuth', 'subjectAltName=IP:127.0.0.1,DNS:localhost'], files.serverKey, files.serverCert)
+  issue('client', '/CN=cache-adapter test client', ['extendedKeyUsage=clientAuth'], files.clientKey, files.clientCert)
 }
 
 before(async () => {
