@@ -14,7 +14,7 @@ use std::time::Instant;
 use redis::Pipeline;
 
 use crate::codec;
-use crate::tiers::redis::{RedisTier, Unavailable};
+use crate::tiers::redis::{RedisTier, Span, Unavailable};
 
 /// What the journal remembers for one key (or one field of a hash).
 #[derive(Debug, Clone, PartialEq)]
@@ -329,7 +329,9 @@ pub async fn write_back(
     if sent.is_empty() {
       continue;
     }
-    match redis.run(&pipe).await {
+    // Write-time-checked scripts: harmless if run twice, so may be re-sent.
+    let spans: Vec<Span> = sent.iter().map(|e| Span { key: &e.slot.key, commands: 1, retry: true }).collect();
+    match redis.run(&pipe, &spans).await.into_result() {
       Ok(outcomes) => {
         for (e, outcome) in sent.into_iter().zip(outcomes) {
           match outcome {
