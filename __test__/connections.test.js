@@ -176,12 +176,13 @@ test('a silent path (connections stop answering, new ones work): the adapter dia
   const server = await startRedis()
   const proxy = await startProxy(server.port)
   const keyPrefix = uniquePrefix()
-  const adapter = new CacheAdapter({ url: proxy.url, keyPrefix, ...SILENT })
+  const adapter = new CacheAdapter({ url: proxy.url, keyPrefix, poolSize: 2, ...SILENT })
   try {
     await waitConverged(adapter, 10000, 'initial connect')
     assert.equal(await adapter.set('before', 1), true)
+    await until(() => proxy.open() >= 2, 3000, 'both pooled connections open')
     const acceptedBefore = proxy.accepted
-    assert.ok(proxy.silence() >= 1, 'the pool had connections to silence')
+    assert.equal(proxy.silence(), 2, 'both pooled connections silenced')
     const silencedAt = performance.now()
     // Traffic goes on; the adapter must notice and replace the silent connections.
     const written = new Map()
@@ -191,10 +192,10 @@ test('a silent path (connections stop answering, new ones work): the adapter dia
         i++
         assert.equal(await guard(adapter.set(`after:${i}`, { i }), 2000, 'set'), true)
         written.set(`after:${i}`, JSON.stringify({ i }))
-        return proxy.accepted > acceptedBefore
+        return proxy.accepted >= acceptedBefore + 2
       },
       5000,
-      'a new connection through the proxy',
+      'two new connections through the proxy',
       50,
     ).then(() => performance.now() - silencedAt)
     await waitConverged(adapter, 5000, 'serving from Redis after the silence')
@@ -205,7 +206,7 @@ test('a silent path (connections stop answering, new ones work): the adapter dia
     written.set('fresh', JSON.stringify({ fresh: true }))
     const stored = await redisPayloads(server, keyPrefix, [...written.keys()])
     for (const [k, v] of written) assert.equal(stored.get(k), v, `${k} reached Redis`)
-    t.diagnostic(`new connection after ${Math.round(redialled)} ms, converged after ${Math.round(convergedMs)} ms`)
+    t.diagnostic(`both connections replaced after ${Math.round(redialled)} ms, converged after ${Math.round(convergedMs)} ms`)
   } finally {
     await closeAll([adapter], [proxy, server])
   }

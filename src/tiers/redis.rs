@@ -153,7 +153,7 @@ impl RedisTier {
         .set_connection_timeout(Some(connect_timeout))
         // Our own deadline bounds each round trip (see `run`).
         .set_response_timeout(None);
-      Arc::new(Pool::new(client, config, pool_size.max(1), connect_timeout))
+      Arc::new(Pool::new(client, config, pool_size.max(1), command_timeout, connect_timeout))
     });
     Self {
       target,
@@ -187,8 +187,8 @@ impl RedisTier {
   }
 
   /// The breaker's probe: dials a fresh connection (never one of the pool's,
-  /// which may be dead) and `PING`s it, each step bounded. On success the
-  /// connection joins the pool, whose other empty slots are dialled at once
+  /// which may be dead) and `PING`s it, each step bounded. On success it
+  /// becomes the pool's first connection and the others are replaced too
   /// (waited for, up to the connect timeout, so that traffic finds them open).
   pub async fn probe(&self) -> Result<(), Unavailable> {
     if self.closed.load(Ordering::Acquire) {
@@ -200,7 +200,7 @@ impl RedisTier {
       .await
       .map_err(|_| Unavailable(format!("PING timed out after {} ms", self.command_timeout.as_millis())))?
       .map_err(unavailable)?;
-    pool.adopt(conn);
+    pool.renew(conn);
     pool.fill(Deadline::now() + self.connect_timeout).await;
     Ok(())
   }
@@ -516,9 +516,12 @@ const REPLACE_ON: [&str; 3] = ["READONLY", "LOADING", "MASTERDOWN"];
 struct Pool {
   client: Result<Client, String>,
   config: AsyncConnectionConfig,
+  command_timeout: Duration,
   connect_timeout: Duration,
   slots: Vec<Slot>,
   closed: AtomicBool,
+  /// A check of the other connections after a timeout is under way.
+  checking: AtomicBool,
 }
 
 /// A slot holds at most one live connection; a failed one is dropped and a
@@ -557,13 +560,21 @@ fn backoff(strikes: u32) -> Duration {
 }
 
 impl Pool {
-  fn new(client: Result<Client, String>, config: AsyncConnectionConfig, size: usize, connect_timeout: Duration) -> Self {
+  fn new(
+    client: Result<Client, String>,
+    config: AsyncConnectionConfig,
+    size: usize,
+    command_timeout: Duration,
+    connect_timeout: Duration,
+  ) -> Self {
     Pool {
       client,
       config,
+      command_timeout,
       connect_timeout,
       slots: (0..size).map(|_| Slot::default()).collect(),
       closed: AtomicBool::new(false),
+      checking: AtomicBool::new(false),
     }
   }
 
@@ -608,6 +619,7 @@ impl Pool {
         // A silent path, or a server that stopped: this connection may never
         // answer again, so a new one replaces it.
         self.drop_conn(i, generation, "timed out");
+        tokio::spawn(Arc::clone(self).check_others(i));
         Sent::Failed(Unavailable(format!("connection {i}: command timed out after {timeout_ms} ms")))
       }
       Ok(Ok(values)) if values.len() != pipe.len() => {
@@ -634,6 +646,34 @@ impl Pool {
         }
       }
     }
+  }
+
+  /// After a timeout on slot `skip`: a path that went silent for one
+  /// connection has likely gone silent for all, so each other connection
+  /// gets a `PING`, and one that does not answer in time is replaced now,
+  /// rather than when a caller's command waits out its timeout on it.
+  async fn check_others(self: Arc<Self>, skip: usize) {
+    if self.checking.swap(true, Ordering::AcqRel) {
+      return;
+    }
+    let ping = redis::cmd("PING");
+    let checks = (0..self.slots.len()).filter(|&i| i != skip).map(|i| {
+      let live = {
+        let s = lock(&self.slots[i].state);
+        s.conn.clone().map(|c| (c, s.generation))
+      };
+      let (this, ping) = (&self, &ping);
+      async move {
+        let Some((mut conn, generation)) = live else { return };
+        match tokio::time::timeout(this.command_timeout, conn.req_packed_command(ping)).await {
+          Ok(Ok(_)) => {}
+          Ok(Err(e)) => this.drop_conn(i, generation, &e.to_string()),
+          Err(_) => this.drop_conn(i, generation, "did not answer a PING after another connection timed out"),
+        }
+      }
+    });
+    join_all(checks).await;
+    self.checking.store(false, Ordering::Release);
   }
 
   /// Slot `i`'s live connection and its generation; without one, starts
@@ -741,24 +781,28 @@ impl Pool {
     }
   }
 
-  /// Puts a connection the probe dialled into an empty slot (or drops it if
-  /// none is empty); every slot's backoff starts over and waiting dials start.
-  fn adopt(&self, conn: MultiplexedConnection) {
+  /// After a successful probe: the pool's connections lived through an
+  /// outage and may be dead without knowing it (a silent path, a restarted
+  /// or demoted server), so all are replaced: the probe's connection takes
+  /// the first slot, the others are dialled at once, backoffs start over.
+  fn renew(self: &Arc<Self>, conn: MultiplexedConnection) {
     let mut conn = Some(conn);
-    for slot in &self.slots {
+    for (i, slot) in self.slots.iter().enumerate() {
       slot.strikes.store(0, Ordering::Release);
       let mut s = lock(&slot.state);
-      s.dial_due = None;
-      if s.conn.is_none() && conn.is_some() && !self.closed.load(Ordering::Acquire) {
-        s.conn = conn.take();
-        s.generation += 1;
-        s.last_error = None;
-        drop(s);
-        slot.dialled.notify_waiters();
-      } else {
-        drop(s);
-        slot.hurry.notify_waiters();
+      if self.closed.load(Ordering::Acquire) {
+        return;
       }
+      s.conn = conn.take();
+      s.generation += 1;
+      s.dial_due = None;
+      s.last_error = None;
+      if s.conn.is_none() {
+        self.schedule_dial(i, &mut s);
+      }
+      drop(s);
+      slot.dialled.notify_waiters();
+      slot.hurry.notify_waiters();
     }
   }
 
@@ -825,7 +869,7 @@ mod pool_tests {
 
   #[test]
   fn a_key_always_takes_the_same_connection_and_keys_spread() {
-    let pool = Pool::new(Err("none".into()), AsyncConnectionConfig::new(), 4, Duration::from_secs(1));
+    let pool = Pool::new(Err("none".into()), AsyncConnectionConfig::new(), 4, Duration::from_secs(1), Duration::from_secs(1));
     let mut used = [0; 4];
     for k in 0..1000 {
       let key = format!("p:kv:key-{k}");
