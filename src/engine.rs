@@ -753,4 +753,3 @@ async fn probe(redis: &RedisTier) -> Result<(), Unavailable> {
     Err(Unavailable(format!("connecting panicked: {}", why.unwrap_or_else(|| "unknown panic".into()))))
   })
 }
-

@@ -155,14 +155,7 @@ impl RedisTier {
         .set_response_timeout(None);
       Arc::new(Pool::new(client, config, pool_size.max(1), command_timeout, connect_timeout))
     });
-    Self {
-      target,
-      command_timeout,
-      connect_timeout,
-      pool,
-      cluster: RwLock::new(None),
-      closed: AtomicBool::new(false),
-    }
+    Self { target, command_timeout, connect_timeout, pool, cluster: RwLock::new(None), closed: AtomicBool::new(false) }
   }
 
   pub fn is_cluster(&self) -> bool {
@@ -432,7 +425,8 @@ impl RedisTier {
       return self.run_keyed(cmd, route_key).await;
     }
     let mut c = read(&self.cluster).clone().ok_or_else(|| Unavailable("not connected".into()))?;
-    let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(Route::with_key(route_key, SlotAddr::Master)));
+    let route =
+      RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(Route::with_key(route_key, SlotAddr::Master)));
     tokio::time::timeout(self.command_timeout, c.route_command(cmd, route))
       .await
       .map_err(|_| Unavailable("command timed out".into()))?
@@ -476,8 +470,11 @@ fn client(target: &RedisTarget) -> Result<Client, String> {
   if let Some(p) = &target.password {
     redis_info = redis_info.set_password(p);
   }
-  let info: ConnectionInfo =
-    addr.into_connection_info().map_err(|e| e.to_string())?.set_redis_settings(redis_info).set_tcp_settings(tcp_settings());
+  let info: ConnectionInfo = addr
+    .into_connection_info()
+    .map_err(|e| e.to_string())?
+    .set_redis_settings(redis_info)
+    .set_tcp_settings(tcp_settings());
   match certs {
     Some(certs) => Client::build_with_tls(info, certs),
     None => Client::open(info),
@@ -678,7 +675,11 @@ impl Pool {
 
   /// Slot `i`'s live connection and its generation; without one, starts
   /// a dial (if none is under way) and waits for it until `deadline`.
-  async fn acquire(self: &Arc<Self>, i: usize, deadline: Deadline) -> Result<(MultiplexedConnection, u64), Unavailable> {
+  async fn acquire(
+    self: &Arc<Self>,
+    i: usize,
+    deadline: Deadline,
+  ) -> Result<(MultiplexedConnection, u64), Unavailable> {
     let slot = &self.slots[i];
     loop {
       let dialled = slot.dialled.notified();
@@ -869,7 +870,8 @@ mod pool_tests {
 
   #[test]
   fn a_key_always_takes_the_same_connection_and_keys_spread() {
-    let pool = Pool::new(Err("none".into()), AsyncConnectionConfig::new(), 4, Duration::from_secs(1), Duration::from_secs(1));
+    let pool =
+      Pool::new(Err("none".into()), AsyncConnectionConfig::new(), 4, Duration::from_secs(1), Duration::from_secs(1));
     let mut used = [0; 4];
     for k in 0..1000 {
       let key = format!("p:kv:key-{k}");
