@@ -351,7 +351,27 @@ impl Inner {
     }
   }
 
+  /// Runs the batch's operations in call order: a tenant clear is a barrier,
+  /// so what came before it is cleared and what came after it survives.
   async fn run_ops(&self, ops: &[(usize, Op)]) -> Vec<Reply> {
+    let mut out = Vec::with_capacity(ops.len());
+    let mut start = 0;
+    while start < ops.len() {
+      let end =
+        ops[start..].iter().position(|(_, op)| matches!(op, Op::ClearOrg { .. })).map_or(ops.len(), |i| start + i);
+      if end > start {
+        out.extend(self.run_segment(&ops[start..end]).await);
+      }
+      if end < ops.len() {
+        out.extend(self.run_segment(&ops[end..end + 1]).await);
+      }
+      start = end + 1;
+    }
+    out
+  }
+
+  /// Runs operations of which at most one, alone, is a tenant clear.
+  async fn run_segment(&self, ops: &[(usize, Op)]) -> Vec<Reply> {
     if self.closed.load(Ordering::Acquire) {
       return ops
         .iter()
@@ -408,9 +428,7 @@ impl Inner {
     if !cmds.is_empty() {
       match redis.run(&cmds).await {
         Ok(outcomes) => {
-          if self.breaker.record_success() {
-            self.set_mode(Mode::Redis, "redis answered");
-          }
+          self.breaker.record_success();
           for (i, first, count, lead) in sent {
             let op = &ops[i].1;
             let (reply, read) = self.apply(op, &outcomes[first..first + count]);
@@ -468,6 +486,17 @@ impl Inner {
     };
     let int = |v: &Value| redis::from_redis_value_ref::<i64>(v).unwrap_or(0);
     let m = &self.memory;
+    if op.is_write() {
+      // Acknowledged: a read that starts from now on must not join one that
+      // Redis may have run before this write.
+      self.reads.forget(&op.key().to_string());
+    }
+    // The memory tier follows Redis, except where it must not: a write
+    // journaled since this one was sent is newer and stays; a write Redis
+    // refused as older than what it holds (`WRITE_SUPERSEDED`) leaves
+    // nothing in memory rather than our older value.
+    let follow = !(op.is_write() && self.journal.touches(op.key()));
+    let superseded = int(value) == tiers::redis::WRITE_SUPERSEDED;
     let reply = match op {
       Op::Get { unwrap, .. } => {
         let json = match decode_value(value) {
@@ -477,26 +506,34 @@ impl Inner {
         return (self.read_reply(json.clone(), *unwrap), Ok(json));
       }
       Op::Set { key, kind, json, ttl } => {
-        m.set(key, json.clone(), *ttl, *kind);
+        if follow && superseded {
+          m.delete(key);
+        } else if follow {
+          m.set(key, json.clone(), *ttl, *kind);
+        }
         Reply::Bool(true)
       }
       Op::Delete { key } => {
-        m.delete(key);
+        if follow {
+          m.delete(key);
+        }
         Reply::Bool(int(value) > 0)
       }
       Op::Exists { .. } => Reply::Bool(int(value) > 0),
       Op::Expire { key, ttl } => {
         let found = int(value) > 0;
-        if found {
+        if follow && found {
           m.expire(key, *ttl);
-        } else {
+        } else if follow {
           m.delete(key);
         }
         Reply::Bool(found)
       }
       Op::Increment { key, kind, ttl, .. } => {
         let n = int(value);
-        m.set(key, n.to_string().into(), *ttl, *kind);
+        if follow {
+          m.set(key, n.to_string().into(), *ttl, *kind);
+        }
         Reply::Int(n)
       }
       Op::HGet { .. } => match decode_value(value) {
@@ -504,11 +541,17 @@ impl Inner {
         Err(e) => Reply::Error(e),
       },
       Op::HSet { key, kind, field, json, ttl } => {
-        let _ = m.hset(key, field, json.clone(), *ttl, *kind);
+        if follow && superseded {
+          let _ = m.hdel(key, field);
+        } else if follow {
+          let _ = m.hset(key, field, json.clone(), *ttl, *kind);
+        }
         Reply::Bool(true)
       }
       Op::HDel { key, field } => {
-        let _ = m.hdel(key, field);
+        if follow {
+          let _ = m.hdel(key, field);
+        }
         Reply::Bool(int(value) > 0)
       }
       Op::HGetAll { .. } => match redis::from_redis_value_ref::<Vec<(Vec<u8>, Vec<u8>)>>(value) {
@@ -705,7 +748,7 @@ async fn supervise(weak: Weak<Inner>) {
         if inner.breaker.try_begin_probe() {
           match probe(redis).await {
             Ok(()) => {
-              inner.breaker.record_success();
+              inner.breaker.record_probe_success();
               *inner.last_error.lock().unwrap() = None;
               inner.set_mode(Mode::Redis, "redis answered the probe");
             }

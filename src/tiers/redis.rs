@@ -334,6 +334,52 @@ if redis.call('PTTL', KEYS[1]) < 0 then redis.call('PEXPIRE', KEYS[1], ARGV[3]) 
 return n
 "#;
 
+/// What [`WRITE_SCRIPT`] answers when Redis holds a newer write of the key.
+pub const WRITE_SUPERSEDED: i64 = -1;
+
+/// Every write carries its write time and is applied only if Redis holds no
+/// newer write of the key (or hash field). A command whose connection timed
+/// out may still reach Redis later (bytes in a kernel buffer or a middlebox
+/// outlive the connection that sent them); with this check such a late write
+/// can never overwrite a newer one, whenever it lands. `GETRANGE 0 9` reads
+/// only the header, so the check does not copy large values. A write time
+/// more than 2 s ahead of Redis's own clock is not trusted (a host with a
+/// clock far ahead would otherwise block every other writer of that key).
+/// KEYS[1]: key; ARGV: op (set, del, hset, hdel), write time (ms), TTL (ms),
+/// encoded value, field. Answers -1 (superseded), or the command's own reply.
+pub const WRITE_SCRIPT: &str = r#"
+local function ts(v)
+  if type(v) ~= 'string' or #v < 10 or string.byte(v, 1) ~= 254 then return 0 end
+  local t = 0
+  for i = 3, 10 do t = t * 256 + string.byte(v, i) end
+  return t
+end
+local op, mine, key = ARGV[1], tonumber(ARGV[2]), KEYS[1]
+local clock = redis.call('TIME')
+local trusted = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000) + 2000
+local function newer(v)
+  local t = ts(v)
+  return t > mine and t <= trusted
+end
+if op == 'set' or op == 'del' then
+  local ok, head = pcall(redis.call, 'GETRANGE', key, 0, 9)
+  if ok and newer(head) then return -1 end
+  if op == 'del' then return redis.call('UNLINK', key) end
+  redis.call('SET', key, ARGV[4], 'PX', ARGV[3])
+  return 1
+end
+local ok, current = pcall(redis.call, 'HGET', key, ARGV[5])
+if ok and newer(current) then return -1 end
+if op == 'hdel' then return redis.call('HDEL', key, ARGV[5]) end
+local n = redis.call('HSET', key, ARGV[5], ARGV[4])
+redis.call('PEXPIRE', key, ARGV[3])
+return n
+"#;
+
+fn push_write(pipe: &mut Pipeline, op: &str, key: &str, now_ms: u64, ttl_ms: u64, value: &[u8], field: &str) {
+  pipe.cmd("EVAL").arg(WRITE_SCRIPT).arg(1).arg(key).arg(op).arg(now_ms).arg(ttl_ms).arg(value).arg(field);
+}
+
 /// Appends the Redis commands of one operation to a batch's pipeline.
 pub fn push_op(op: &Op, pipe: &mut Pipeline, threshold: usize, now_ms: u64) {
   let px = |ttl: &Duration| ttl.as_millis().max(1) as u64;
@@ -342,10 +388,10 @@ pub fn push_op(op: &Op, pipe: &mut Pipeline, threshold: usize, now_ms: u64) {
       pipe.cmd("GET").arg(key);
     }
     Op::Set { key, json, ttl, .. } => {
-      pipe.cmd("SET").arg(key).arg(codec::encode(json, threshold, now_ms)).arg("PX").arg(px(ttl));
+      push_write(pipe, "set", key, now_ms, px(ttl), &codec::encode(json, threshold, now_ms), "");
     }
     Op::Delete { key } => {
-      pipe.cmd("UNLINK").arg(key);
+      push_write(pipe, "del", key, now_ms, 0, &[], "");
     }
     Op::Exists { key } => {
       pipe.cmd("EXISTS").arg(key);
@@ -361,11 +407,10 @@ pub fn push_op(op: &Op, pipe: &mut Pipeline, threshold: usize, now_ms: u64) {
       pipe.cmd("HGET").arg(key).arg(field);
     }
     Op::HSet { key, field, json, ttl, .. } => {
-      pipe.cmd("HSET").arg(key).arg(field).arg(codec::encode(json, threshold, now_ms));
-      pipe.cmd("PEXPIRE").arg(key).arg(px(ttl));
+      push_write(pipe, "hset", key, now_ms, px(ttl), &codec::encode(json, threshold, now_ms), field);
     }
     Op::HDel { key, field } => {
-      pipe.cmd("HDEL").arg(key).arg(field);
+      push_write(pipe, "hdel", key, now_ms, 0, &[], field);
     }
     Op::HGetAll { key } => {
       pipe.cmd("HGETALL").arg(key);
