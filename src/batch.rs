@@ -135,6 +135,14 @@ impl Op {
     }
   }
 
+  /// The JSON a write stores, if it stores one.
+  pub fn value(&self) -> Option<&Arc<str>> {
+    match self {
+      Op::Set { json, .. } | Op::HSet { json, .. } => Some(json),
+      _ => None,
+    }
+  }
+
   pub fn is_write(&self) -> bool {
     !matches!(self, Op::Get { .. } | Op::Exists { .. } | Op::HGet { .. } | Op::HGetAll { .. })
   }

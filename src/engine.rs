@@ -393,7 +393,9 @@ impl Inner {
     let mut followers = Vec::new();
     let mut clears = Vec::new();
     let now_ms = now_ms();
+    let mut encoded = encode_values(ops, self.cfg.compression_threshold, now_ms).await.into_iter();
     for (i, (_, op)) in ops.iter().enumerate() {
+      let encoded = encoded.next().flatten();
       if matches!(op, Op::ClearOrg { .. }) {
         clears.push(i);
         continue;
@@ -421,7 +423,7 @@ impl Inner {
         }
       };
       let first = cmds.len();
-      tiers::redis::push_op(op, &mut cmds, self.cfg.compression_threshold, now_ms);
+      tiers::redis::push_op(op, &mut cmds, encoded, self.cfg.compression_threshold, now_ms);
       sent.push((i, first, cmds.len() - first, lead));
     }
 
@@ -691,6 +693,27 @@ impl Inner {
       }
     }
   }
+}
+
+/// Values whose JSON adds up to more than this in one segment are encoded
+/// (compressed) on tokio's blocking pool. On the I/O thread, which also reads
+/// the sockets and runs the timers, a burst of large values made replies that
+/// had arrived wait behind the compression until their commands timed out
+/// while Redis was healthy. Below it, the hand-off to another thread and back
+/// costs more than compressing in place.
+const OFFLOAD_BYTES: usize = 64 * 1024;
+
+/// The encoded value of each write in `ops` (in order; `None` for other ops,
+/// and for all of them when the segment is small: then `push_op` encodes).
+async fn encode_values(ops: &[(usize, Op)], threshold: usize, now_ms: u64) -> Vec<Option<Vec<u8>>> {
+  let total: usize = ops.iter().filter_map(|(_, op)| op.value()).map(|json| json.len()).sum();
+  if total <= OFFLOAD_BYTES {
+    return Vec::new();
+  }
+  let values: Vec<Option<Arc<str>>> = ops.iter().map(|(_, op)| op.value().cloned()).collect();
+  let encode = move || values.iter().map(|v| v.as_ref().map(|json| codec::encode(json, threshold, now_ms))).collect();
+  // A failed hand-off (the runtime shutting down) falls back to encoding in place.
+  tokio::task::spawn_blocking(encode).await.unwrap_or_default()
 }
 
 /// A stored value (or nil) as JSON text.

@@ -380,15 +380,18 @@ fn push_write(pipe: &mut Pipeline, op: &str, key: &str, now_ms: u64, ttl_ms: u64
   pipe.cmd("EVAL").arg(WRITE_SCRIPT).arg(1).arg(key).arg(op).arg(now_ms).arg(ttl_ms).arg(value).arg(field);
 }
 
-/// Appends the Redis commands of one operation to a batch's pipeline.
-pub fn push_op(op: &Op, pipe: &mut Pipeline, threshold: usize, now_ms: u64) {
+/// Appends the Redis commands of one operation to a batch's pipeline;
+/// `encoded` is its value already encoded, if it was (off this thread).
+pub fn push_op(op: &Op, pipe: &mut Pipeline, encoded: Option<Vec<u8>>, threshold: usize, now_ms: u64) {
+  let mut encoded = encoded;
+  let mut encode = |json: &str| encoded.take().unwrap_or_else(|| codec::encode(json, threshold, now_ms));
   let px = |ttl: &Duration| ttl.as_millis().max(1) as u64;
   match op {
     Op::Get { key, .. } => {
       pipe.cmd("GET").arg(key);
     }
     Op::Set { key, json, ttl, .. } => {
-      push_write(pipe, "set", key, now_ms, px(ttl), &codec::encode(json, threshold, now_ms), "");
+      push_write(pipe, "set", key, now_ms, px(ttl), &encode(json), "");
     }
     Op::Delete { key } => {
       push_write(pipe, "del", key, now_ms, 0, &[], "");
@@ -407,7 +410,7 @@ pub fn push_op(op: &Op, pipe: &mut Pipeline, threshold: usize, now_ms: u64) {
       pipe.cmd("HGET").arg(key).arg(field);
     }
     Op::HSet { key, field, json, ttl, .. } => {
-      push_write(pipe, "hset", key, now_ms, px(ttl), &codec::encode(json, threshold, now_ms), field);
+      push_write(pipe, "hset", key, now_ms, px(ttl), &encode(json), field);
     }
     Op::HDel { key, field } => {
       push_write(pipe, "hdel", key, now_ms, 0, &[], field);
