@@ -252,6 +252,7 @@ impl Cache {
       "servedFromMemory": m.served_from_memory.load(Relaxed),
       "deduplicatedReads": m.deduplicated.load(Relaxed),
       "loaderCalls": m.loader_calls.load(Relaxed),
+      "corrupt": m.corrupt.load(Relaxed),
       "latency": { "count": latency.count, "meanMs": latency.mean_ms, "p50Ms": latency.p50_ms, "p99Ms": latency.p99_ms },
       "breaker": {
         "state": if inner.redis.is_some() { inner.breaker.state().name() } else { "disabled" },
@@ -458,6 +459,24 @@ impl Inner {
     }
   }
 
+  /// A stored value (or nil) as JSON text; bytes that do not decode (neither
+  /// our format nor the old adapter's JSON) are counted and read as a miss.
+  fn stored_value(&self, value: &Value) -> Result<Option<Arc<str>>, CacheError> {
+    let bytes = match value {
+      Value::Nil => return Ok(None),
+      Value::BulkString(bytes) => bytes.as_slice(),
+      Value::SimpleString(s) => s.as_bytes(),
+      other => return Err(CacheError::new(ErrorKind::Internal, format!("unexpected reply {other:?}"))),
+    };
+    match codec::decode(bytes) {
+      Ok(json) => Ok(Some(json)),
+      Err(_) => {
+        self.metrics.corrupt.fetch_add(1, Relaxed);
+        Ok(None)
+      }
+    }
+  }
+
   /// Turns Redis's answers to one operation into its reply, writing the
   /// acknowledged change through to the memory tier. Also returns a read's
   /// decoded value for the callers that shared it.
@@ -470,7 +489,7 @@ impl Inner {
     let m = &self.memory;
     let reply = match op {
       Op::Get { unwrap, .. } => {
-        let json = match decode_value(value) {
+        let json = match self.stored_value(value) {
           Ok(json) => json,
           Err(e) => return (Reply::Error(e), Err(())),
         };
@@ -499,7 +518,7 @@ impl Inner {
         m.set(key, n.to_string().into(), *ttl, *kind);
         Reply::Int(n)
       }
-      Op::HGet { .. } => match decode_value(value) {
+      Op::HGet { .. } => match self.stored_value(value) {
         Ok(json) => self.read_reply(json, None),
         Err(e) => Reply::Error(e),
       },
@@ -515,9 +534,12 @@ impl Inner {
         Ok(pairs) => {
           let mut fields = Vec::with_capacity(pairs.len());
           for (f, v) in pairs {
+            // A corrupt field is left out, as a miss of that field.
             match codec::decode(&v) {
               Ok(json) => fields.push((String::from_utf8_lossy(&f).into_owned(), json)),
-              Err(e) => return (Reply::Error(e), Err(())),
+              Err(_) => {
+                self.metrics.corrupt.fetch_add(1, Relaxed);
+              }
             }
           }
           Reply::Json(object_json(&fields))
@@ -650,15 +672,6 @@ impl Inner {
   }
 }
 
-/// A stored value (or nil) as JSON text.
-fn decode_value(value: &Value) -> Result<Option<Arc<str>>, CacheError> {
-  match value {
-    Value::Nil => Ok(None),
-    Value::BulkString(bytes) => codec::decode(bytes).map(Some),
-    Value::SimpleString(s) => codec::decode(s.as_bytes()).map(Some),
-    other => Err(CacheError::new(ErrorKind::Internal, format!("unexpected reply {other:?}"))),
-  }
-}
 
 /// `{"field": <json>, ...}` from fields whose values are JSON text already.
 fn object_json(fields: &[(String, Arc<str>)]) -> Arc<str> {
