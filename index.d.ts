@@ -195,7 +195,7 @@ export declare class CacheAdapter extends EventEmitter {
 
   // Generic methods
   get<T = JsonValue>(key: string): Promise<T | null>
-  /** `ttlSeconds` defaults to `CACHE_DEFAULT_TTL`, else 7200. */
+  /** `ttlSeconds` defaults to `CACHE_DEFAULT_TTL`, else 7200; at most 2147483647 (RangeError above). */
   set(key: string, value: JsonValue, ttlSeconds?: number): Promise<true>
   /** Whether something was removed. */
   delete(key: string): Promise<boolean>
