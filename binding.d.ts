@@ -45,6 +45,21 @@ export declare class NativeCache {
   close(): void
 }
 
+/**
+ * TEST ONLY: makes the next pass through one entry point panic, once, so a
+ * test can prove the panic reaches the caller as an error (not an abort or
+ * a hang) and that the adapter works afterwards. `at` is one of
+ * `constructor`, `batchDecode`, `batchExecute`, `getOrLoad`, `stats`,
+ * `health`, `metrics`, `fallback`. Not part of the `CacheAdapter` API.
+ *
+ * Why this shape: the shipped (release) binary is the one that must catch
+ * panics, so the hook is compiled into every build rather than under
+ * `cfg(debug_assertions)`; and it is reachable only by code that calls this
+ * function by name, never through data (a key or value) or the environment,
+ * so neither callers' input nor an operator's settings can trip it.
+ */
+export declare function __testPanicOnce(at: string): void
+
 /** `orgId:digits`, or the digits alone with no org. */
 export declare function createOrgKey(orgId: string | undefined | null, phone: string): string
 

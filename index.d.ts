@@ -109,6 +109,8 @@ export interface CacheCounters {
   servedFromMemory: number
   deduplicatedReads: number
   loaderCalls: number
+  /** Stored values under our keys that were neither this adapter's format nor the old adapter's JSON; each read as a miss. */
+  corrupt: number
   latency: { count: number; meanMs: number; p50Ms: number; p99Ms: number }
   /** `'disabled'` when Redis is disabled by configuration. */
   breaker: { state: 'closed' | 'open' | 'half-open' | 'disabled'; consecutiveFailures: number; threshold: number; cooldownMs: number }
@@ -193,7 +195,7 @@ export declare class CacheAdapter extends EventEmitter {
 
   // Generic methods
   get<T = JsonValue>(key: string): Promise<T | null>
-  /** `ttlSeconds` defaults to `CACHE_DEFAULT_TTL`, else 7200. */
+  /** `ttlSeconds` defaults to `CACHE_DEFAULT_TTL`, else 7200; at most 2147483647 (RangeError above). */
   set(key: string, value: JsonValue, ttlSeconds?: number): Promise<true>
   /** Whether something was removed. */
   delete(key: string): Promise<boolean>

@@ -39,11 +39,15 @@ function requireString(name, v) {
   return v
 }
 
+/** The largest TTL in seconds, 2^31 - 1 (about 68 years); the core checks the same (src/config.rs). */
+const MAX_TTL_SECONDS = 2147483647
+
 /** A TTL in seconds; `undefined`/`null` → NaN, meaning "the default". */
 function ttlSeconds(name, v) {
   if (v === undefined || v === null) return NaN
   if (typeof v !== 'number') throw new TypeError(`${name} must be a number of seconds, got ${describe(v)}`)
   if (!(v > 0) || !Number.isFinite(v)) throw new RangeError(`${name} must be a positive finite number of seconds, got ${v}`)
+  if (v > MAX_TTL_SECONDS) throw new RangeError(`${name} must be at most ${MAX_TTL_SECONDS} seconds (about 68 years), got ${v}`)
   return v
 }
 
@@ -210,29 +214,38 @@ class CacheAdapter extends EventEmitter {
     // an old-space array keeps its former slots in the remembered set, and
     // every reply they pointed to then survived scavenges (1.1 MB promoted
     // per scavenge, 3 ms pauses).
-    const fresh = this._native.drain()
-    const ready = this._leftover.length === 0 ? fresh : this._leftover.concat(fresh)
+    let ready = this._leftover
     let k = 0
-    let budget = SLICE_BYTES
-    while (k < ready.length && budget > 0) {
-      const done = ready[k]
-      if (done[0] === 0) {
-        k++
-        this._modeChanged(done[1], done[2])
-        continue
+    try {
+      const fresh = this._native.drain()
+      ready = ready.length === 0 ? fresh : ready.concat(fresh)
+      let budget = SLICE_BYTES
+      while (k < ready.length && budget > 0) {
+        const done = ready[k]
+        if (done[0] === 0) {
+          k++
+          this._modeChanged(done[1], done[2])
+          continue
+        }
+        const [next, spent] = this._batch.complete(done, this._cursor, budget)
+        budget -= spent
+        if (next === done.length) {
+          k++
+          this._cursor = 2
+        } else this._cursor = next
       }
-      const [next, spent] = this._batch.complete(done, this._cursor, budget)
-      budget -= spent
-      if (next === done.length) {
-        k++
-        this._cursor = 2
-      } else this._cursor = next
+    } catch (e) {
+      // Nothing here may end the drain loop: a throw out of this macrotask
+      // would leave `_draining` set, and every later call pending forever.
+      process.emitWarning(`cache adapter: settling replies failed: ${e && e.message}`)
+    } finally {
+      this._leftover = k >= ready.length ? NONE : ready.slice(k)
+      if (this._leftover.length > 0) setImmediate(this._drainSoon)
+      else this._draining = false
     }
-    this._leftover = k === ready.length ? NONE : ready.slice(k)
-    if (this._leftover.length > 0) setImmediate(this._drainSoon)
-    else this._draining = false
   }
 
+  /** Tells `onModeChange` and every `modeChange` listener; one that throws is a warning, never the adapter's end. */
   _modeChanged(mode, reason) {
     const event = { mode, reason, at: new Date().toISOString() }
     if (this._onModeChange) {
@@ -242,7 +255,14 @@ class CacheAdapter extends EventEmitter {
         process.emitWarning(`onModeChange threw: ${e && e.message}`)
       }
     }
-    this.emit('modeChange', event)
+    // rawListeners: `once` wrappers remove themselves as emit() would.
+    for (const listener of this.rawListeners('modeChange')) {
+      try {
+        listener.call(this, event)
+      } catch (e) {
+        process.emitWarning(`a modeChange listener threw: ${e && e.message}`)
+      }
+    }
   }
 
   /** Queues one call; argument errors become rejections, never throws. */

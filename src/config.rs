@@ -292,12 +292,30 @@ pub fn ttl_value(v: &Value, name: &str) -> Result<f64, CacheError> {
   check_ttl(secs, name)
 }
 
+/// The largest TTL, in seconds: 2^31 - 1 (about 68 years). Far beyond any
+/// cache lifetime, and every layer holds it exactly: Redis's `PX` in ms, the
+/// memory tier's clock arithmetic, a JavaScript timer's seconds. Above it a
+/// TTL is a `RangeError` (`index.js` checks the same bound before queueing).
+pub const MAX_TTL_SECS: f64 = 2_147_483_647.0;
+
+/// A TTL in seconds: positive, finite, at most [`MAX_TTL_SECS`].
 pub fn check_ttl(secs: f64, name: &str) -> Result<f64, CacheError> {
-  if secs.is_finite() && secs > 0.0 {
+  if secs.is_finite() && secs > 0.0 && secs <= MAX_TTL_SECS {
     Ok(secs)
+  } else if secs > MAX_TTL_SECS {
+    Err(CacheError::new(
+      ErrorKind::Range,
+      format!("{name} must be at most {MAX_TTL_SECS} seconds (about 68 years), got {secs}"),
+    ))
   } else {
     Err(CacheError::new(ErrorKind::Range, format!("{name} must be a positive finite number of seconds, got {secs}")))
   }
+}
+
+/// A checked TTL as a `Duration`. Never panics: whatever slips past
+/// [`check_ttl`] is clamped to the allowed range instead.
+pub fn ttl_duration(secs: f64) -> Duration {
+  Duration::try_from_secs_f64(secs.clamp(0.001, MAX_TTL_SECS)).unwrap_or(Duration::from_secs(MAX_TTL_SECS as u64))
 }
 
 fn type_err(name: &str, what: &str) -> CacheError {
@@ -352,6 +370,21 @@ mod tests {
   use super::*;
   use serde_json::json;
 
+  #[test]
+  fn ttls_are_capped_and_never_panic_as_durations() {
+    assert_eq!(check_ttl(MAX_TTL_SECS, "ttl"), Ok(MAX_TTL_SECS));
+    assert_eq!(check_ttl(0.5, "ttl"), Ok(0.5));
+    for bad in [0.0, -1.0, f64::NAN, f64::INFINITY, MAX_TTL_SECS + 1.0, 9.3e18, 1e20, f64::MAX] {
+      let e = check_ttl(bad, "ttl").unwrap_err();
+      assert_eq!(e.kind, ErrorKind::Range, "{bad}");
+      assert!(e.message.starts_with("ttl must be"), "{}", e.message);
+    }
+    for any in [f64::MAX, f64::NAN, f64::INFINITY, -1.0, 0.0, 1e20, 7200.0] {
+      assert!(ttl_duration(any) <= Duration::from_secs(MAX_TTL_SECS as u64), "{any}");
+    }
+    assert_eq!(ttl_duration(7200.0), Duration::from_secs(7200));
+  }
+
   fn no_env(_: &str) -> Option<String> {
     None
   }
@@ -401,6 +434,13 @@ mod tests {
     let e = resolve(&json!({"ttl": {"leadData": -1}}), &no_env).unwrap_err();
     assert_eq!(e.kind, ErrorKind::Range);
     assert!(e.message.contains("options.ttl.leadData"));
+    let e = resolve(&json!({"ttl": {"leadData": f64::MAX}}), &no_env).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Range);
+    assert!(e.message.contains("options.ttl.leadData"));
+    let huge = |k: &str| (k == "CACHE_DEFAULT_TTL").then(|| "1e20".to_string());
+    let e = resolve(&Value::Null, &huge).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Range);
+    assert!(e.message.contains("CACHE_DEFAULT_TTL"), "{}", e.message);
     let e = resolve(&json!({"poolSize": 0}), &no_env).unwrap_err();
     assert_eq!(e.kind, ErrorKind::Range);
     assert!(resolve(&json!({"nope": 1}), &no_env).unwrap_err().message.contains("options.nope"));

@@ -252,6 +252,7 @@ impl Cache {
       "servedFromMemory": m.served_from_memory.load(Relaxed),
       "deduplicatedReads": m.deduplicated.load(Relaxed),
       "loaderCalls": m.loader_calls.load(Relaxed),
+      "corrupt": m.corrupt.load(Relaxed),
       "latency": { "count": latency.count, "meanMs": latency.mean_ms, "p50Ms": latency.p50_ms, "p99Ms": latency.p99_ms },
       "breaker": {
         "state": if inner.redis.is_some() { inner.breaker.state().name() } else { "disabled" },
@@ -478,6 +479,24 @@ impl Inner {
     }
   }
 
+  /// A stored value (or nil) as JSON text; bytes that do not decode (neither
+  /// our format nor the old adapter's JSON) are counted and read as a miss.
+  fn stored_value(&self, value: &Value) -> Result<Option<Arc<str>>, CacheError> {
+    let bytes = match value {
+      Value::Nil => return Ok(None),
+      Value::BulkString(bytes) => bytes.as_slice(),
+      Value::SimpleString(s) => s.as_bytes(),
+      other => return Err(CacheError::new(ErrorKind::Internal, format!("unexpected reply {other:?}"))),
+    };
+    match codec::decode(bytes) {
+      Ok(json) => Ok(Some(json)),
+      Err(_) => {
+        self.metrics.corrupt.fetch_add(1, Relaxed);
+        Ok(None)
+      }
+    }
+  }
+
   /// Turns Redis's answers to one operation into its reply, writing the
   /// acknowledged change through to the memory tier. Also returns a read's
   /// decoded value for the callers that shared it.
@@ -501,7 +520,7 @@ impl Inner {
     let superseded = int(value) == tiers::redis::WRITE_SUPERSEDED;
     let reply = match op {
       Op::Get { unwrap, .. } => {
-        let json = match decode_value(value) {
+        let json = match self.stored_value(value) {
           Ok(json) => json,
           Err(e) => return (Reply::Error(e), Err(())),
         };
@@ -538,7 +557,7 @@ impl Inner {
         }
         Reply::Int(n)
       }
-      Op::HGet { .. } => match decode_value(value) {
+      Op::HGet { .. } => match self.stored_value(value) {
         Ok(json) => self.read_reply(json, None),
         Err(e) => Reply::Error(e),
       },
@@ -560,9 +579,12 @@ impl Inner {
         Ok(pairs) => {
           let mut fields = Vec::with_capacity(pairs.len());
           for (f, v) in pairs {
+            // A corrupt field is left out, as a miss of that field.
             match codec::decode(&v) {
               Ok(json) => fields.push((String::from_utf8_lossy(&f).into_owned(), json)),
-              Err(e) => return (Reply::Error(e), Err(())),
+              Err(_) => {
+                self.metrics.corrupt.fetch_add(1, Relaxed);
+              }
             }
           }
           Reply::Json(object_json(&fields))
@@ -716,16 +738,6 @@ async fn encode_values(ops: &[(usize, Op)], threshold: usize, now_ms: u64) -> Ve
   let encode = move || values.iter().map(|v| v.as_ref().map(|json| codec::encode(json, threshold, now_ms))).collect();
   // A failed hand-off (the runtime shutting down) falls back to encoding in place.
   tokio::task::spawn_blocking(encode).await.unwrap_or_default()
-}
-
-/// A stored value (or nil) as JSON text.
-fn decode_value(value: &Value) -> Result<Option<Arc<str>>, CacheError> {
-  match value {
-    Value::Nil => Ok(None),
-    Value::BulkString(bytes) => codec::decode(bytes).map(Some),
-    Value::SimpleString(s) => codec::decode(s.as_bytes()).map(Some),
-    other => Err(CacheError::new(ErrorKind::Internal, format!("unexpected reply {other:?}"))),
-  }
 }
 
 /// `{"field": <json>, ...}` from fields whose values are JSON text already.
