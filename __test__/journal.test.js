@@ -174,7 +174,8 @@ test('replayMaxBytes bounds the journal by its JSON bytes; the oldest become tom
   const server = await startRedis()
   const keyPrefix = uniquePrefix()
   const maxBytes = 50_000
-  const a = new CacheAdapter({ url: server.url, keyPrefix, ...FAST, replayMaxBytes: maxBytes })
+  // Uncompressed, so that the test can read the payloads in Redis.
+  const a = new CacheAdapter({ url: server.url, keyPrefix, ...FAST, replayMaxBytes: maxBytes, compressionThreshold: 1 << 20 })
   try {
     await waitReplayed(a, 10000, 'connect')
     for (let i = 0; i < 20; i++) assert.equal(await a.set(`b:${i}`, 'old', 600), true)
@@ -192,7 +193,7 @@ test('replayMaxBytes bounds the journal by its JSON bytes; the oldest become tom
     for (let i = 0; i < 20; i++) {
       const p = await payload(server, keyPrefix, `b:${i}`)
       assert.notEqual(p, '"old"', `b:${i} does not read its pre-outage value`)
-      if (i >= 20 - s.replay.pending) assert.equal(p, JSON.stringify(`${i}${big}`), `b:${i}, kept, was replayed`)
+      if (i >= 20 - s.replay.pending) assert.ok(p === JSON.stringify(`${i}${big}`), `b:${i}, kept, was replayed (${p.slice(0, 20)})`)
     }
   } finally {
     await closeAll([a], [server])
