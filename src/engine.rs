@@ -25,10 +25,10 @@ use crate::config::Config;
 use crate::domain::{TtlName, TABLE};
 use crate::error::{CacheError, ErrorKind};
 use crate::flight::{Join, SingleFlight};
-use crate::keys::KeySpace;
-use crate::metrics::Metrics;
 use crate::journal::{Journal, Limits};
 use crate::keys::glob_escape;
+use crate::keys::KeySpace;
+use crate::metrics::Metrics;
 use crate::replay;
 use crate::tiers;
 use crate::tiers::memory::MemoryTier;
@@ -596,7 +596,10 @@ impl Inner {
     })();
     // The journal keeps what the memory tier now holds, for the replay
     // (an expire only when the key was there).
-    if journal && op.is_write() && matches!(&result, Ok(r) if !matches!(op, Op::Expire { .. }) || *r == Reply::Bool(true)) {
+    if journal
+      && op.is_write()
+      && matches!(&result, Ok(r) if !matches!(op, Op::Expire { .. }) || *r == Reply::Bool(true))
+    {
       self.journal.record_write(op, m, at);
     }
     result.unwrap_or_else(Reply::Error)

@@ -21,11 +21,17 @@ use crate::tiers::memory::{MemValue, MemoryTier};
 #[derive(Debug, Clone, PartialEq)]
 pub enum Pending {
   /// Set to this JSON until `expires_at`.
-  Set { json: Arc<str>, expires_at: Instant },
+  Set {
+    json: Arc<str>,
+    expires_at: Instant,
+  },
   Delete,
   /// Increments summed since the key's last journaled write: replayed as
   /// `INCRBY delta`, keeping Redis's TTL (`ttl` only when it has none).
-  Add { delta: i64, ttl: Duration },
+  Add {
+    delta: i64,
+    ttl: Duration,
+  },
   /// A write the journal had to forget: replayed as a delete that spares a
   /// value written after it.
   Tombstone,
@@ -199,10 +205,16 @@ impl Journal {
         }
         let Some(entry) = memory.get(key) else { return };
         match entry.value {
-          MemValue::Json(json) => self.record(Slot::whole(key), Pending::Set { json, expires_at: entry.expires_at }, at),
+          MemValue::Json(json) => {
+            self.record(Slot::whole(key), Pending::Set { json, expires_at: entry.expires_at }, at)
+          }
           MemValue::Hash(fields) => {
             for (field, json) in fields.iter() {
-              self.record(Slot::field(key, field), Pending::Set { json: json.clone(), expires_at: entry.expires_at }, at);
+              self.record(
+                Slot::field(key, field),
+                Pending::Set { json: json.clone(), expires_at: entry.expires_at },
+                at,
+              );
             }
           }
         }
@@ -545,7 +557,10 @@ mod tests {
     assert_eq!(j.read("k0"), None, "a forgotten write reads from memory");
     assert!(j.touches("k0"), "its key waits for the tombstone's replay");
     let batch = j.take_batch(10);
-    assert_eq!(batch.iter().filter(|e| e.pending == Pending::Tombstone).map(|e| e.written_ms).collect::<Vec<_>>(), [0, 1]);
+    assert_eq!(
+      batch.iter().filter(|e| e.pending == Pending::Tombstone).map(|e| e.written_ms).collect::<Vec<_>>(),
+      [0, 1]
+    );
   }
 
   #[test]

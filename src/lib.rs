@@ -228,7 +228,9 @@ impl NativeCache {
     // On the cache's own runtime, where its connections live.
     let cache = self.cache.clone();
     let unreplayed = self.cache.runtime().spawn(async move { cache.close().await }).await;
-    unreplayed.map(|n| n.min(u32::MAX as usize) as u32).map_err(|e| to_napi(CacheError::new(ErrorKind::Internal, e.to_string())))
+    unreplayed
+      .map(|n| n.min(u32::MAX as usize) as u32)
+      .map_err(|e| to_napi(CacheError::new(ErrorKind::Internal, e.to_string())))
   }
 }
 

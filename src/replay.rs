@@ -208,4 +208,3 @@ async fn clear_step(redis: &RedisTier, clear: &Clear, cursor: u64) -> Result<u64
   }
   Ok(next)
 }
-
