@@ -41,8 +41,12 @@ export declare class NativeCache {
   metrics(): string
   mode(): string
   redisEnabled(): boolean
-  /** Stops background work and drops the connections. Idempotent. */
-  close(): void
+  /**
+   * Stops background work and drops the connections, after one bounded
+   * attempt to replay writes journaled during an outage; resolves to how
+   * many writes could not be replayed. Idempotent.
+   */
+  close(): Promise<number>
 }
 
 /**

@@ -77,8 +77,13 @@ export interface CacheAdapterOptions {
   memoryMaxBytes?: number
   /** How long `getOrLoad` waits for a loader before its callers get an error. Default 10000. */
   loaderTimeoutMs?: number
-  /** Most writes kept for replay after an outage (the oldest beyond it are dropped and counted). Default 100000. */
+  /** Most writes kept for replay after an outage (beyond it the oldest become tombstones, counted as dropped). Default 100000. */
   replayMaxEntries?: number
+  /**
+   * Most key and JSON bytes kept for replay after an outage (beyond it the oldest become tombstones, counted as
+   * dropped). Env: `CACHE_REPLAY_MAX_BYTES`. Default half of `memoryMaxBytes`.
+   */
+  replayMaxBytes?: number
   /** Called on every change of mode (as is the `modeChange` event). */
   onModeChange?: (event: ModeChangeEvent) => void
 }
@@ -117,7 +122,19 @@ export interface CacheCounters {
   /** Times the breaker opened. */
   outages: number
   lastError: string | null
-  replay: { pending: number; replayed: number; dropped: number; maxEntries: number }
+  replay: {
+    /** Values, deltas, deletes and tenant clears waiting for replay. */
+    pending: number
+    /** Forgotten writes whose keys still get a write-time-checked delete on replay. */
+    tombstones: number
+    /** Key and JSON bytes of the pending writes. */
+    bytes: number
+    replayed: number
+    /** Writes whose value or delta the journal forgot (bounds, or refused by Redis). */
+    dropped: number
+    maxEntries: number
+    maxBytes: number
+  }
   memory: { entries: number; bytes: number; maxEntries: number; maxBytes: number }
   pool: { size: number; connections: number }
   entriesByKind: Record<string, number>
@@ -155,6 +172,11 @@ export interface MigrationResult {
   conversationSummaries: number
   phoneToLeadMapping: number
   failed: number
+}
+
+export interface CloseResult {
+  /** Writes acknowledged during an outage that never reached Redis (0 when all were replayed). */
+  unreplayed: number
 }
 
 type MapLike<V> = Map<string, V> | Record<string, V> | Array<[string, V]>
@@ -247,8 +269,12 @@ export declare class CacheAdapter extends EventEmitter {
   healthCheck(): Promise<HealthReport>
   /** Prometheus text exposition (version 0.0.4). */
   metrics(): Promise<string>
-  /** Waits for calls in flight, then stops. Idempotent. */
-  close(): Promise<void>
+  /**
+   * Waits for calls in flight, then stops. With writes journaled during an outage, first makes one attempt to
+   * replay them, bounded by about `connectTimeoutMs + 5 × commandTimeoutMs`; resolves to how many it could not
+   * (and emits a `CACHE_UNREPLAYED_WRITES` warning when that is not 0). Idempotent.
+   */
+  close(): Promise<CloseResult>
 }
 
 export default CacheAdapter

@@ -532,7 +532,11 @@ class CacheAdapter extends EventEmitter {
     return this._native.mode()
   }
 
-  /** Waits for calls in flight (bounded), then stops the native core. Idempotent. */
+  /**
+   * Waits for calls in flight (bounded), then stops the native core, which
+   * first makes one bounded attempt to replay writes journaled during an
+   * outage. Resolves to `{ unreplayed }`, and warns when it is not 0. Idempotent.
+   */
   close() {
     if (this._closed) return this._closed
     this._closed = (async () => {
@@ -541,8 +545,20 @@ class CacheAdapter extends EventEmitter {
       while (this._batch.pending > 0 && Date.now() < deadline) {
         await new Promise((resolve) => setTimeout(resolve, 5))
       }
-      this._native.close()
-      clearInterval(this._keepAlive)
+      this._keepAlive.ref() // the replay attempt is worth waiting for
+      let unreplayed
+      try {
+        unreplayed = await this._native.close()
+      } finally {
+        clearInterval(this._keepAlive)
+      }
+      if (unreplayed > 0) {
+        process.emitWarning(
+          `CacheAdapter.close(): ${unreplayed} writes made while Redis was unavailable could not be replayed to Redis and are lost`,
+          { code: 'CACHE_UNREPLAYED_WRITES' },
+        )
+      }
+      return { unreplayed }
     })()
     return this._closed
   }

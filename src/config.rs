@@ -50,6 +50,8 @@ pub struct Config {
   pub loader_timeout: Duration,
   /// Bound of the queue of writes acknowledged during an outage, waiting for replay.
   pub replay_max_entries: usize,
+  /// Bound of that queue's key and JSON bytes; past it the oldest writes become tombstones.
+  pub replay_max_bytes: usize,
 }
 
 impl Config {
@@ -89,6 +91,7 @@ pub fn resolve(options: &Value, env: &dyn Fn(&str) -> Option<String>) -> Result<
     "memoryMaxBytes",
     "loaderTimeoutMs",
     "replayMaxEntries",
+    "replayMaxBytes",
     "onModeChange",
   ];
   if let Some(unknown) = opts.keys().find(|k| !known.contains(&k.as_str())) {
@@ -135,6 +138,7 @@ pub fn resolve(options: &Value, env: &dyn Fn(&str) -> Option<String>) -> Result<
     None => 7200.0,
   };
 
+  let memory_max_bytes = o.int("memoryMaxBytes", None, 1024, u64::MAX >> 1, 256 * 1024 * 1024)?;
   Ok(Config {
     redis,
     key_prefix,
@@ -153,9 +157,13 @@ pub fn resolve(options: &Value, env: &dyn Fn(&str) -> Option<String>) -> Result<
       5000,
     )?),
     memory_max_entries: o.int("memoryMaxEntries", None, 1, u32::MAX as u64, 100_000)?,
-    memory_max_bytes: o.int("memoryMaxBytes", None, 1024, u64::MAX >> 1, 256 * 1024 * 1024)?,
+    memory_max_bytes,
     loader_timeout: Duration::from_millis(o.int("loaderTimeoutMs", None, 1, 86_400_000, 10_000)?),
     replay_max_entries: o.int("replayMaxEntries", None, 1, u32::MAX as u64, 100_000)? as usize,
+    // Half the memory tier's: the journal shares its values with the memory
+    // tier while that holds them, so this is what an outage can add on top.
+    replay_max_bytes: o.int("replayMaxBytes", Some("CACHE_REPLAY_MAX_BYTES"), 1, u64::MAX >> 1, memory_max_bytes / 2)?
+      as usize,
   })
 }
 
@@ -397,6 +405,7 @@ mod tests {
     assert_eq!(c.breaker_failures, 5);
     assert_eq!(c.compression_threshold, 1024);
     assert_eq!(c.memory_max_entries, 100_000);
+    assert_eq!(c.replay_max_bytes, 128 * 1024 * 1024);
     assert_eq!(c.key_prefix, "jack:dev");
     assert_eq!(c.ttl(TtlName::SseResponse), 10.0);
     assert_eq!(c.redis.unwrap().port, 6379);

@@ -25,11 +25,13 @@ use crate::config::Config;
 use crate::domain::{TtlName, TABLE};
 use crate::error::{CacheError, ErrorKind};
 use crate::flight::{Join, SingleFlight};
+use crate::journal::{Journal, Limits};
+use crate::keys::glob_escape;
 use crate::keys::KeySpace;
 use crate::metrics::Metrics;
-use crate::replay::{self, Clear, Journal, Pending, Slot};
+use crate::replay;
 use crate::tiers;
-use crate::tiers::memory::{MemValue, MemoryTier};
+use crate::tiers::memory::MemoryTier;
 use crate::tiers::redis::{Outcome, RedisTier, Unavailable};
 
 /// Where calls are being answered from.
@@ -86,7 +88,11 @@ impl Cache {
       keys: KeySpace::new(&cfg.key_prefix),
       memory: MemoryTier::new(cfg.memory_max_entries, cfg.memory_max_bytes),
       breaker: CircuitBreaker::new(cfg.breaker_failures, cfg.breaker_cooldown),
-      journal: Journal::new(cfg.replay_max_entries),
+      journal: {
+        let limits = Limits { max_entries: cfg.replay_max_entries, max_bytes: cfg.replay_max_bytes };
+        let prefix = cfg.key_prefix.trim_end_matches(':');
+        Journal::new(limits, &format!("{prefix}:"), &format!("{}:*", glob_escape(prefix)))
+      },
       reads: SingleFlight::new(),
       loads: SingleFlight::new(),
       metrics: Metrics::default(),
@@ -220,12 +226,24 @@ impl Cache {
   }
 
   /// Ends the background work; later calls fail with a `Closed` error.
-  pub fn close(&self) {
-    self.inner.closed.store(true, Ordering::Release);
-    self.inner.wake.notify_one();
-    if let Some(redis) = &self.inner.redis {
+  /// With writes journaled, first makes one attempt to replay them, bounded
+  /// by [`Cache::close_budget`]. Returns how many writes it could not replay.
+  pub async fn close(&self) -> usize {
+    let inner = &self.inner;
+    let first = !inner.closed.swap(true, Ordering::AcqRel);
+    inner.wake.notify_one();
+    if let (true, Some(redis)) = (first, &inner.redis) {
+      if !inner.journal.is_empty() {
+        inner.last_replay(redis, Instant::now() + self.close_budget()).await;
+      }
       redis.disconnect();
     }
+    inner.journal.unreplayed()
+  }
+
+  /// How long `close` may spend replaying: one connect and four round trips.
+  pub fn close_budget(&self) -> Duration {
+    self.inner.cfg.connect_timeout + 4 * self.inner.cfg.command_timeout
   }
 
   pub fn stats(&self) -> Json {
@@ -234,6 +252,7 @@ impl Cache {
     let latency = m.latency();
     let (entries, bytes) = inner.memory.usage();
     let counts = inner.memory.count_by_kind();
+    let journal = inner.journal.stats();
     let mut maps = serde_json::Map::new();
     for e in TABLE {
       maps.insert(e.label.into(), json!(counts.get(&(e.kind as u8)).copied().unwrap_or(0)));
@@ -263,7 +282,10 @@ impl Cache {
       "outages": inner.breaker.opens(),
       "lastError": *inner.last_error.lock().unwrap(),
       "replay": {
-        "pending": inner.journal.len(),
+        "pending": journal.pending,
+        "tombstones": journal.tombstones,
+        "bytes": journal.bytes,
+        "maxBytes": inner.cfg.replay_max_bytes,
         "replayed": m.replayed.load(Relaxed),
         "dropped": m.replay_dropped.load(Relaxed) + inner.journal.dropped.load(Relaxed),
         "maxEntries": inner.cfg.replay_max_entries,
@@ -604,78 +626,49 @@ impl Inner {
   /// writes for replay (Redis is configured but unavailable).
   fn in_memory(&self, op: &Op, journal: bool) -> Reply {
     let m = &self.memory;
-    let now = Instant::now();
     let at = now_ms();
-    let record = |slot: Slot, pending: Pending| {
-      if journal {
-        self.journal.record(slot, pending, at);
-      }
-    };
     let result: Result<Reply, CacheError> = (|| {
       Ok(match op {
         Op::Get { key, unwrap } => {
-          let json = match self.journal.lookup(key) {
-            Some(Pending::Set { json, expires_at, .. }) => Some(json).filter(|_| expires_at > now),
-            Some(Pending::Delete) => None,
+          let json = match self.journal.read(key) {
+            Some(journaled) => journaled,
             None => m.get_json(key)?,
           };
           self.read_reply(json, *unwrap)
         }
         Op::Set { key, kind, json, ttl } => {
           m.set(key, json.clone(), *ttl, *kind);
-          record(Slot::whole(key), Pending::Set { json: json.clone(), expires_at: now + *ttl });
           Reply::Bool(true)
         }
-        Op::Delete { key } => {
-          let existed = m.delete(key);
-          record(Slot::whole(key), Pending::Delete);
-          Reply::Bool(existed)
-        }
+        Op::Delete { key } => Reply::Bool(m.delete(key)),
         Op::Exists { key } => Reply::Bool(m.exists(key)),
-        Op::Expire { key, ttl } => {
-          let found = m.expire(key, *ttl);
-          if let Some(entry) = m.get(key).filter(|_| found) {
-            match entry.value {
-              MemValue::Json(json) => record(Slot::whole(key), Pending::Set { json, expires_at: entry.expires_at }),
-              MemValue::Hash(fields) => {
-                for (field, json) in fields.iter() {
-                  record(Slot::field(key, field), Pending::Set { json: json.clone(), expires_at: entry.expires_at });
-                }
-              }
-            }
-          }
-          Reply::Bool(found)
-        }
-        Op::Increment { key, kind, by, ttl } => {
-          let n = m.increment(key, *by, *ttl, *kind)?;
-          let expires_at = m.get(key).map_or(now + *ttl, |e| e.expires_at);
-          record(Slot::whole(key), Pending::Set { json: n.to_string().into(), expires_at });
-          Reply::Int(n)
-        }
+        Op::Expire { key, ttl } => Reply::Bool(m.expire(key, *ttl)),
+        Op::Increment { key, kind, by, ttl } => Reply::Int(m.increment(key, *by, *ttl, *kind)?),
         Op::HGet { key, field } => self.read_reply(m.hget(key, field)?, None),
         Op::HSet { key, kind, field, json, ttl } => {
           m.hset(key, field, json.clone(), *ttl, *kind)?;
-          record(Slot::field(key, field), Pending::Set { json: json.clone(), expires_at: now + *ttl });
           Reply::Bool(true)
         }
-        Op::HDel { key, field } => {
-          let removed = m.hdel(key, field)?;
-          record(Slot::field(key, field), Pending::Delete);
-          Reply::Bool(removed)
-        }
+        Op::HDel { key, field } => Reply::Bool(m.hdel(key, field)?),
         Op::HGetAll { key } => Reply::Json(object_json(&m.hgetall(key)?)),
         Op::ClearOrg { scope, pattern } => {
           let n = m.clear_prefix(scope);
           self.reads.forget_prefix(scope);
           if journal {
-            self
-              .journal
-              .record_clear(scope, Clear { pattern: pattern.clone(), route_key: scope.clone(), written_ms: at });
+            self.journal.record_clear(scope, pattern, at);
           }
           Reply::Int(n as i64)
         }
       })
     })();
+    // The journal keeps what the memory tier now holds, for the replay
+    // (an expire only when the key was there).
+    if journal
+      && op.is_write()
+      && matches!(&result, Ok(r) if !matches!(op, Op::Expire { .. }) || *r == Reply::Bool(true))
+    {
+      self.journal.record_write(op, m, at);
+    }
     result.unwrap_or_else(Reply::Error)
   }
 
@@ -683,14 +676,43 @@ impl Inner {
   /// Returns false if Redis failed it (the rest stays journaled).
   async fn replay(&self, redis: &RedisTier) -> bool {
     let keep_going = || self.breaker.allows_traffic() && !self.closed.load(Ordering::Acquire);
-    let written = replay::write_back(&self.journal, redis, self.cfg.compression_threshold, keep_going).await;
-    self.metrics.replayed.fetch_add(written.replayed, Relaxed);
-    self.metrics.replay_dropped.fetch_add(written.refused, Relaxed);
-    match written.outcome {
+    match self.write_back(redis, keep_going).await {
       Ok(()) => true,
       Err(e) => {
         self.redis_failed(e);
         false
+      }
+    }
+  }
+
+  async fn write_back(&self, redis: &RedisTier, keep_going: impl Fn() -> bool) -> Result<(), Unavailable> {
+    let written = replay::write_back(&self.journal, redis, self.cfg.compression_threshold, keep_going).await;
+    self.metrics.replayed.fetch_add(written.replayed, Relaxed);
+    self.metrics.replay_dropped.fetch_add(written.refused, Relaxed);
+    written.outcome
+  }
+
+  /// `close`'s one attempt: probes Redis if the breaker is not closed, then
+  /// replays until `deadline` (each round trip bounded by the command timeout).
+  async fn last_replay(&self, redis: &RedisTier, deadline: Instant) {
+    if !self.breaker.allows_traffic() {
+      let left = deadline.saturating_duration_since(Instant::now());
+      if !matches!(tokio::time::timeout(left, probe(redis)).await, Ok(Ok(()))) {
+        return;
+      }
+    }
+    // Bounded in count too: a round that replays nothing (another replay
+    // holds the entries) waits a little rather than spinning.
+    for _ in 0..10_000 {
+      if self.journal.is_empty() || Instant::now() >= deadline {
+        return;
+      }
+      let before = self.journal.len();
+      if self.write_back(redis, || Instant::now() < deadline).await.is_err() {
+        return;
+      }
+      if self.journal.len() >= before {
+        tokio::time::sleep(Duration::from_millis(5)).await;
       }
     }
   }

@@ -27,6 +27,7 @@ pub mod domain;
 pub mod engine;
 pub mod error;
 pub mod flight;
+pub mod journal;
 pub mod keys;
 pub mod metrics;
 pub mod replay;
@@ -270,13 +271,17 @@ impl NativeCache {
     contain(|| Ok(self.cache.config().redis.is_some()))
   }
 
-  /// Stops background work and drops the connections. Idempotent.
+  /// Stops background work and drops the connections, after one bounded
+  /// attempt to replay writes journaled during an outage; resolves to how
+  /// many writes could not be replayed. Idempotent.
   #[napi]
-  pub fn close(&self) -> Result<()> {
-    contain(|| {
-      self.cache.close();
-      Ok(())
-    })
+  pub async fn close(&self) -> Result<u32> {
+    // On the cache's own runtime, where its connections live.
+    let cache = self.cache.clone();
+    let unreplayed = self.cache.runtime().spawn(async move { cache.close().await }).await;
+    unreplayed
+      .map(|n| n.min(u32::MAX as usize) as u32)
+      .map_err(|e| to_napi(CacheError::new(ErrorKind::Internal, e.to_string())))
   }
 }
 
