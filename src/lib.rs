@@ -24,6 +24,7 @@ pub mod error;
 pub mod flight;
 pub mod keys;
 pub mod metrics;
+pub mod redact;
 pub mod replay;
 pub mod tiers;
 
