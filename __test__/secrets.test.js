@@ -176,28 +176,78 @@ function defineTests() {
     }
   })
 
-  test('a password changed on the server: reconnects fail, the adapter serves from memory, health unhealthy', async () => {
-    const rotated = `R0tated-${token()}`
+  /** Waits (bounded) until the adapter is in memory mode because Redis refused its credentials. */
+  async function assertRefused(a, key) {
+    await until(async () => {
+      await a.set(key, 1)
+      return a.mode === 'memory' && AUTH_FAILURE.test((await a.getStats()).cache.lastError || '')
+    }, CONNECT_WAIT_MS, `${key}: memory mode with the auth failure`)
+    const health = await a.healthCheck()
+    assert.equal(health.redis.status, 'unhealthy', JSON.stringify(health.redis))
+    assert.match(health.redis.error, AUTH_FAILURE)
+    assert.equal(health.status, 'degraded')
+    assert.equal(await a.get(key), 1)
+  }
+
+  /** Once Redis accepts the password, a probe gets through and what memory kept is replayed. */
+  async function assertRecovered(a, server, key) {
+    await until(() => a.mode === 'redis', CONNECT_WAIT_MS, `${key}: back to redis`)
+    const exists = () => server.cli('-a', secrets.password, 'exists', `secrets:kv:${key}`)
+    await until(async () => (await exists()) === '1', CONNECT_WAIT_MS, `${key}: replayed`)
+    assert.equal((await a.healthCheck()).redis.status, 'healthy')
+  }
+
+  test('credentials Redis accepts only later: memory until then, then Redis, with the writes replayed', async () => {
+    const other = `0ther-${token()}`
     let server
     try {
-      server = await startRedis({ args: ['--requirepass', secrets.password], cliArgs: pwCli })
+      server = await startRedis({ args: ['--requirepass', other], cliArgs: ['-a', other, '--no-auth-warning'] })
       const a = open({ url: `redis://:${enc(secrets.password)}@${HOST}:${server.port}` })
-      await assertServedByRedis(a, server, 'before-rotation')
-      await server.cli('config', 'set', 'requirepass', rotated)
-      // The adapter's connections were authenticated with the old password; cut them
-      // (redis-cli takes the last -a it is given).
-      await server.cli('-a', rotated, 'client', 'kill', 'type', 'normal', 'skipme', 'yes')
-      await until(async () => {
-        await a.set('after-rotation', 1)
-        return a.mode === 'memory'
-      }, CONNECT_WAIT_MS, 'memory mode after the rotation')
-      await until(async () => AUTH_FAILURE.test((await a.getStats()).cache.lastError || ''), CONNECT_WAIT_MS, 'auth failure reported')
-      const health = await a.healthCheck()
-      assert.equal(health.redis.status, 'unhealthy', JSON.stringify(health.redis))
-      assert.match(health.redis.error, AUTH_FAILURE)
-      assert.equal(health.status, 'degraded')
-      assert.equal(await a.get('after-rotation'), 1)
-      assert.ok(!JSON.stringify(health).includes(secrets.password))
+      await assertRefused(a, 'before-accepted')
+      await server.cli('config', 'set', 'requirepass', secrets.password)
+      await assertRecovered(a, server, 'before-accepted')
+    } finally {
+      await closeAll(adapters)
+      await server?.stop()
+    }
+  })
+
+  /** A server whose password changes under a connected adapter, whose connections are then cut. */
+  async function rotatedUnder() {
+    const rotated = `R0tated-${token()}`
+    const server = await startRedis({ args: ['--requirepass', secrets.password], cliArgs: pwCli })
+    const a = open({ url: `redis://:${enc(secrets.password)}@${HOST}:${server.port}` })
+    await assertServedByRedis(a, server, 'before-rotation')
+    await server.cli('config', 'set', 'requirepass', rotated)
+    // (redis-cli takes the last -a it is given)
+    await server.cli('-a', rotated, 'client', 'kill', 'type', 'normal', 'skipme', 'yes')
+    return { a, server, rotated }
+  }
+
+  test('a password changed on the server: the adapter serves from memory, health unhealthy', async () => {
+    let server
+    try {
+      let a
+      ;({ a, server } = await rotatedUnder())
+      await assertRefused(a, 'after-rotation')
+    } finally {
+      await closeAll(adapters)
+      await server?.stop()
+    }
+  })
+
+  // redis-rs's ConnectionManager keeps a reconnect that failed on AUTH as its
+  // connection for good (it reconnects after I/O errors only), so the pool
+  // never recovers; the pool (src/tiers/redis.rs) must replace such connections.
+  test('a password changed on the server and back: the adapter returns to Redis', { todo: 'pool: a ConnectionManager whose reconnect failed AUTH is never replaced' }, async () => {
+    let server
+    try {
+      let a
+      let rotated
+      ;({ a, server, rotated } = await rotatedUnder())
+      await assertRefused(a, 'rotated-back')
+      await server.cli('-a', rotated, 'config', 'set', 'requirepass', secrets.password)
+      await assertRecovered(a, server, 'rotated-back')
     } finally {
       await closeAll(adapters)
       await server?.stop()
