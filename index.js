@@ -168,7 +168,10 @@ class CacheAdapter extends EventEmitter {
    */
   constructor(options = {}) {
     super()
-    if (options === null || typeof options !== 'object') throw new TypeError(`options must be an object, got ${describe(options)}`)
+    if (options === null || typeof options !== 'object') {
+      // Not describe(options): a string here is likely a Redis URL, password and all.
+      throw new TypeError(`options must be an object, got ${options === null ? 'null' : typeof options}`)
+    }
     const { onModeChange, ...rest } = options
     if (onModeChange !== undefined && typeof onModeChange !== 'function') {
       throw new TypeError(`options.onModeChange must be a function, got ${describe(onModeChange)}`)

@@ -9,9 +9,11 @@ use serde_json::{Map, Value};
 
 use crate::domain::TtlName;
 use crate::error::{CacheError, ErrorKind};
+use crate::redact::Secrets;
 
-/// Where Redis is, and how to talk to it.
-#[derive(Debug, Clone, PartialEq)]
+/// Where Redis is, and how to talk to it. (Its `Debug`, without the
+/// password, is in `redact`.)
+#[derive(Clone, PartialEq)]
 pub struct RedisTarget {
   pub host: String,
   pub port: u16,
@@ -61,8 +63,30 @@ impl Config {
 }
 
 /// Reads options (a JSON object, `null` for none) and the environment (through
-/// `env`, so tests can pass their own) into a validated [`Config`].
+/// `env`, so tests can pass their own) into a validated [`Config`]. Its errors
+/// never carry a password or URL credential.
 pub fn resolve(options: &Value, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, CacheError> {
+  resolve_unredacted(options, env)
+    .map_err(|e| CacheError { message: credentials(options, env).redact(&e.message), ..e })
+}
+
+/// Every credential the options and environment hold, whatever else is wrong with them.
+fn credentials(options: &Value, env: &dyn Fn(&str) -> Option<String>) -> Secrets {
+  let mut secrets = Secrets::default();
+  let option = |name: &str| options.get(name).and_then(Value::as_str).map(str::to_string);
+  if let Some(p) = option("password").or_else(|| env("REDIS_PASSWORD")) {
+    secrets.add(&p);
+  }
+  for url in [option("url"), env("REDIS_URL")].into_iter().flatten() {
+    secrets.add_url(&url);
+  }
+  if let Some(Value::Array(nodes)) = options.get("clusterNodes") {
+    nodes.iter().filter_map(Value::as_str).for_each(|n| secrets.add_url(n));
+  }
+  secrets
+}
+
+fn resolve_unredacted(options: &Value, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, CacheError> {
   let empty = Map::new();
   let opts = match options {
     Value::Null => &empty,
@@ -235,13 +259,14 @@ fn resolve_target(o: &Opts) -> Result<RedisTarget, CacheError> {
   Ok(target)
 }
 
-/// `redis://[user:pass@]host:port/db` or `rediss://…` (TLS).
+/// `redis://[user:pass@]host:port/db` or `rediss://…` (TLS). Errors quote
+/// no part of the URL: a malformed one may hold its password anywhere.
 fn apply_url(t: &mut RedisTarget, url: &str) -> Result<(), String> {
   let (scheme, rest) = url.split_once("://").ok_or("must look like redis://host:port")?;
   match scheme {
     "redis" => {}
     "rediss" => t.tls = Some(t.tls.take().unwrap_or_default()),
-    _ => return Err(format!("has an unsupported scheme {scheme:?}; use redis:// or rediss://")),
+    _ => return Err("has an unsupported scheme; use redis:// or rediss://".into()),
   }
   let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
   let (userinfo, hostport) = match authority.rsplit_once('@') {
@@ -266,16 +291,18 @@ fn apply_url(t: &mut RedisTarget, url: &str) -> Result<(), String> {
     t.host = host;
   }
   if let Some(p) = port.filter(|p| !p.is_empty()) {
-    t.port = p.parse().map_err(|_| format!("has an invalid port {p:?}"))?;
+    t.port = p.parse().map_err(|_| "has an invalid port: it must be a number from 1 to 65535".to_string())?;
   }
   let db = path.split('?').next().unwrap_or("");
   if !db.is_empty() {
-    t.db = db.parse().map_err(|_| format!("has an invalid database number {db:?}"))?;
+    t.db = db
+      .parse()
+      .map_err(|_| "has an invalid database number: the path must be a whole number, as in /0".to_string())?;
   }
   Ok(())
 }
 
-fn percent_decode(s: &str) -> String {
+pub(crate) fn percent_decode(s: &str) -> String {
   let bytes = s.as_bytes();
   let mut out = Vec::with_capacity(bytes.len());
   let mut i = 0;
@@ -454,5 +481,28 @@ mod tests {
     assert_eq!(e.kind, ErrorKind::Range);
     assert!(resolve(&json!({"nope": 1}), &no_env).unwrap_err().message.contains("options.nope"));
     assert!(resolve(&json!({"url": "http://x"}), &no_env).unwrap_err().message.contains("options.url"));
+  }
+
+  #[test]
+  fn errors_never_carry_a_password() {
+    let urls = [
+      "redis://:S3cr-et@h:notaport",
+      "redis://u:S3cr-et@h:1/notadb",
+      "redis://:S3cr-et",
+      "S3cr-et://h",
+      "redis://u:S3cr/et@h:1",
+      "redis://u:S3cr:et@[::1",
+    ];
+    for url in urls {
+      let e = resolve(&json!({ "url": url }), &no_env).unwrap_err();
+      assert!(e.message.starts_with("options.url "), "{url}: {}", e.message);
+      assert!(!e.message.contains("S3cr") && !e.message.contains("et"), "{url}: {}", e.message);
+    }
+    let env = |k: &str| (k == "REDIS_PASSWORD").then(|| "S3cr-et".to_string());
+    // A message that does echo something (an unknown option's name) is redacted.
+    let e = resolve(&json!({ "S3cr-et": 1 }), &env).unwrap_err();
+    assert_eq!(e.message, "options.*** is not a known option");
+    let e = resolve(&json!({ "url": "redis://:p%40ss@h", "ttl": { "p@ss": 1 } }), &no_env).unwrap_err();
+    assert_eq!(e.message, "options.ttl.*** is not a known TTL name");
   }
 }

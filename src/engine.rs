@@ -29,6 +29,7 @@ use crate::journal::{Journal, Limits};
 use crate::keys::glob_escape;
 use crate::keys::KeySpace;
 use crate::metrics::Metrics;
+use crate::redact::Secrets;
 use crate::replay;
 use crate::tiers;
 use crate::tiers::memory::MemoryTier;
@@ -74,6 +75,8 @@ struct Inner {
   metrics: Metrics,
   mode: AtomicU8,
   last_error: Mutex<Option<String>>,
+  /// Masked in every reason that leaves the core (see [`Inner::reason`]).
+  secrets: Secrets,
   observer: ModeObserver,
   wake: Notify,
   closed: AtomicBool,
@@ -98,6 +101,7 @@ impl Cache {
       metrics: Metrics::default(),
       mode: AtomicU8::new(Mode::Memory as u8),
       last_error: Mutex::new(redis.as_ref().map(|_| "connecting".to_string())),
+      secrets: cfg.redis.as_ref().map(Secrets::of).unwrap_or_default(),
       observer,
       wake: Notify::new(),
       closed: AtomicBool::new(false),
@@ -315,7 +319,7 @@ impl Cache {
         "version": version,
         "cluster": redis.is_cluster(),
       }),
-      Err(Unavailable(error)) => json!({ "status": "unhealthy", "enabled": true, "connected": false, "error": error }),
+      Err(e) => json!({ "status": "unhealthy", "enabled": true, "connected": false, "error": inner.reason(e) }),
     }
   }
 
@@ -365,7 +369,14 @@ impl Inner {
     }
   }
 
-  fn redis_failed(&self, Unavailable(error): Unavailable) {
+  /// Why Redis is unavailable, as `lastError`, health and `modeChange` may
+  /// tell it: Redis and TLS errors can quote connection details.
+  fn reason(&self, Unavailable(error): Unavailable) -> String {
+    self.secrets.redact(&error)
+  }
+
+  fn redis_failed(&self, e: Unavailable) {
+    let error = self.reason(e);
     self.metrics.redis_errors.fetch_add(1, Relaxed);
     *self.last_error.lock().unwrap() = Some(error.clone());
     if self.breaker.record_failure() {
@@ -811,9 +822,9 @@ async fn supervise(weak: Weak<Inner>) {
               *inner.last_error.lock().unwrap() = None;
               inner.set_mode(Mode::Redis, "redis answered the probe");
             }
-            Err(Unavailable(error)) => {
+            Err(e) => {
               inner.breaker.record_failure();
-              *inner.last_error.lock().unwrap() = Some(error);
+              *inner.last_error.lock().unwrap() = Some(inner.reason(e));
             }
           }
           continue;

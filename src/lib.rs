@@ -30,6 +30,7 @@ pub mod flight;
 pub mod journal;
 pub mod keys;
 pub mod metrics;
+pub mod redact;
 pub mod replay;
 pub mod tiers;
 

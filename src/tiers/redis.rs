@@ -294,8 +294,10 @@ fn is_server_error(e: &RedisError) -> bool {
     && e.kind() != redis::ErrorKind::Client
 }
 
+/// A redis-rs error as a reason; URL credentials masked at once, in case
+/// the error quotes a connection address.
 fn unavailable(e: RedisError) -> Unavailable {
-  Unavailable(e.to_string())
+  Unavailable(crate::redact::mask_userinfo(&e.to_string()))
 }
 
 fn load_certs(tls: Option<&TlsFiles>) -> Result<Option<redis::TlsCertificates>, String> {
