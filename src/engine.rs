@@ -9,7 +9,7 @@
 //! unavailable live in the memory tier and in the replay journal.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -73,9 +73,21 @@ struct Inner {
   mode: AtomicU8,
   last_error: Mutex<Option<String>>,
   observer: ModeObserver,
-  wake: Notify,
+  /// Shared with the supervisor, which waits on it holding only a `Weak`.
+  wake: Arc<Notify>,
   closed: AtomicBool,
+  /// Times the adapter dialled Redis or probed it after an outage (the old
+  /// adapter's `connectionAttempts`).
+  connection_attempts: AtomicU64,
   runtime: Handle,
+}
+
+impl Drop for Inner {
+  /// An adapter dropped without `close()` (garbage-collected) ends its
+  /// supervisor now, not after its current wait.
+  fn drop(&mut self) {
+    self.wake.notify_one();
+  }
 }
 
 impl Cache {
@@ -93,8 +105,9 @@ impl Cache {
       mode: AtomicU8::new(Mode::Memory as u8),
       last_error: Mutex::new(redis.as_ref().map(|_| "connecting".to_string())),
       observer,
-      wake: Notify::new(),
+      wake: Arc::new(Notify::new()),
       closed: AtomicBool::new(false),
+      connection_attempts: AtomicU64::new(0),
       runtime: runtime.clone(),
       redis,
       cfg,
@@ -680,7 +693,9 @@ fn now_ms() -> u64 {
 }
 
 /// Background work while Redis is enabled: connect, probe after each cooldown
-/// of the breaker, and replay the journal once Redis answers.
+/// of the breaker, and replay the journal once Redis answers. It holds the
+/// cache only while it works, never while it waits, so a cache dropped without
+/// `close()` is freed at once and its supervisor ends.
 async fn supervise(weak: Weak<Inner>) {
   loop {
     let Some(inner) = weak.upgrade() else { return };
@@ -688,9 +703,9 @@ async fn supervise(weak: Weak<Inner>) {
       return;
     }
     let redis = inner.redis.as_ref().expect("supervised caches have Redis");
-    match inner.breaker.state() {
+    let wait = match inner.breaker.state() {
       State::Closed => {
-        let pause = if inner.journal.is_empty() {
+        if inner.journal.is_empty() {
           Duration::from_millis(500)
         } else if inner.replay(redis).await {
           continue;
@@ -698,11 +713,11 @@ async fn supervise(weak: Weak<Inner>) {
           // Redis answers but refuses the writes (out of memory, loading...):
           // try again later rather than in a tight loop.
           inner.cfg.breaker_cooldown.min(Duration::from_secs(1))
-        };
-        let _ = tokio::time::timeout(pause, inner.wake.notified()).await;
+        }
       }
       State::Open | State::HalfOpen => {
         if inner.breaker.try_begin_probe() {
+          inner.connection_attempts.fetch_add(1, Relaxed);
           match probe(redis).await {
             Ok(()) => {
               inner.breaker.record_success();
@@ -716,10 +731,12 @@ async fn supervise(weak: Weak<Inner>) {
           }
           continue;
         }
-        let wait = inner.breaker.until_probe().max(Duration::from_millis(5));
-        let _ = tokio::time::timeout(wait, inner.wake.notified()).await;
+        inner.breaker.until_probe().max(Duration::from_millis(5))
       }
-    }
+    };
+    let wake = inner.wake.clone();
+    drop(inner);
+    let _ = tokio::time::timeout(wait, wake.notified()).await;
   }
 }
 
@@ -748,4 +765,41 @@ async fn try_probe(redis: &RedisTier) -> Result<(), Unavailable> {
     }
   }
   Err(last)
+}
+
+#[cfg(test)]
+mod tests {
+  use super::*;
+
+  /// A cache dropped without `close()` (what a garbage-collected adapter is)
+  /// while its breaker waits out a long cooldown is freed at once, and its
+  /// supervisor ends, instead of both living on until the cooldown is over.
+  #[tokio::test]
+  async fn a_dropped_cache_is_freed_while_its_supervisor_waits() {
+    // Nothing listens on port 1: the first probe fails and the breaker stays open for a minute.
+    let options = json!({ "url": "redis://127.0.0.1:1", "breakerCooldownMs": 60_000, "connectTimeoutMs": 100 });
+    let cfg = crate::config::resolve(&options, &|_| None).expect("valid options");
+    let cache = Cache::new(cfg, Handle::current(), Box::new(|_, _| {}));
+    let failed = |c: &Cache| c.inner.last_error.lock().unwrap().as_deref().is_some_and(|e| e != "connecting");
+    for _ in 0..200 {
+      if failed(&cache) && cache.inner.breaker.state() == State::Open {
+        break;
+      }
+      tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(failed(&cache), "the first probe of a dead port fails within 5 s");
+    assert_eq!(cache.inner.connection_attempts.load(Relaxed), 1);
+
+    let inner = Arc::downgrade(&cache.inner);
+    let wake = cache.inner.wake.clone();
+    drop(cache);
+    for _ in 0..40 {
+      if Arc::strong_count(&wake) == 1 {
+        break;
+      }
+      tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(inner.upgrade().is_none(), "the supervisor kept the dropped cache alive");
+    assert_eq!(Arc::strong_count(&wake), 1, "the supervisor is still waiting");
+  }
 }
