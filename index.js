@@ -59,6 +59,44 @@ function toJson(name, value) {
   return json
 }
 
+/**
+ * A loader's failure crosses the native single-flight as an Error whose
+ * message is this marker and {name, message, code} as JSON, so that every
+ * caller sharing the load gets an error of the same class, message and code.
+ */
+const LOADER_FAILURE = '\u0000loader-failure:'
+const ERROR_CLASSES = { Error, TypeError, RangeError, SyntaxError, ReferenceError, EvalError, URIError }
+
+function loaderFailure(e) {
+  const info = { name: 'Error', message: String(e) }
+  if (e instanceof Error) Object.assign(info, { name: e.name, message: e.message })
+  const code = e !== null && typeof e === 'object' ? e.code : undefined
+  if (typeof code === 'string' || typeof code === 'number') info.code = code
+  return new Error(LOADER_FAILURE + JSON.stringify(info))
+}
+
+/** The loader failure carried by a native rejection, rebuilt; `undefined` if it carries none. */
+function loaderFailureOf(e) {
+  const message = e && typeof e.message === 'string' ? e.message : ''
+  const at = message.indexOf(LOADER_FAILURE)
+  if (at < 0) return undefined
+  let info
+  try {
+    info = JSON.parse(message.slice(at + LOADER_FAILURE.length))
+  } catch {
+    return undefined
+  }
+  const Class = Object.hasOwn(ERROR_CLASSES, info.name) ? ERROR_CLASSES[info.name] : Error
+  const rebuilt = new Class(info.message)
+  if (rebuilt.name !== info.name) rebuilt.name = info.name // a custom class keeps at least its name
+  if (info.code !== undefined) rebuilt.code = info.code
+  return rebuilt
+}
+
+/** A `getOrLoad` read that found nothing stored (a stored `null` is a hit). */
+const MISS = Symbol('miss')
+const parseOrMiss = (v) => (v === null ? MISS : parse(v))
+
 /** Native errors carry their kind as a `CODE: ` prefix (see src/lib.rs). */
 function fromNative(e) {
   const m = /^(ERR_[A-Z_]+): ([\s\S]*)$/.exec(e && e.message)
@@ -364,9 +402,10 @@ class CacheAdapter extends EventEmitter {
       requireString('key', key)
       if (typeof loader !== 'function') throw new TypeError(`loader must be a function, got ${describe(loader)}`)
       const num = ttlSeconds('ttl', ttl)
-      // A hit costs one batched read; only a miss (or a cached null) takes
-      // the native single-flight path, which reads again under its lock.
-      return this._call(OP.Get, NaN, [key], parse).then((hit) => (hit !== null ? hit : this._load(key, loader, num)))
+      // A hit, a stored null included (a remembered "not found"), costs one
+      // batched read; only a miss takes the native single-flight path, which
+      // reads again under its lock (without counting a second miss).
+      return this._call(OP.Get, NaN, [key], parseOrMiss).then((hit) => (hit !== MISS ? hit : this._load(key, loader, num)))
     } catch (e) {
       return Promise.reject(e)
     }
@@ -374,11 +413,25 @@ class CacheAdapter extends EventEmitter {
 
   _load(key, loader, num) {
     if (this._closed) return Promise.reject(Object.assign(new Error('the cache adapter is closed'), { code: 'ERR_CACHE_CLOSED' }))
+    // The caller whose loader ran gets what it threw, as thrown; the callers
+    // that shared its load get an error of the same class, message and code.
+    let thrown
+    let threw = false
     const load = (k) =>
-      new Promise((resolve) => resolve(loader(k))).then((v) => (v === undefined ? null : toJson('loader result', v)))
+      new Promise((resolve) => resolve(loader(k)))
+        .then((v) => (v === undefined ? null : toJson('loader result', v)))
+        .catch((e) => {
+          threw = true
+          thrown = e
+          throw loaderFailure(e)
+        })
     return this._native.getOrLoad(key, num, load).then(
       (json) => (json === null || json === undefined ? undefined : JSON.parse(json)),
-      (e) => Promise.reject(fromNative(e)),
+      (e) => {
+        const failure = loaderFailureOf(e)
+        if (failure === undefined) return Promise.reject(fromNative(e))
+        return Promise.reject(threw ? thrown : failure)
+      },
     )
   }
 

@@ -172,7 +172,9 @@ impl Cache {
   /// Read-through: the cached value of `key`, or the loader's (then cached for
   /// `ttl`). Concurrent callers of one key share one loader call; a loader
   /// failure reaches all of them and caches nothing. `Ok(None)`: the loader
-  /// returned `undefined` (not cached).
+  /// returned `undefined` (not cached). Called after the caller's own read of
+  /// `key` missed (and was counted as a miss): the read repeated here, under
+  /// the flight, is not counted again.
   pub async fn get_or_load<F, Fut>(&self, key: String, ttl: Duration, loader: F) -> LoadResult
   where
     F: FnOnce() -> Fut,
@@ -198,10 +200,16 @@ impl Cache {
     Fut: Future<Output = Result<Option<String>, String>>,
   {
     let generic_key = self.inner.keys.generic(&key);
+    let m = &self.inner.metrics;
     match self.execute(vec![Ok(vec![Op::Get { key: generic_key.clone(), unwrap: None }])]).await.pop() {
-      Some(Reply::Json(json)) => return Ok(Some(json)),
+      Some(Reply::Json(json)) => {
+        m.hits.fetch_sub(1, Relaxed);
+        return Ok(Some(json));
+      }
       Some(Reply::Error(e)) => return Err(e),
-      _ => {}
+      _ => {
+        m.misses.fetch_sub(1, Relaxed);
+      }
     }
     self.inner.metrics.loader_calls.fetch_add(1, Relaxed);
     let timeout = self.inner.cfg.loader_timeout;
