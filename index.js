@@ -231,6 +231,8 @@ class CacheAdapter extends EventEmitter {
       }
     })
     this._batch.native = this._native
+    // The resolved limit (option, CACHE_MAX_VALUE_BYTES or the default), read once.
+    this._maxValueBytes = this._native.stats().config.maxValueBytes
     this._onModeChange = onModeChange
     this._inflightRequests = new Map()
     this._humanControl = new Map()
@@ -298,6 +300,20 @@ class CacheAdapter extends EventEmitter {
     }
   }
 
+  /**
+   * A value's JSON text, checked against `maxValueBytes` before anything is
+   * queued. UTF-8 takes 1 to 3 bytes per UTF-16 unit, so only text between
+   * max/3 and max units long needs its bytes counted.
+   */
+  _json(name, value) {
+    const json = toJson(name, value)
+    const max = this._maxValueBytes
+    if (json.length * 3 > max && (json.length > max || Buffer.byteLength(json, 'utf8') > max)) {
+      throw new RangeError(`${name} is ${Buffer.byteLength(json, 'utf8')} bytes of JSON, above maxValueBytes (${max})`)
+    }
+    return json
+  }
+
   // Generic methods ------------------------------------------------------
 
   get(key) {
@@ -306,7 +322,7 @@ class CacheAdapter extends EventEmitter {
 
   set(key, value, ttl) {
     try {
-      return this._generic(OP.Set, 'key', key, ttlSeconds('ttl', ttl), [toJson('value', value)], null)
+      return this._generic(OP.Set, 'key', key, ttlSeconds('ttl', ttl), [this._json('value', value)], null)
     } catch (e) {
       return Promise.reject(e)
     }
@@ -356,7 +372,7 @@ class CacheAdapter extends EventEmitter {
       // Every entry is checked before any is written.
       calls = entriesOf('entries', entries).map((pair, i) => {
         if (!Array.isArray(pair)) throw new TypeError(`entries[${i}] must be a [key, value] pair`)
-        return [requireString(`entries[${i}] key`, pair[0]), toJson(`entries[${i}] value`, pair[1]), num]
+        return [requireString(`entries[${i}] key`, pair[0]), this._json(`entries[${i}] value`, pair[1]), num]
       })
     } catch (e) {
       return Promise.reject(e)
@@ -374,7 +390,7 @@ class CacheAdapter extends EventEmitter {
 
   hset(hash, field, value, ttl) {
     try {
-      const extra = [requireString('field', field), toJson('value', value)]
+      const extra = [requireString('field', field), this._json('value', value)]
       return this._generic(OP.HSet, 'hash', hash, ttlSeconds('ttl', ttl), extra, null)
     } catch (e) {
       return Promise.reject(e)
@@ -419,7 +435,7 @@ class CacheAdapter extends EventEmitter {
     let threw = false
     const load = (k) =>
       new Promise((resolve) => resolve(loader(k)))
-        .then((v) => (v === undefined ? null : toJson('loader result', v)))
+        .then((v) => (v === undefined ? null : this._json('loader result', v)))
         .catch((e) => {
           threw = true
           thrown = e
@@ -499,7 +515,7 @@ class CacheAdapter extends EventEmitter {
   setInFallbackMap(name, key, value) {
     requireString('name', name)
     requireString('key', key)
-    this._native.fallbackSet(name, key, toJson('value', value))
+    this._native.fallbackSet(name, key, this._json('value', value))
     return true
   }
 
@@ -615,7 +631,7 @@ for (const spec of DOMAIN) {
         const flags = keyStrings(a, b, strs)
         let value = arity === 1 ? b : c
         if (value === undefined) value = fallback
-        strs.push(toJson(spec.valueArg, value))
+        strs.push(this._json(spec.valueArg, value))
         return this._call(setCode | flags, NaN, strs, null)
       } catch (e) {
         return Promise.reject(e)

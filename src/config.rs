@@ -50,6 +50,8 @@ pub struct Config {
   pub loader_timeout: Duration,
   /// Bound of the queue of writes acknowledged during an outage, waiting for replay.
   pub replay_max_entries: usize,
+  /// Largest value (bytes of its JSON text) a call may store; index.js checks it before queuing.
+  pub max_value_bytes: u64,
 }
 
 impl Config {
@@ -57,6 +59,15 @@ impl Config {
     self.ttl_secs[name as usize]
   }
 }
+
+/// Default bound of one value's JSON: 8 MiB. The old adapter had none; the
+/// largest realistic value (a 200-message conversation) is about 58 KB, so this
+/// leaves over 100x headroom while keeping one value to ~3% of the default
+/// memory tier and to tens of ms of `JSON.parse` on Node's thread.
+pub const DEFAULT_MAX_VALUE_BYTES: u64 = 8 * 1024 * 1024;
+
+/// Redis refuses a bulk string above 512 MB (`proto-max-bulk-len`).
+pub const MAX_VALUE_BYTES_LIMIT: u64 = 512 * 1024 * 1024;
 
 /// Reads options (a JSON object, `null` for none) and the environment (through
 /// `env`, so tests can pass their own) into a validated [`Config`].
@@ -89,6 +100,7 @@ pub fn resolve(options: &Value, env: &dyn Fn(&str) -> Option<String>) -> Result<
     "memoryMaxBytes",
     "loaderTimeoutMs",
     "replayMaxEntries",
+    "maxValueBytes",
     "onModeChange",
   ];
   if let Some(unknown) = opts.keys().find(|k| !known.contains(&k.as_str())) {
@@ -156,6 +168,13 @@ pub fn resolve(options: &Value, env: &dyn Fn(&str) -> Option<String>) -> Result<
     memory_max_bytes: o.int("memoryMaxBytes", None, 1024, u64::MAX >> 1, 256 * 1024 * 1024)?,
     loader_timeout: Duration::from_millis(o.int("loaderTimeoutMs", None, 1, 86_400_000, 10_000)?),
     replay_max_entries: o.int("replayMaxEntries", None, 1, u32::MAX as u64, 100_000)? as usize,
+    max_value_bytes: o.int(
+      "maxValueBytes",
+      Some("CACHE_MAX_VALUE_BYTES"),
+      1,
+      MAX_VALUE_BYTES_LIMIT,
+      DEFAULT_MAX_VALUE_BYTES,
+    )?,
   })
 }
 
@@ -367,6 +386,21 @@ mod tests {
     assert_eq!(c.key_prefix, "jack:dev");
     assert_eq!(c.ttl(TtlName::SseResponse), 10.0);
     assert_eq!(c.redis.unwrap().port, 6379);
+    assert_eq!(c.max_value_bytes, DEFAULT_MAX_VALUE_BYTES);
+  }
+
+  #[test]
+  fn max_value_bytes_from_option_or_environment_within_redis_limit() {
+    let env = |k: &str| (k == "CACHE_MAX_VALUE_BYTES").then(|| "4096".to_string());
+    assert_eq!(resolve(&Value::Null, &env).unwrap().max_value_bytes, 4096);
+    assert_eq!(resolve(&json!({"maxValueBytes": 100}), &env).unwrap().max_value_bytes, 100);
+    for bad in [json!(0), json!(MAX_VALUE_BYTES_LIMIT + 1), json!(1.5)] {
+      let e = resolve(&json!({ "maxValueBytes": bad }), &no_env).unwrap_err();
+      assert_eq!(e.kind, ErrorKind::Range, "{bad}");
+      assert!(e.message.contains("options.maxValueBytes"), "{}", e.message);
+    }
+    let env = |k: &str| (k == "CACHE_MAX_VALUE_BYTES").then(|| "lots".to_string());
+    assert!(resolve(&Value::Null, &env).unwrap_err().message.contains("CACHE_MAX_VALUE_BYTES"));
   }
 
   #[test]

@@ -291,6 +291,15 @@ impl Cache {
       "memory": { "entries": entries, "bytes": bytes, "maxEntries": inner.cfg.memory_max_entries, "maxBytes": inner.memory.max_bytes() },
       "pool": { "size": inner.redis.as_ref().map_or(0, |_| inner.cfg.pool_size), "connections": inner.redis.as_ref().map_or(0, |r| r.connections()) },
       "entriesByKind": maps,
+      "inflight": { "reads": inner.reads.in_flight(), "loads": inner.loads.in_flight() },
+      "connectionAttempts": inner.connection_attempts.load(Relaxed),
+      // The old adapter's `cache.config`, its prefix with the trailing colon it wrote.
+      "config": {
+        "keyPrefix": legacy_prefix(&inner.cfg.key_prefix),
+        "defaultTTL": inner.cfg.default_ttl_secs,
+        "compressionThreshold": inner.cfg.compression_threshold,
+        "maxValueBytes": inner.cfg.max_value_bytes,
+      },
     })
   }
 
@@ -694,6 +703,15 @@ fn object_json(fields: &[(String, Arc<str>)]) -> Arc<str> {
   }
   out.push('}');
   out.into()
+}
+
+/// `keyPrefix` as the old adapter wrote it, ending in `:` (`jack:dev:`).
+fn legacy_prefix(prefix: &str) -> String {
+  if prefix.ends_with(':') {
+    prefix.to_string()
+  } else {
+    format!("{prefix}:")
+  }
 }
 
 fn now_ms() -> u64 {
