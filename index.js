@@ -97,6 +97,17 @@ function loaderFailureOf(e) {
 const MISS = Symbol('miss')
 const parseOrMiss = (v) => (v === null ? MISS : parse(v))
 
+/** The old adapter's seven in-process maps, reported in `getStats().fallbackMaps`. */
+const LEGACY_MAPS = [
+  'activeConversations',
+  'inflightRequests',
+  'humanControlSessions',
+  'humanControlQueue',
+  'pendingDatabaseWrites',
+  'conversationMetadata',
+  'activeCallSessions',
+]
+
 /** Native errors carry their kind as a `CODE: ` prefix (see src/lib.rs). */
 function fromNative(e) {
   const m = /^(ERR_[A-Z_]+): ([\s\S]*)$/.exec(e && e.message)
@@ -547,28 +558,64 @@ class CacheAdapter extends EventEmitter {
 
   // Observability --------------------------------------------------------
 
+  /**
+   * Entries per memory-tier kind, and the old adapter's seven map names:
+   * the two this adapter keeps (process-local) with their sizes, 0 for the
+   * five it has no such map for.
+   */
+  _fallbackMaps(stats) {
+    const maps = { ...stats.entriesByKind }
+    for (const name of LEGACY_MAPS) maps[name] = 0
+    maps.inflightRequests = this._inflightRequests.size
+    maps.humanControlSessions = this._humanControl.size
+    return maps
+  }
+
   async getStats() {
-    const cache = this._native.stats()
-    const fallbackMaps = {
-      ...cache.entriesByKind,
-      inflightRequests: this._inflightRequests.size,
-      humanControlSessions: this._humanControl.size,
+    const stats = this._native.stats()
+    const cache = {
+      ...stats,
+      // The old adapter's fields, next to the new ones (`config` comes from Rust).
+      redis: {
+        hits: stats.hits,
+        misses: stats.misses,
+        errors: stats.redisErrors,
+        hitRate: `${(stats.hitRate * 100).toFixed(2)}%`,
+        avgResponseTime: `${stats.latency.meanMs.toFixed(2)}ms`,
+        isConnected: stats.redisEnabled && stats.mode === 'redis' && stats.pool.connections > 0,
+        connectionAttempts: stats.connectionAttempts,
+      },
+      fallback: { size: stats.memory.entries, enabled: true },
     }
-    return { redisEnabled: cache.redisEnabled, ttlConfig: this._native.ttlConfig(), fallbackMaps, cache }
+    return { redisEnabled: stats.redisEnabled, ttlConfig: this._native.ttlConfig(), fallbackMaps: this._fallbackMaps(stats), cache }
   }
 
   async healthCheck() {
     const redis = this._closed ? { status: 'unhealthy', error: 'adapter closed' } : await this._native.redisHealth()
-    const cache = this._native.stats()
-    const redisEnabled = cache.redisEnabled
-    const mode = cache.mode
+    const stats = this._native.stats()
+    const redisEnabled = stats.redisEnabled
+    const mode = stats.mode
     const status = !redisEnabled || (redis.status === 'healthy' && mode === 'redis') ? 'healthy' : 'degraded'
+    // The old adapter's `cache.redis`: a PING's time and INFO memory's used_memory.
+    const legacyRedis =
+      redis.status === 'healthy'
+        ? { status: 'healthy', responseTime: `${Math.round(redis.latencyMs)}ms` }
+        : { status: 'unhealthy', error: redis.error ?? (redis.status === 'disabled' ? 'Redis is disabled' : 'unavailable') }
+    if (redis.status === 'healthy' && typeof redis.usedMemoryBytes === 'number') {
+      legacyRedis.memory = `${Math.round(redis.usedMemoryBytes / 1024 / 1024)}MB`
+    }
     return {
       status,
       timestamp: new Date().toISOString(),
-      adapter: { status, redisEnabled, mode },
+      adapter: { status, redisEnabled, mode, fallbackMaps: Object.keys(this._fallbackMaps(stats)).length },
       redis,
-      cache,
+      cache: {
+        ...stats,
+        fallback: { size: stats.memory.entries, enabled: true },
+        redis: legacyRedis,
+        // The old cache layer's own health: it answers (from Redis or memory) until closed.
+        cache: { status: this._closed ? 'unhealthy' : 'healthy', fallbackEnabled: true, fallbackSize: stats.memory.entries },
+      },
     }
   }
 

@@ -321,6 +321,7 @@ impl Cache {
         "latencyMs": latency.as_secs_f64() * 1000.0,
         "version": version,
         "cluster": redis.is_cluster(),
+        "usedMemoryBytes": used_memory(redis).await,
       }),
       Err(Unavailable(error)) => json!({ "status": "unhealthy", "enabled": true, "connected": false, "error": error }),
     }
@@ -712,6 +713,14 @@ fn legacy_prefix(prefix: &str) -> String {
   } else {
     format!("{prefix}:")
   }
+}
+
+/// `used_memory` from `INFO memory` (the old adapter's health `memory`), if Redis says.
+async fn used_memory(redis: &RedisTier) -> Option<u64> {
+  let mut info = redis::cmd("INFO");
+  info.arg("memory");
+  let text = redis::from_redis_value::<String>(redis.run_one(info).await.ok()?).ok()?;
+  text.lines().find_map(|l| l.strip_prefix("used_memory:")).and_then(|v| v.trim().parse().ok())
 }
 
 fn now_ms() -> u64 {
