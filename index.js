@@ -122,6 +122,22 @@ function entriesOf(name, entries) {
   throw new TypeError(`${name} must be an object, a Map or an array of [key, value] pairs, got ${describe(entries)}`)
 }
 
+/**
+ * An adapter that is never closed must still be garbage-collected, and its
+ * native core (supervisor, connections) with it. The native wake-up holds its
+ * callback strongly for the adapter's life, so that callback reaches the
+ * adapter only through a WeakRef; the keep-alive timer's callback holds
+ * nothing; while calls are in flight the adapter is held here, so it cannot
+ * be collected with callers waiting.
+ */
+const busy = new Set()
+const keepAliveOfCollected = new FinalizationRegistry((timer) => clearInterval(timer))
+function noop() {}
+function wakeUp(adapter) {
+  const ref = new WeakRef(adapter)
+  return () => ref.deref()?._wake()
+}
+
 /** Collects one tick's calls and submits them as one batch. */
 class Batcher {
   constructor(onIdleChange) {
@@ -226,21 +242,23 @@ class CacheAdapter extends EventEmitter {
     }
     // Keeps Node running while calls are in flight, and only then: the
     // completion callback itself is weak, so an idle adapter never holds the process.
-    this._keepAlive = setInterval(() => {}, 1 << 30)
+    this._keepAlive = setInterval(noop, 1 << 30)
     this._keepAlive.unref()
-    this._batch = new Batcher((idle) => (idle ? this._keepAlive.unref() : this._keepAlive.ref()))
+    this._batch = new Batcher((idle) => {
+      if (idle) {
+        this._keepAlive.unref()
+        busy.delete(this)
+      } else {
+        this._keepAlive.ref()
+        busy.add(this)
+      }
+    })
     this._leftover = NONE
     this._cursor = 2
     this._draining = false
     this._drainSoon = () => this._drain()
-    this._native = new NativeCache(json, () => {
-      // Settle in a macrotask of our own, not inside Node's dispatch of the
-      // wake-up, so that timers and I/O get their turn between batches.
-      if (!this._draining) {
-        this._draining = true
-        setImmediate(this._drainSoon)
-      }
-    })
+    this._native = new NativeCache(json, wakeUp(this))
+    keepAliveOfCollected.register(this, this._keepAlive)
     this._batch.native = this._native
     // The resolved limit (option, CACHE_MAX_VALUE_BYTES or the default), read once.
     this._maxValueBytes = this._native.stats().config.maxValueBytes
@@ -248,6 +266,16 @@ class CacheAdapter extends EventEmitter {
     this._inflightRequests = new Map()
     this._humanControl = new Map()
     this._closed = null
+  }
+
+  /** Rust has completions ready. */
+  _wake() {
+    // Settle in a macrotask of our own, not inside Node's dispatch of the
+    // wake-up, so that timers and I/O get their turn between batches.
+    if (!this._draining) {
+      this._draining = true
+      setImmediate(this._drainSoon)
+    }
   }
 
   /**

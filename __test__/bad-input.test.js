@@ -7,8 +7,10 @@
  */
 const { describe, test, before, after } = require('node:test')
 const assert = require('node:assert/strict')
+const v8 = require('node:v8')
+const vm = require('node:vm')
 const { startRedis } = require('./helpers/redis')
-const { guard, until } = require('./helpers/wait')
+const { guard, until, sleep } = require('./helpers/wait')
 
 require('./helpers/env').isolateFromEnvironment()
 
@@ -307,5 +309,41 @@ describe("the README's bad-input table", () => {
     await closed.close()
     const c = await closed.set('k', 1).catch((err) => err)
     assert.equal(c.code, 'ERR_CACHE_CLOSED')
+  })
+})
+
+// ---------------------------------------------------------------- forgetting close()
+
+describe('an adapter that is never closed', () => {
+  test('is garbage-collected, and its connections close at once, even while its breaker waits out a long cooldown', async (t) => {
+    v8.setFlagsFromString('--expose-gc')
+    const gc = vm.runInNewContext('gc')
+    const own = await startRedis()
+    t.after(() => own.stop())
+    const clients = async () => (await own.cli('client', 'list')).split('\n').filter(Boolean).length - 1 // not redis-cli's own
+
+    // Connected, then a stall opens the breaker for a minute: the pool stays open, no probe runs.
+    const strand = async () => {
+      const adapter = new CacheAdapter({ url: own.url, poolSize: 2, commandTimeoutMs: 100, breakerFailures: 1, breakerCooldownMs: 60000 })
+      await until(async () => (await guard(adapter.healthCheck(), 3000, 'healthCheck')).redis.status === 'healthy', 5000, 'Redis healthy')
+      own.pause()
+      try {
+        assert.equal(await guard(adapter.set('k', 1), 5000, 'set during the stall'), true)
+        await until(async () => (await adapter.getStats()).cache.breaker.state === 'open', 5000, 'breaker open')
+      } finally {
+        own.resume()
+      }
+      assert.equal((await adapter.getStats()).cache.breaker.state, 'open')
+    }
+    await strand()
+    assert.ok((await clients()) >= 2, "the stranded adapter's connections are open")
+
+    let open = await clients()
+    for (let i = 0; i < 100 && open > 0; i++) {
+      gc()
+      await sleep(50)
+      open = await clients()
+    }
+    assert.equal(open, 0, 'the adapter, its supervisor and its connections are gone (the cooldown had 55 s left)')
   })
 })
