@@ -84,6 +84,10 @@ export interface CacheAdapterOptions {
    * dropped). Env: `CACHE_REPLAY_MAX_BYTES`. Default half of `memoryMaxBytes`.
    */
   replayMaxBytes?: number
+   * Largest value a call may store, in bytes of its JSON text (UTF-8); a larger one is a `RangeError` and nothing
+   * is written. 1 to 512 MiB (Redis's own limit). Env: `CACHE_MAX_VALUE_BYTES`. Default 8 MiB.
+   */
+  maxValueBytes?: number
   /** Called on every change of mode (as is the `modeChange` event). */
   onModeChange?: (event: ModeChangeEvent) => void
 }
@@ -138,14 +142,99 @@ export interface CacheCounters {
   memory: { entries: number; bytes: number; maxEntries: number; maxBytes: number }
   pool: { size: number; connections: number }
   entriesByKind: Record<string, number>
+  /** Sizes of the single-flight maps: reads of one key being shared, and `getOrLoad` loads under way. */
+  inflight: { reads: number; loads: number }
+  /** Times the adapter dialled Redis or probed it after an outage. */
+  connectionAttempts: number
+  /** The old adapter's `cache.config` (`keyPrefix` written as it wrote it, ending in `:`), plus `maxValueBytes`. */
+  config: LegacyCacheConfig & { maxValueBytes: number }
+}
+
+// The old adapter's stats and health fields -------------------------------
+// The JavaScript adapter this package replaces returned these; the server's
+// health consumers and deployment checks read them, so they stay, with the
+// old names and types, next to the new fields.
+
+/** The old adapter's seven in-process maps (`getStats().fallbackMaps`). */
+export interface LegacyFallbackMaps {
+  /** 0: this adapter keeps no such map (conversation contexts count under `conversationContexts`). */
+  activeConversations: number
+  /** Requests remembered with `setInflightRequest` and not settled yet. */
+  inflightRequests: number
+  /** Sessions set with `setHumanControlSession`. */
+  humanControlSessions: number
+  /** 0: this adapter keeps no such map. */
+  humanControlQueue: number
+  /** 0: this adapter keeps no such map. */
+  pendingDatabaseWrites: number
+  /** 0: this adapter keeps no such map. */
+  conversationMetadata: number
+  /** 0: this adapter keeps no such map. */
+  activeCallSessions: number
+}
+
+/** The old adapter's `getStats().cache.redis`: its Redis connection metrics. */
+export interface LegacyRedisMetrics {
+  /** As `cache.hits`. */
+  hits: number
+  /** As `cache.misses`. */
+  misses: number
+  /** Failed Redis round trips (as `cache.redisErrors`). */
+  errors: number
+  /** `cache.hitRate` as a percentage string, `"NN.NN%"`. */
+  hitRate: string
+  /** `cache.latency.meanMs` as `"N.NNms"`. */
+  avgResponseTime: string
+  /** Redis enabled, the breaker closed (mode `'redis'`) and connections open. */
+  isConnected: boolean
+  /** As `cache.connectionAttempts`. */
+  connectionAttempts: number
+}
+
+/** The old adapter's `getStats().cache.config`. */
+export interface LegacyCacheConfig {
+  /** `keyPrefix` as the old adapter wrote it, ending in `:` (`'jack:dev:'`). */
+  keyPrefix: string
+  /** Seconds, for the generic methods (`CACHE_DEFAULT_TTL`, else 7200). */
+  defaultTTL: number
+  compressionThreshold: number
+}
+
+/** The old adapter's `cache.fallback`: the memory tier, always on. */
+export interface LegacyFallbackInfo {
+  /** Entries in the memory tier (as `cache.memory.entries`). */
+  size: number
+  enabled: true
+}
+
+/** The old adapter's `healthCheck().cache.redis`. */
+export interface LegacyRedisHealth {
+  /** `'unhealthy'` also while Redis is disabled by configuration (with `error` saying so). */
+  status: 'healthy' | 'unhealthy'
+  /** Round trip of a `PING`, whole milliseconds (`"0ms"`); present when healthy. */
+  responseTime?: string
+  /** Redis's `used_memory` (`INFO memory`) in whole MB (`"1MB"`); present when healthy. */
+  memory?: string
+  /** Why Redis is unhealthy. */
+  error?: string
+}
+
+/** The old adapter's `healthCheck().cache.cache`: the cache layer itself. */
+export interface LegacyCacheHealth {
+  /** `'healthy'` while the adapter answers calls (from Redis or memory); `'unhealthy'` once closed. */
+  status: 'healthy' | 'unhealthy'
+  fallbackEnabled: true
+  /** Entries in the memory tier. */
+  fallbackSize: number
 }
 
 export interface CacheStats {
   redisEnabled: boolean
   ttlConfig: Required<TtlOptions>
-  /** Entries per legacy map name (memory tier), plus the process-local maps. */
-  fallbackMaps: Record<string, number>
-  cache: CacheCounters
+  /** Entries per memory-tier kind, plus the old adapter's seven maps. */
+  fallbackMaps: LegacyFallbackMaps & Record<string, number>
+  /** The new counters, plus the old adapter's `redis`, `fallback` and `config`. */
+  cache: CacheCounters & { redis: LegacyRedisMetrics; fallback: LegacyFallbackInfo }
 }
 
 export interface RedisHealth {
@@ -154,6 +243,8 @@ export interface RedisHealth {
   connected?: boolean
   latencyMs?: number
   version?: string | null
+  /** Redis's `used_memory` (`INFO memory`), when healthy and Redis says. */
+  usedMemoryBytes?: number | null
   /** Why Redis is unhealthy. */
   error?: string
 }
@@ -162,9 +253,11 @@ export interface HealthReport {
   /** `'healthy'`: Redis serving, or disabled by choice. `'degraded'`: serving from memory because Redis fails. */
   status: 'healthy' | 'degraded'
   timestamp: string
-  adapter: { status: 'healthy' | 'degraded'; redisEnabled: boolean; mode: Mode }
+  /** `fallbackMaps`: the old adapter's field, the number of maps `getStats().fallbackMaps` lists. */
+  adapter: { status: 'healthy' | 'degraded'; redisEnabled: boolean; mode: Mode; fallbackMaps: number }
   redis: RedisHealth
-  cache: CacheCounters
+  /** The counters of `getStats().cache`, plus the old adapter's `fallback`, `redis` and `cache`. */
+  cache: CacheCounters & { fallback: LegacyFallbackInfo; redis: LegacyRedisHealth; cache: LegacyCacheHealth }
 }
 
 export interface MigrationResult {
@@ -238,9 +331,12 @@ export declare class CacheAdapter extends EventEmitter {
   hgetall<T = JsonValue>(hash: string): Promise<Record<string, T>>
   /**
    * Read-through. The loader (sync or async) is called once for any number of
-   * concurrent callers of the key; its `null` is cached, `undefined` is not.
-   * A loader that throws, rejects or outlasts `loaderTimeoutMs` rejects every
-   * waiting caller and caches nothing.
+   * concurrent callers of the key; its `null` is cached (and then read as a
+   * hit), `undefined` is not. A loader that throws or rejects rejects every
+   * waiting caller with an error of the same class, message and `code` (the
+   * caller whose loader ran gets the very value thrown); one that outlasts
+   * `loaderTimeoutMs` rejects them with code `ERR_CACHE_LOADER`; a result
+   * above `maxValueBytes` with a `RangeError`. Nothing is cached then.
    */
   getOrLoad<T = JsonValue>(key: string, loader: (key: string) => T | Promise<T>, ttlSeconds?: number): Promise<T>
 

@@ -54,6 +54,8 @@ pub struct Config {
   pub replay_max_entries: usize,
   /// Bound of that queue's key and JSON bytes; past it the oldest writes become tombstones.
   pub replay_max_bytes: usize,
+  /// Largest value (bytes of its JSON text) a call may store; index.js checks it before queuing.
+  pub max_value_bytes: u64,
 }
 
 impl Config {
@@ -61,6 +63,15 @@ impl Config {
     self.ttl_secs[name as usize]
   }
 }
+
+/// Default bound of one value's JSON: 8 MiB. The old adapter had none; the
+/// largest realistic value (a 200-message conversation) is about 58 KB, so this
+/// leaves over 100x headroom while keeping one value to ~3% of the default
+/// memory tier and to tens of ms of `JSON.parse` on Node's thread.
+pub const DEFAULT_MAX_VALUE_BYTES: u64 = 8 * 1024 * 1024;
+
+/// Redis refuses a bulk string above 512 MB (`proto-max-bulk-len`).
+pub const MAX_VALUE_BYTES_LIMIT: u64 = 512 * 1024 * 1024;
 
 /// Reads options (a JSON object, `null` for none) and the environment (through
 /// `env`, so tests can pass their own) into a validated [`Config`]. Its errors
@@ -116,6 +127,7 @@ fn resolve_unredacted(options: &Value, env: &dyn Fn(&str) -> Option<String>) -> 
     "loaderTimeoutMs",
     "replayMaxEntries",
     "replayMaxBytes",
+    "maxValueBytes",
     "onModeChange",
   ];
   if let Some(unknown) = opts.keys().find(|k| !known.contains(&k.as_str())) {
@@ -188,6 +200,13 @@ fn resolve_unredacted(options: &Value, env: &dyn Fn(&str) -> Option<String>) -> 
     // tier while that holds them, so this is what an outage can add on top.
     replay_max_bytes: o.int("replayMaxBytes", Some("CACHE_REPLAY_MAX_BYTES"), 1, u64::MAX >> 1, memory_max_bytes / 2)?
       as usize,
+    max_value_bytes: o.int(
+      "maxValueBytes",
+      Some("CACHE_MAX_VALUE_BYTES"),
+      1,
+      MAX_VALUE_BYTES_LIMIT,
+      DEFAULT_MAX_VALUE_BYTES,
+    )?,
   })
 }
 
@@ -436,6 +455,21 @@ mod tests {
     assert_eq!(c.key_prefix, "jack:dev");
     assert_eq!(c.ttl(TtlName::SseResponse), 10.0);
     assert_eq!(c.redis.unwrap().port, 6379);
+    assert_eq!(c.max_value_bytes, DEFAULT_MAX_VALUE_BYTES);
+  }
+
+  #[test]
+  fn max_value_bytes_from_option_or_environment_within_redis_limit() {
+    let env = |k: &str| (k == "CACHE_MAX_VALUE_BYTES").then(|| "4096".to_string());
+    assert_eq!(resolve(&Value::Null, &env).unwrap().max_value_bytes, 4096);
+    assert_eq!(resolve(&json!({"maxValueBytes": 100}), &env).unwrap().max_value_bytes, 100);
+    for bad in [json!(0), json!(MAX_VALUE_BYTES_LIMIT + 1), json!(1.5)] {
+      let e = resolve(&json!({ "maxValueBytes": bad }), &no_env).unwrap_err();
+      assert_eq!(e.kind, ErrorKind::Range, "{bad}");
+      assert!(e.message.contains("options.maxValueBytes"), "{}", e.message);
+    }
+    let env = |k: &str| (k == "CACHE_MAX_VALUE_BYTES").then(|| "lots".to_string());
+    assert!(resolve(&Value::Null, &env).unwrap_err().message.contains("CACHE_MAX_VALUE_BYTES"));
   }
 
   #[test]

@@ -9,7 +9,7 @@
 //! unavailable live in the memory tier and in the replay journal.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -78,9 +78,21 @@ struct Inner {
   /// Masked in every reason that leaves the core (see [`Inner::reason`]).
   secrets: Secrets,
   observer: ModeObserver,
-  wake: Notify,
+  /// Shared with the supervisor, which waits on it holding only a `Weak`.
+  wake: Arc<Notify>,
   closed: AtomicBool,
+  /// Times the adapter dialled Redis or probed it after an outage (the old
+  /// adapter's `connectionAttempts`).
+  connection_attempts: AtomicU64,
   runtime: Handle,
+}
+
+impl Drop for Inner {
+  /// An adapter dropped without `close()` (garbage-collected) ends its
+  /// supervisor now, not after its current wait.
+  fn drop(&mut self) {
+    self.wake.notify_one();
+  }
 }
 
 impl Cache {
@@ -103,8 +115,9 @@ impl Cache {
       last_error: Mutex::new(redis.as_ref().map(|_| "connecting".to_string())),
       secrets: cfg.redis.as_ref().map(Secrets::of).unwrap_or_default(),
       observer,
-      wake: Notify::new(),
+      wake: Arc::new(Notify::new()),
       closed: AtomicBool::new(false),
+      connection_attempts: AtomicU64::new(0),
       runtime: runtime.clone(),
       redis,
       cfg,
@@ -169,7 +182,9 @@ impl Cache {
   /// Read-through: the cached value of `key`, or the loader's (then cached for
   /// `ttl`). Concurrent callers of one key share one loader call; a loader
   /// failure reaches all of them and caches nothing. `Ok(None)`: the loader
-  /// returned `undefined` (not cached).
+  /// returned `undefined` (not cached). Called after the caller's own read of
+  /// `key` missed (and was counted as a miss): the read repeated here, under
+  /// the flight, is not counted again.
   pub async fn get_or_load<F, Fut>(&self, key: String, ttl: Duration, loader: F) -> LoadResult
   where
     F: FnOnce() -> Fut,
@@ -195,10 +210,16 @@ impl Cache {
     Fut: Future<Output = Result<Option<String>, String>>,
   {
     let generic_key = self.inner.keys.generic(&key);
+    let m = &self.inner.metrics;
     match self.execute(vec![Ok(vec![Op::Get { key: generic_key.clone(), unwrap: None }])]).await.pop() {
-      Some(Reply::Json(json)) => return Ok(Some(json)),
+      Some(Reply::Json(json)) => {
+        m.hits.fetch_sub(1, Relaxed);
+        return Ok(Some(json));
+      }
       Some(Reply::Error(e)) => return Err(e),
-      _ => {}
+      _ => {
+        m.misses.fetch_sub(1, Relaxed);
+      }
     }
     self.inner.metrics.loader_calls.fetch_add(1, Relaxed);
     let timeout = self.inner.cfg.loader_timeout;
@@ -297,6 +318,15 @@ impl Cache {
       "memory": { "entries": entries, "bytes": bytes, "maxEntries": inner.cfg.memory_max_entries, "maxBytes": inner.memory.max_bytes() },
       "pool": { "size": inner.redis.as_ref().map_or(0, |_| inner.cfg.pool_size), "connections": inner.redis.as_ref().map_or(0, |r| r.connections()) },
       "entriesByKind": maps,
+      "inflight": { "reads": inner.reads.in_flight(), "loads": inner.loads.in_flight() },
+      "connectionAttempts": inner.connection_attempts.load(Relaxed),
+      // The old adapter's `cache.config`, its prefix with the trailing colon it wrote.
+      "config": {
+        "keyPrefix": legacy_prefix(&inner.cfg.key_prefix),
+        "defaultTTL": inner.cfg.default_ttl_secs,
+        "compressionThreshold": inner.cfg.compression_threshold,
+        "maxValueBytes": inner.cfg.max_value_bytes,
+      },
     })
   }
 
@@ -318,6 +348,7 @@ impl Cache {
         "latencyMs": latency.as_secs_f64() * 1000.0,
         "version": version,
         "cluster": redis.is_cluster(),
+        "usedMemoryBytes": used_memory(redis).await,
       }),
       Err(e) => json!({ "status": "unhealthy", "enabled": true, "connected": false, "error": inner.reason(e) }),
     }
@@ -788,12 +819,31 @@ fn object_json(fields: &[(String, Arc<str>)]) -> Arc<str> {
   out.into()
 }
 
+/// `keyPrefix` as the old adapter wrote it, ending in `:` (`jack:dev:`).
+fn legacy_prefix(prefix: &str) -> String {
+  if prefix.ends_with(':') {
+    prefix.to_string()
+  } else {
+    format!("{prefix}:")
+  }
+}
+
+/// `used_memory` from `INFO memory` (the old adapter's health `memory`), if Redis says.
+async fn used_memory(redis: &RedisTier) -> Option<u64> {
+  let mut info = redis::cmd("INFO");
+  info.arg("memory");
+  let text = redis::from_redis_value::<String>(redis.run_one(info).await.ok()?).ok()?;
+  text.lines().find_map(|l| l.strip_prefix("used_memory:")).and_then(|v| v.trim().parse().ok())
+}
+
 fn now_ms() -> u64 {
   SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Background work while Redis is enabled: connect, probe after each cooldown
-/// of the breaker, and replay the journal once Redis answers.
+/// of the breaker, and replay the journal once Redis answers. It holds the
+/// cache only while it works, never while it waits, so a cache dropped without
+/// `close()` is freed at once and its supervisor ends.
 async fn supervise(weak: Weak<Inner>) {
   loop {
     let Some(inner) = weak.upgrade() else { return };
@@ -801,9 +851,9 @@ async fn supervise(weak: Weak<Inner>) {
       return;
     }
     let redis = inner.redis.as_ref().expect("supervised caches have Redis");
-    match inner.breaker.state() {
+    let wait = match inner.breaker.state() {
       State::Closed => {
-        let pause = if inner.journal.is_empty() {
+        if inner.journal.is_empty() {
           Duration::from_millis(500)
         } else if inner.replay(redis).await {
           continue;
@@ -811,11 +861,11 @@ async fn supervise(weak: Weak<Inner>) {
           // Redis answers but refuses the writes (out of memory, loading...):
           // try again later rather than in a tight loop.
           inner.cfg.breaker_cooldown.min(Duration::from_secs(1))
-        };
-        let _ = tokio::time::timeout(pause, inner.wake.notified()).await;
+        }
       }
       State::Open | State::HalfOpen => {
         if inner.breaker.try_begin_probe() {
+          inner.connection_attempts.fetch_add(1, Relaxed);
           match probe(redis).await {
             Ok(()) => {
               inner.breaker.record_probe_success();
@@ -829,10 +879,12 @@ async fn supervise(weak: Weak<Inner>) {
           }
           continue;
         }
-        let wait = inner.breaker.until_probe().max(Duration::from_millis(5));
-        let _ = tokio::time::timeout(wait, inner.wake.notified()).await;
+        inner.breaker.until_probe().max(Duration::from_millis(5))
       }
-    }
+    };
+    let wake = inner.wake.clone();
+    drop(inner);
+    let _ = tokio::time::timeout(wait, wake.notified()).await;
   }
 }
 
@@ -861,4 +913,41 @@ async fn try_probe(redis: &RedisTier) -> Result<(), Unavailable> {
     }
   }
   Err(last)
+}
+
+#[cfg(test)]
+mod tests {
+  use super::*;
+
+  /// A cache dropped without `close()` (what a garbage-collected adapter is)
+  /// while its breaker waits out a long cooldown is freed at once, and its
+  /// supervisor ends, instead of both living on until the cooldown is over.
+  #[tokio::test]
+  async fn a_dropped_cache_is_freed_while_its_supervisor_waits() {
+    // Nothing listens on port 1: the first probe fails and the breaker stays open for a minute.
+    let options = json!({ "url": "redis://127.0.0.1:1", "breakerCooldownMs": 60_000, "connectTimeoutMs": 100 });
+    let cfg = crate::config::resolve(&options, &|_| None).expect("valid options");
+    let cache = Cache::new(cfg, Handle::current(), Box::new(|_, _| {}));
+    let failed = |c: &Cache| c.inner.last_error.lock().unwrap().as_deref().is_some_and(|e| e != "connecting");
+    for _ in 0..200 {
+      if failed(&cache) && cache.inner.breaker.state() == State::Open {
+        break;
+      }
+      tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(failed(&cache), "the first probe of a dead port fails within 5 s");
+    assert_eq!(cache.inner.connection_attempts.load(Relaxed), 1);
+
+    let inner = Arc::downgrade(&cache.inner);
+    let wake = cache.inner.wake.clone();
+    drop(cache);
+    for _ in 0..40 {
+      if Arc::strong_count(&wake) == 1 {
+        break;
+      }
+      tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(inner.upgrade().is_none(), "the supervisor kept the dropped cache alive");
+    assert_eq!(Arc::strong_count(&wake), 1, "the supervisor is still waiting");
+  }
 }
