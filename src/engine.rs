@@ -31,6 +31,7 @@ use crate::replay::{self, Clear, Journal, Pending, Slot};
 use crate::tiers;
 use crate::tiers::memory::{MemValue, MemoryTier};
 use crate::tiers::redis::{Outcome, RedisTier, Unavailable};
+use crate::watch::{self, RedisWatch};
 
 /// Where calls are being answered from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,6 +77,7 @@ struct Inner {
   wake: Notify,
   closed: AtomicBool,
   runtime: Handle,
+  watch: RedisWatch,
 }
 
 impl Cache {
@@ -96,11 +98,16 @@ impl Cache {
       wake: Notify::new(),
       closed: AtomicBool::new(false),
       runtime: runtime.clone(),
+      watch: RedisWatch::default(),
       redis,
       cfg,
     });
     if inner.redis.is_some() {
       runtime.spawn(supervise(Arc::downgrade(&inner)));
+      if inner.cfg.alerts.enabled {
+        let every = inner.cfg.alerts.evaluate_every;
+        runtime.spawn(watch::run(Arc::downgrade(&inner), every, Inner::watched, Inner::watch_failed));
+      }
     }
     Cache { inner }
   }
@@ -270,6 +277,7 @@ impl Cache {
       "memory": { "entries": entries, "bytes": bytes, "maxEntries": inner.cfg.memory_max_entries, "maxBytes": inner.memory.max_bytes() },
       "pool": { "size": inner.redis.as_ref().map_or(0, |_| inner.cfg.pool_size), "connections": inner.redis.as_ref().map_or(0, |r| r.connections()) },
       "entriesByKind": maps,
+      "redisWatch": inner.redis.as_ref().filter(|_| inner.cfg.alerts.enabled).map(|_| inner.watch.stats()),
     })
   }
 
@@ -348,6 +356,23 @@ impl Inner {
     if self.breaker.record_failure() {
       self.set_mode(Mode::Memory, &error);
       self.wake.notify_one();
+    }
+  }
+
+  /// What the background watch of Redis needs; `None` once closed.
+  fn watched(&self) -> Option<(&RedisTier, &RedisWatch)> {
+    if self.closed.load(Ordering::Acquire) {
+      return None;
+    }
+    Some((self.redis.as_ref()?, &self.watch))
+  }
+
+  /// A failed watch check counts toward the breaker while it is closed: an
+  /// idle adapter then switches to memory before a caller pays a timeout.
+  /// While it is open, the supervisor's probes alone decide.
+  fn watch_failed(&self, e: Unavailable) {
+    if self.breaker.allows_traffic() {
+      self.redis_failed(e);
     }
   }
 

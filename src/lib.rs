@@ -26,6 +26,7 @@ pub mod keys;
 pub mod metrics;
 pub mod replay;
 pub mod tiers;
+pub mod watch;
 
 use std::panic::AssertUnwindSafe;
 use std::ptr;
@@ -190,6 +191,17 @@ impl NativeCache {
   #[napi(ts_return_type = "Record<string, any>")]
   pub fn stats(&self) -> serde_json::Value {
     self.cache.stats()
+  }
+
+  /// The alert settings in force, for `lib/alerts.js` (with the webhook URL:
+  /// never put this object in any output).
+  #[napi(ts_return_type = "Record<string, any>")]
+  pub fn alerts_config(&self) -> serde_json::Value {
+    let cfg = self.cache.config();
+    let mut out = cfg.alerts.to_json();
+    out["service"] = cfg.key_prefix.clone().into();
+    out["redisEnabled"] = cfg.redis.is_some().into();
+    out
   }
 
   /// The TTLs in force, in seconds, by name.
