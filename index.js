@@ -11,6 +11,7 @@
 
 const { EventEmitter } = require('node:events')
 const { NativeCache, domainMethods, protocol, createOrgKey } = require('./binding.js')
+const { Alerts } = require('./lib/alerts.js')
 
 const OP = protocol()
 const ORG_NULL = OP.ORG_NULL
@@ -197,6 +198,8 @@ class CacheAdapter extends EventEmitter {
     this._inflightRequests = new Map()
     this._humanControl = new Map()
     this._closed = null
+    this._alerts = new Alerts(this._native.alertsConfig(), () => this._native.alertInputs(), (e) => this.emit('alert', e))
+    this._alerts.start()
   }
 
   /**
@@ -485,7 +488,12 @@ class CacheAdapter extends EventEmitter {
       inflightRequests: this._inflightRequests.size,
       humanControlSessions: this._humanControl.size,
     }
-    return { redisEnabled: cache.redisEnabled, ttlConfig: this._native.ttlConfig(), fallbackMaps, cache }
+    return { redisEnabled: cache.redisEnabled, ttlConfig: this._native.ttlConfig(), fallbackMaps, cache, alerts: this._alerts.stats() }
+  }
+
+  /** The active alerts (see README, Alerts). */
+  async getAlerts() {
+    return this._alerts.active()
   }
 
   async healthCheck() {
@@ -500,12 +508,13 @@ class CacheAdapter extends EventEmitter {
       adapter: { status, redisEnabled, mode },
       redis,
       cache,
+      alerts: this._alerts.active(),
     }
   }
 
   /** Prometheus text exposition of the counters, gauges and latency histogram. */
   async metrics() {
-    return this._native.metrics()
+    return this._native.metrics() + this._alerts.metricsText()
   }
 
   get mode() {
@@ -516,6 +525,7 @@ class CacheAdapter extends EventEmitter {
   close() {
     if (this._closed) return this._closed
     this._closed = (async () => {
+      this._alerts.stop()
       this._batch.flush()
       const deadline = Date.now() + 5000
       while (this._batch.pending > 0 && Date.now() < deadline) {

@@ -281,6 +281,27 @@ impl Cache {
     })
   }
 
+  /// The counters the alert rules sample on every evaluation: atomics only,
+  /// unlike `stats()`, which walks the memory tier.
+  pub fn alert_inputs(&self) -> Json {
+    let inner = &self.inner;
+    let m = &inner.metrics;
+    let latency = m.latency();
+    json!({
+      "redisEnabled": inner.redis.is_some(),
+      "hits": m.hits.load(Relaxed),
+      "misses": m.misses.load(Relaxed),
+      "operations": m.operations.load(Relaxed),
+      "errors": m.errors.load(Relaxed),
+      "servedFromMemory": m.served_from_memory.load(Relaxed),
+      "latencyCount": latency.count,
+      "latencySumMs": latency.mean_ms * latency.count as f64,
+      "replayPending": inner.journal.len(),
+      "replayMaxEntries": inner.cfg.replay_max_entries,
+      "redisWatch": inner.redis.as_ref().filter(|_| inner.cfg.alerts.enabled).map(|_| inner.watch.stats()),
+    })
+  }
+
   /// Redis's own health (a `PING` when the breaker lets traffic through).
   pub async fn redis_health(&self) -> Json {
     let inner = &self.inner;

@@ -204,6 +204,12 @@ impl NativeCache {
     out
   }
 
+  /// The counters the alert rules sample (cheap: no walk of the memory tier).
+  #[napi(ts_return_type = "Record<string, any>")]
+  pub fn alert_inputs(&self) -> serde_json::Value {
+    self.cache.alert_inputs()
+  }
+
   /// The TTLs in force, in seconds, by name.
   #[napi(ts_return_type = "Record<string, number>")]
   pub fn ttl_config(&self) -> serde_json::Value {
