@@ -31,6 +31,10 @@ const SAMPLES_MAX = 100_000 // bound of the window, whatever windowMs / evaluate
 
 const round2 = (x) => Math.round(x * 100) / 100
 
+// Webhook URLs, out of every object's own properties, so that even
+// `console.log(adapter)` cannot print one.
+const webhookUrls = new WeakMap()
+
 /** The rules: each returns `null` (clear) or `{severity, value, threshold, message}`. */
 const RULES = {
   redis_disconnected(c, w, cfg) {
@@ -97,8 +101,9 @@ class Alerts {
    * @param {(event: {state: 'raised' | 'resolved', alert: object}) => void} notify
    */
   constructor(config, sample, notify) {
-    this.enabled = Boolean(config.enabled)
-    this.cfg = config
+    const { webhookUrl, ...cfg } = config
+    this.enabled = Boolean(cfg.enabled)
+    this.cfg = cfg
     this.sample = sample
     this.notify = notify
     // The counters start at zero with the adapter: that is the first baseline.
@@ -107,9 +112,8 @@ class Alerts {
     this.states = new Map(Object.keys(ALERTS).map((name) => [name, { active: null, candidate: null, candidateSince: 0 }]))
     this.timer = null
     this.counts = { evaluations: 0, evaluationFailures: 0, raised: 0, resolved: 0 }
+    if (webhookUrl) webhookUrls.set(this, new URL(webhookUrl))
     this.webhook = {
-      // Kept apart from every object that is ever shown.
-      url: config.webhookUrl ? new URL(config.webhookUrl) : null,
       queue: [],
       busy: false,
       sent: 0,
@@ -201,7 +205,7 @@ class Alerts {
     } catch (e) {
       process.emitWarning(`cache alerts: an 'alert' listener threw: ${e && e.message}`)
     }
-    if (this.webhook.url) this.post({ state, alert })
+    if (webhookUrls.has(this)) this.post({ state, alert })
   }
 
   /** The active alerts, most severe first. */
@@ -270,7 +274,7 @@ class Alerts {
         let delivered = false
         for (let attempt = 0; attempt < WEBHOOK_ATTEMPTS && !delivered; attempt++) {
           if (attempt > 0) await pause(WEBHOOK_BACKOFF_MS[attempt - 1])
-          const problem = await send(h.url, body)
+          const problem = await send(webhookUrls.get(this), body)
           if (problem === null) delivered = true
           else {
             h.failures++
