@@ -34,6 +34,13 @@ export declare class NativeCache {
   fallbackSet(map: string, key: string, json: string): void
   /** Counters, latency, mode, breaker, replay and memory-tier figures. */
   stats(): Record<string, any>
+  /**
+   * The alert settings in force, for `lib/alerts.js` (with the webhook URL:
+   * never put this object in any output).
+   */
+  alertsConfig(): Record<string, any>
+  /** The counters the alert rules sample (cheap: no walk of the memory tier). */
+  alertInputs(): Record<string, any>
   /** The TTLs in force, in seconds, by name. */
   ttlConfig(): Record<string, number>
   redisHealth(): Promise<Record<string, any>>

@@ -90,6 +90,97 @@ export interface CacheAdapterOptions {
   maxValueBytes?: number
   /** Called on every change of mode (as is the `modeChange` event). */
   onModeChange?: (event: ModeChangeEvent) => void
+  /** Alert rules and their webhook; `false` turns them off. Env: `REDIS_MONITORING_ENABLED=false`. */
+  alerts?: false | true | AlertOptions
+}
+
+/** Thresholds of the alerts (see README, Alerts). */
+export interface AlertThresholds {
+  /** `hit_rate_low` warning under this hit rate, in %. Env: `REDIS_ALERT_HIT_RATE_WARN_PCT`. Default 60. */
+  hitRateWarnPct?: number
+  /** `hit_rate_low` critical under this hit rate, in %. Env: `REDIS_ALERT_HIT_RATE_CRITICAL_PCT`. Default 30. */
+  hitRateCriticalPct?: number
+  /** `response_time_high` warning over this average, in ms. Env: `REDIS_ALERT_RESPONSE_TIME_WARN_MS`. Default 100. */
+  responseTimeWarnMs?: number
+  /** `response_time_high` critical over this average, in ms. Env: `REDIS_ALERT_RESPONSE_TIME_CRITICAL_MS`. Default 150. */
+  responseTimeCriticalMs?: number
+  /** `error_rate_high` (critical) over this share of calls failed on Redis, in %. Env: `REDIS_ALERT_ERROR_RATE_PCT`. Default 5. */
+  errorRatePct?: number
+  /** `redis_disconnected` (critical) once Redis has not answered for this long. Env: `REDIS_ALERT_DISCONNECTED_MS`. Default 30000. */
+  disconnectedMs?: number
+  /** `redis_memory_high` (warning) over this share of Redis's `maxmemory`, in %. Env: `REDIS_ALERT_MEMORY_PCT`. Default 80. */
+  memoryPct?: number
+  /** `journal_filling` (warning) over this share of `replayMaxEntries`, in %. Env: `REDIS_ALERT_JOURNAL_PCT`. Default 80. */
+  journalPct?: number
+}
+
+export interface AlertOptions {
+  /** Slack/Teams incoming-webhook URL, POSTed on each raise and resolve. A secret: never shown (stats show its host). Env: `REDIS_ALERT_WEBHOOK_URL`. */
+  webhookUrl?: string
+  /** How often the rules run and Redis is checked in the background (`PING`, `INFO memory`). Env: `REDIS_ALERT_EVALUATE_EVERY_MS`. Default 5000. */
+  evaluateEveryMs?: number
+  /** How long a condition must hold before it is raised, and be gone before it is resolved. Env: `REDIS_ALERT_FOR_MS`. Default 30000. */
+  forMs?: number
+  /** Sliding window of the rates (hit rate, response time, error rate). Env: `REDIS_ALERT_WINDOW_MS`. Default 60000. */
+  windowMs?: number
+  /** Calls a window needs before a rate alert can fire. Env: `REDIS_ALERT_MIN_SAMPLES`. Default 100. */
+  minSamples?: number
+  thresholds?: AlertThresholds
+}
+
+export type AlertName = 'redis_disconnected' | 'hit_rate_low' | 'response_time_high' | 'error_rate_high' | 'redis_memory_high' | 'journal_filling'
+
+export interface Alert {
+  name: AlertName
+  severity: 'warning' | 'critical'
+  /** ISO time since when the condition has held. */
+  since: string
+  /** The measure now: % for rates and memory, ms for response time, seconds for `redis_disconnected`. */
+  value: number
+  /** The threshold crossed, in the unit of `value`. */
+  threshold: number
+  /** One readable line. */
+  message: string
+}
+
+export interface AlertEvent {
+  state: 'raised' | 'resolved'
+  alert: Alert
+}
+
+/** `getStats().alerts`: the rules' and the webhook's counters. */
+export interface AlertStats {
+  enabled: boolean
+  active: number
+  evaluations: number
+  evaluationFailures: number
+  raised: number
+  resolved: number
+  /** The webhook's host, the only part of its URL ever shown. */
+  webhookHost: string | null
+  webhookSent: number
+  /** Failed attempts (timeout, refused, non-2xx). */
+  webhookFailures: number
+  /** Notifications given up after every attempt, or pushed out of the full queue. */
+  webhookDropped: number
+  webhookPending: number
+  /** An error code or `HTTP <status>`, never the URL. */
+  webhookLastError: string | null
+}
+
+/** `getStats().cache.redisWatch`: the background checks of Redis (alerts on, Redis enabled). */
+export interface RedisWatchStats {
+  checks: number
+  failures: number
+  lastCheckAt: number | null
+  lastOkAt: number | null
+  /** 0 while Redis answers; else ms since it last did. */
+  unreachableMs: number
+  lastFailure: string | null
+  pingMs: number
+  usedMemory: number
+  /** 0: no limit. */
+  maxmemory: number
 }
 
 export type Mode = 'redis' | 'memory'
@@ -148,6 +239,8 @@ export interface CacheCounters {
   connectionAttempts: number
   /** The old adapter's `cache.config` (`keyPrefix` written as it wrote it, ending in `:`), plus `maxValueBytes`. */
   config: LegacyCacheConfig & { maxValueBytes: number }
+  /** `null` when alerts are off or Redis is disabled. */
+  redisWatch: RedisWatchStats | null
 }
 
 // The old adapter's stats and health fields -------------------------------
@@ -235,6 +328,7 @@ export interface CacheStats {
   fallbackMaps: LegacyFallbackMaps & Record<string, number>
   /** The new counters, plus the old adapter's `redis`, `fallback` and `config`. */
   cache: CacheCounters & { redis: LegacyRedisMetrics; fallback: LegacyFallbackInfo }
+  alerts: AlertStats
 }
 
 export interface RedisHealth {
@@ -258,6 +352,8 @@ export interface HealthReport {
   redis: RedisHealth
   /** The counters of `getStats().cache`, plus the old adapter's `fallback`, `redis` and `cache`. */
   cache: CacheCounters & { fallback: LegacyFallbackInfo; redis: LegacyRedisHealth; cache: LegacyCacheHealth }
+  /** The active alerts, as `getAlerts()`. */
+  alerts: Alert[]
 }
 
 export interface MigrationResult {
@@ -282,6 +378,8 @@ export declare class CacheAdapter extends EventEmitter {
   readonly mode: Mode
 
   on(event: 'modeChange', listener: (event: ModeChangeEvent) => void): this
+  /** Each raise and resolve of an alert. */
+  on(event: 'alert', listener: (event: AlertEvent) => void): this
 
   // Domain methods
   getConversationContext(orgId: string | null | undefined, phone: string): Promise<JsonValue[] | null>
@@ -363,7 +461,9 @@ export declare class CacheAdapter extends EventEmitter {
 
   getStats(): Promise<CacheStats>
   healthCheck(): Promise<HealthReport>
-  /** Prometheus text exposition (version 0.0.4). */
+  /** The active alerts, critical first. */
+  getAlerts(): Promise<Alert[]>
+  /** Prometheus text exposition (version 0.0.4), with `cache_alert_active{alert,severity}` while alerts are on. */
   metrics(): Promise<string>
   /**
    * Waits for calls in flight, then stops. With writes journaled during an outage, first makes one attempt to

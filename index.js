@@ -11,6 +11,7 @@
 
 const { EventEmitter } = require('node:events')
 const { NativeCache, domainMethods, protocol, createOrgKey } = require('./binding.js')
+const { Alerts } = require('./lib/alerts.js')
 
 const OP = protocol()
 const ORG_NULL = OP.ORG_NULL
@@ -273,6 +274,8 @@ class CacheAdapter extends EventEmitter {
     this._inflightRequests = new Map()
     this._humanControl = new Map()
     this._closed = null
+    this._alerts = new Alerts(this._native.alertsConfig(), () => this._native.alertInputs(), (e) => this.emit('alert', e))
+    this._alerts.start()
   }
 
   /** Rust has completions ready. */
@@ -638,7 +641,18 @@ class CacheAdapter extends EventEmitter {
       },
       fallback: { size: stats.memory.entries, enabled: true },
     }
-    return { redisEnabled: stats.redisEnabled, ttlConfig: this._native.ttlConfig(), fallbackMaps: this._fallbackMaps(stats), cache }
+    return {
+      redisEnabled: stats.redisEnabled,
+      ttlConfig: this._native.ttlConfig(),
+      fallbackMaps: this._fallbackMaps(stats),
+      cache,
+      alerts: this._alerts.stats(),
+    }
+  }
+
+  /** The active alerts (see README, Alerts). */
+  async getAlerts() {
+    return this._alerts.active()
   }
 
   async healthCheck() {
@@ -667,12 +681,13 @@ class CacheAdapter extends EventEmitter {
         // The old cache layer's own health: it answers (from Redis or memory) until closed.
         cache: { status: this._closed ? 'unhealthy' : 'healthy', fallbackEnabled: true, fallbackSize: stats.memory.entries },
       },
+      alerts: this._alerts.active(),
     }
   }
 
   /** Prometheus text exposition of the counters, gauges and latency histogram. */
   async metrics() {
-    return this._native.metrics()
+    return this._native.metrics() + this._alerts.metricsText()
   }
 
   get mode() {
@@ -687,6 +702,7 @@ class CacheAdapter extends EventEmitter {
   close() {
     if (this._closed) return this._closed
     this._closed = (async () => {
+      this._alerts.stop()
       this._batch.flush()
       const deadline = Date.now() + 5000
       while (this._batch.pending > 0 && Date.now() < deadline) {

@@ -56,6 +56,7 @@ pub struct Config {
   pub replay_max_bytes: usize,
   /// Largest value (bytes of its JSON text) a call may store; index.js checks it before queuing.
   pub max_value_bytes: u64,
+  pub alerts: AlertsConfig,
 }
 
 impl Config {
@@ -129,6 +130,7 @@ fn resolve_unredacted(options: &Value, env: &dyn Fn(&str) -> Option<String>) -> 
     "replayMaxBytes",
     "maxValueBytes",
     "onModeChange",
+    "alerts",
   ];
   if let Some(unknown) = opts.keys().find(|k| !known.contains(&k.as_str())) {
     return Err(CacheError::new(ErrorKind::Type, format!("options.{unknown} is not a known option")));
@@ -207,6 +209,7 @@ fn resolve_unredacted(options: &Value, env: &dyn Fn(&str) -> Option<String>) -> 
       MAX_VALUE_BYTES_LIMIT,
       DEFAULT_MAX_VALUE_BYTES,
     )?,
+    alerts: resolve_alerts(opts.get("alerts"), env)?,
   })
 }
 
@@ -419,6 +422,183 @@ impl Opts<'_> {
   }
 }
 
+/// A value that must never be printed (a webhook URL carries its token).
+#[derive(Clone, PartialEq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+  fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+    f.write_str("Secret(<redacted>)")
+  }
+}
+
+/// The alert rules' settings (option `alerts`, environment `REDIS_ALERT_*`).
+/// The rules run in JavaScript (`lib/alerts.js`); the core uses `enabled` and
+/// `evaluate_every` for its background watch of Redis.
+#[derive(Debug, Clone)]
+pub struct AlertsConfig {
+  pub enabled: bool,
+  /// Slack/Teams incoming-webhook URL: a secret, never shown (only its host).
+  pub webhook_url: Option<Secret>,
+  pub evaluate_every: Duration,
+  /// How long a condition must hold before it is raised, and be gone before it is resolved.
+  pub hold: Duration,
+  /// The sliding window of the rate alerts.
+  pub window: Duration,
+  /// Calls a window needs before a rate alert can fire.
+  pub min_samples: u64,
+  /// Values of [`ALERT_THRESHOLDS`], in its order.
+  pub thresholds: [f64; ALERT_THRESHOLDS.len()],
+}
+
+/// Each threshold: option name (under `alerts.thresholds`), environment name, default, range.
+pub const ALERT_THRESHOLDS: [(&str, &str, f64, f64, f64); 8] = [
+  ("hitRateWarnPct", "REDIS_ALERT_HIT_RATE_WARN_PCT", 60.0, 0.0, 100.0),
+  ("hitRateCriticalPct", "REDIS_ALERT_HIT_RATE_CRITICAL_PCT", 30.0, 0.0, 100.0),
+  ("responseTimeWarnMs", "REDIS_ALERT_RESPONSE_TIME_WARN_MS", 100.0, 0.0, 3_600_000.0),
+  ("responseTimeCriticalMs", "REDIS_ALERT_RESPONSE_TIME_CRITICAL_MS", 150.0, 0.0, 3_600_000.0),
+  ("errorRatePct", "REDIS_ALERT_ERROR_RATE_PCT", 5.0, 0.0, 100.0),
+  ("disconnectedMs", "REDIS_ALERT_DISCONNECTED_MS", 30_000.0, 0.0, 86_400_000.0),
+  ("memoryPct", "REDIS_ALERT_MEMORY_PCT", 80.0, 0.0, 100.0),
+  ("journalPct", "REDIS_ALERT_JOURNAL_PCT", 80.0, 0.0, 100.0),
+];
+
+impl AlertsConfig {
+  pub fn threshold(&self, name: &str) -> f64 {
+    ALERT_THRESHOLDS.iter().position(|t| t.0 == name).map_or(f64::NAN, |i| self.thresholds[i])
+  }
+
+  /// The settings as JavaScript reads them; `webhookUrl` included, so this
+  /// object is for the alert rules only, never for any output.
+  pub fn to_json(&self) -> Value {
+    let thresholds: Map<String, Value> =
+      ALERT_THRESHOLDS.iter().zip(self.thresholds).map(|(t, v)| (t.0.to_string(), Value::from(v))).collect();
+    serde_json::json!({
+      "enabled": self.enabled,
+      "webhookUrl": self.webhook_url.as_ref().map(|Secret(url)| url.clone()),
+      "webhookHost": self.webhook_host(),
+      "evaluateEveryMs": self.evaluate_every.as_millis() as u64,
+      "forMs": self.hold.as_millis() as u64,
+      "windowMs": self.window.as_millis() as u64,
+      "minSamples": self.min_samples,
+      "thresholds": thresholds,
+    })
+  }
+
+  /// The host of the webhook URL, the only part of it that may be shown.
+  pub fn webhook_host(&self) -> Option<String> {
+    self.webhook_url.as_ref().and_then(|Secret(url)| url_host(url)).map(str::to_string)
+  }
+}
+
+/// `http(s)://[user@]host[:port]/...` → `host[:port]`.
+fn url_host(url: &str) -> Option<&str> {
+  let rest = url.strip_prefix("https://").or_else(|| url.strip_prefix("http://"))?;
+  let authority = rest.split(['/', '?', '#']).next()?;
+  let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+  Some(host).filter(|h| !h.is_empty() && !h.starts_with(':'))
+}
+
+fn resolve_alerts(option: Option<&Value>, env: &dyn Fn(&str) -> Option<String>) -> Result<AlertsConfig, CacheError> {
+  let empty = Map::new();
+  let (enabled, opts) = match option {
+    None => {
+      let off =
+        env("REDIS_MONITORING_ENABLED").is_some_and(|v| v.trim().eq_ignore_ascii_case("false") || v.trim() == "0");
+      (!off, &empty)
+    }
+    Some(Value::Bool(on)) => (*on, &empty),
+    Some(Value::Object(map)) => (true, map),
+    Some(_) => return Err(type_err("options.alerts", "false, true or an object of alert settings")),
+  };
+  const KNOWN: [&str; 6] = ["webhookUrl", "evaluateEveryMs", "forMs", "windowMs", "minSamples", "thresholds"];
+  if let Some(unknown) = opts.keys().find(|k| !KNOWN.contains(&k.as_str())) {
+    return Err(CacheError::new(ErrorKind::Type, format!("options.alerts.{unknown} is not a known alert setting")));
+  }
+  // A number from `map[name]` (labelled `label`), else the environment, else the default.
+  let number = |map: &Map<String, Value>, label: &str, name: &str, env_name: &str, default: f64, min: f64, max: f64| {
+    let (value, label) = match map.get(name).filter(|v| !v.is_null()) {
+      Some(v) => {
+        (v.as_f64().ok_or_else(|| type_err(&format!("{label}.{name}"), "a number"))?, format!("{label}.{name}"))
+      }
+      None => match env(env_name).filter(|s| !s.trim().is_empty()) {
+        Some(s) => (s.trim().parse::<f64>().map_err(|_| type_err(env_name, "a number"))?, env_name.to_string()),
+        None => return Ok(default),
+      },
+    };
+    if !value.is_finite() || value < min || value > max {
+      return Err(CacheError::new(ErrorKind::Range, format!("{label} must be from {min} to {max}, got {value}")));
+    }
+    Ok(value)
+  };
+  let whole = |name: &str, env_name: &str, default: f64, min: f64, max: f64| -> Result<u64, CacheError> {
+    let v = number(opts, "options.alerts", name, env_name, default, min, max)?;
+    if v.fract() != 0.0 {
+      return Err(CacheError::new(ErrorKind::Range, format!("options.alerts.{name} must be a whole number, got {v}")));
+    }
+    Ok(v as u64)
+  };
+
+  let webhook_url = match opts.get("webhookUrl").filter(|v| !v.is_null()) {
+    Some(Value::String(s)) => Some(s.clone()),
+    Some(_) => return Err(type_err("options.alerts.webhookUrl", "an http(s) URL string")),
+    None => env("REDIS_ALERT_WEBHOOK_URL").map(|s| s.trim().to_string()).filter(|s| !s.is_empty()),
+  };
+  // The message never repeats the URL: it carries a secret token.
+  if let Some(url) = &webhook_url {
+    if url_host(url).is_none() {
+      return Err(type_err("options.alerts.webhookUrl (or REDIS_ALERT_WEBHOOK_URL)", "an http:// or https:// URL"));
+    }
+  }
+
+  let empty_thresholds = Map::new();
+  let given = match opts.get("thresholds") {
+    None | Some(Value::Null) => &empty_thresholds,
+    Some(Value::Object(map)) => map,
+    Some(_) => return Err(type_err("options.alerts.thresholds", "an object of thresholds")),
+  };
+  if let Some(unknown) = given.keys().find(|k| !ALERT_THRESHOLDS.iter().any(|t| t.0 == k.as_str())) {
+    return Err(CacheError::new(
+      ErrorKind::Type,
+      format!("options.alerts.thresholds.{unknown} is not a known threshold"),
+    ));
+  }
+  let mut thresholds = [0.0; ALERT_THRESHOLDS.len()];
+  for (slot, (name, env_name, default, min, max)) in thresholds.iter_mut().zip(ALERT_THRESHOLDS) {
+    *slot = number(given, "options.alerts.thresholds", name, env_name, default, min, max)?;
+  }
+  let config = AlertsConfig {
+    enabled,
+    webhook_url: webhook_url.map(Secret),
+    evaluate_every: Duration::from_millis(whole(
+      "evaluateEveryMs",
+      "REDIS_ALERT_EVALUATE_EVERY_MS",
+      5000.0,
+      10.0,
+      3_600_000.0,
+    )?),
+    hold: Duration::from_millis(whole("forMs", "REDIS_ALERT_FOR_MS", 30_000.0, 0.0, 86_400_000.0)?),
+    window: Duration::from_millis(whole("windowMs", "REDIS_ALERT_WINDOW_MS", 60_000.0, 100.0, 86_400_000.0)?),
+    min_samples: whole("minSamples", "REDIS_ALERT_MIN_SAMPLES", 100.0, 1.0, 1e9)?,
+    thresholds,
+  };
+  // A warning must come before its critical level, or the critical one could never show.
+  let pairs = [("hitRateCriticalPct", "hitRateWarnPct"), ("responseTimeWarnMs", "responseTimeCriticalMs")];
+  for (low, high) in pairs {
+    if config.threshold(low) > config.threshold(high) {
+      return Err(CacheError::new(
+        ErrorKind::Range,
+        format!(
+          "options.alerts.thresholds.{low} ({}) must not exceed {high} ({})",
+          config.threshold(low),
+          config.threshold(high)
+        ),
+      ));
+    }
+  }
+  Ok(config)
+}
+
 #[cfg(test)]
 mod tests {
   use super::*;
@@ -538,5 +718,42 @@ mod tests {
     assert_eq!(e.message, "options.*** is not a known option");
     let e = resolve(&json!({ "url": "redis://:p%40ss@h", "ttl": { "p@ss": 1 } }), &no_env).unwrap_err();
     assert_eq!(e.message, "options.ttl.*** is not a known TTL name");
+  }
+
+  #[test]
+  fn alerts_default_to_the_seeds_and_read_the_environment() {
+    let c = resolve(&Value::Null, &no_env).unwrap().alerts;
+    assert!(c.enabled);
+    assert_eq!((c.hold, c.window, c.min_samples), (Duration::from_secs(30), Duration::from_secs(60), 100));
+    assert_eq!(c.threshold("hitRateCriticalPct"), 30.0);
+    assert_eq!(c.threshold("responseTimeCriticalMs"), 150.0);
+    assert_eq!(c.threshold("disconnectedMs"), 30_000.0);
+    let env = |k: &str| match k {
+      "REDIS_ALERT_WEBHOOK_URL" => Some("https://hooks.example.com/services/T0/B0/tok3n".to_string()),
+      "REDIS_ALERT_MEMORY_PCT" => Some("90".to_string()),
+      _ => None,
+    };
+    let c = resolve(&json!({"alerts": {"forMs": 300, "thresholds": {"errorRatePct": 2.5}}}), &env).unwrap().alerts;
+    assert_eq!(c.hold, Duration::from_millis(300));
+    assert_eq!((c.threshold("errorRatePct"), c.threshold("memoryPct")), (2.5, 90.0));
+    assert_eq!(c.webhook_host().as_deref(), Some("hooks.example.com"));
+    assert!(!format!("{c:?}").contains("tok3n"), "Debug must not show the webhook URL");
+    let off = |k: &str| (k == "REDIS_MONITORING_ENABLED").then(|| "false".to_string());
+    assert!(!resolve(&Value::Null, &off).unwrap().alerts.enabled);
+    assert!(!resolve(&json!({"alerts": false}), &no_env).unwrap().alerts.enabled);
+  }
+
+  #[test]
+  fn bad_alert_settings_name_the_setting_and_never_echo_the_url() {
+    let e = resolve(&json!({"alerts": {"thresholds": {"memoryPct": 120}}}), &no_env).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Range);
+    assert!(e.message.contains("options.alerts.thresholds.memoryPct"), "{}", e.message);
+    let e = resolve(&json!({"alerts": {"webhookUrl": "ftp://x/s3cret"}}), &no_env).unwrap_err();
+    assert!(e.message.contains("webhookUrl") && !e.message.contains("s3cret"), "{}", e.message);
+    let e = resolve(&json!({"alerts": {"thresholds": {"hitRateWarnPct": 20}}}), &no_env).unwrap_err();
+    assert!(e.message.contains("hitRateCriticalPct"), "{}", e.message);
+    assert!(resolve(&json!({"alerts": {"nope": 1}}), &no_env).unwrap_err().message.contains("options.alerts.nope"));
+    assert!(resolve(&json!({"alerts": {"forMs": 1.5}}), &no_env).unwrap_err().message.contains("options.alerts.forMs"));
+    assert_eq!(resolve(&json!({"alerts": "on"}), &no_env).unwrap_err().kind, ErrorKind::Type);
   }
 }

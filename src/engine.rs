@@ -34,6 +34,7 @@ use crate::replay;
 use crate::tiers;
 use crate::tiers::memory::MemoryTier;
 use crate::tiers::redis::{Outcome, RedisTier, Unavailable};
+use crate::watch::{self, RedisWatch};
 
 /// Where calls are being answered from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,6 +86,7 @@ struct Inner {
   /// adapter's `connectionAttempts`).
   connection_attempts: AtomicU64,
   runtime: Handle,
+  watch: RedisWatch,
 }
 
 impl Drop for Inner {
@@ -119,11 +121,16 @@ impl Cache {
       closed: AtomicBool::new(false),
       connection_attempts: AtomicU64::new(0),
       runtime: runtime.clone(),
+      watch: RedisWatch::default(),
       redis,
       cfg,
     });
     if inner.redis.is_some() {
       runtime.spawn(supervise(Arc::downgrade(&inner)));
+      if inner.cfg.alerts.enabled {
+        let every = inner.cfg.alerts.evaluate_every;
+        runtime.spawn(watch::run(Arc::downgrade(&inner), every, Inner::watched, Inner::watch_failed));
+      }
     }
     Cache { inner }
   }
@@ -327,6 +334,28 @@ impl Cache {
         "compressionThreshold": inner.cfg.compression_threshold,
         "maxValueBytes": inner.cfg.max_value_bytes,
       },
+      "redisWatch": inner.redis.as_ref().filter(|_| inner.cfg.alerts.enabled).map(|_| inner.watch.stats()),
+    })
+  }
+
+  /// The counters the alert rules sample on every evaluation: atomics only,
+  /// unlike `stats()`, which walks the memory tier.
+  pub fn alert_inputs(&self) -> Json {
+    let inner = &self.inner;
+    let m = &inner.metrics;
+    let latency = m.latency();
+    json!({
+      "redisEnabled": inner.redis.is_some(),
+      "hits": m.hits.load(Relaxed),
+      "misses": m.misses.load(Relaxed),
+      "operations": m.operations.load(Relaxed),
+      "errors": m.errors.load(Relaxed),
+      "servedFromMemory": m.served_from_memory.load(Relaxed),
+      "latencyCount": latency.count,
+      "latencySumMs": latency.mean_ms * latency.count as f64,
+      "replayPending": inner.journal.len(),
+      "replayMaxEntries": inner.cfg.replay_max_entries,
+      "redisWatch": inner.redis.as_ref().filter(|_| inner.cfg.alerts.enabled).map(|_| inner.watch.stats()),
     })
   }
 
@@ -413,6 +442,23 @@ impl Inner {
     if self.breaker.record_failure() {
       self.set_mode(Mode::Memory, &error);
       self.wake.notify_one();
+    }
+  }
+
+  /// What the background watch of Redis needs; `None` once closed.
+  fn watched(&self) -> Option<(&RedisTier, &RedisWatch)> {
+    if self.closed.load(Ordering::Acquire) {
+      return None;
+    }
+    Some((self.redis.as_ref()?, &self.watch))
+  }
+
+  /// A failed watch check counts toward the breaker while it is closed: an
+  /// idle adapter then switches to memory before a caller pays a timeout.
+  /// While it is open, the supervisor's probes alone decide.
+  fn watch_failed(&self, e: Unavailable) {
+    if self.breaker.allows_traffic() {
+      self.redis_failed(e);
     }
   }
 

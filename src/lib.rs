@@ -33,6 +33,7 @@ pub mod metrics;
 pub mod redact;
 pub mod replay;
 pub mod tiers;
+pub mod watch;
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
@@ -236,6 +237,23 @@ impl NativeCache {
       test_panic_point("stats");
       Ok(self.cache.stats())
     })
+  }
+
+  /// The alert settings in force, for `lib/alerts.js` (with the webhook URL:
+  /// never put this object in any output).
+  #[napi(ts_return_type = "Record<string, any>")]
+  pub fn alerts_config(&self) -> serde_json::Value {
+    let cfg = self.cache.config();
+    let mut out = cfg.alerts.to_json();
+    out["service"] = cfg.key_prefix.clone().into();
+    out["redisEnabled"] = cfg.redis.is_some().into();
+    out
+  }
+
+  /// The counters the alert rules sample (cheap: no walk of the memory tier).
+  #[napi(ts_return_type = "Record<string, any>")]
+  pub fn alert_inputs(&self) -> serde_json::Value {
+    self.cache.alert_inputs()
   }
 
   /// The TTLs in force, in seconds, by name.
