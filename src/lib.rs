@@ -368,11 +368,14 @@ fn protocol_table() -> serde_json::Value {
   ts_return_type = "Promise<{ ok: boolean; target: string; checks: Array<{ name: string; status: 'pass' | 'warn' | 'fail'; detail: string }> }>"
 )]
 pub async fn doctor(options_json: String) -> Result<serde_json::Value> {
-  let report = match doctor::configure(&options_json, &|name| std::env::var(name).ok()) {
-    Ok(cfg) => doctor::run(&cfg).await,
-    Err(report) => *report,
-  };
-  serde_json::to_value(report).map_err(|e| Error::from_reason(e.to_string()))
+  contain_async(async {
+    let report = match doctor::configure(&options_json, &|name| std::env::var(name).ok()) {
+      Ok(cfg) => doctor::run(&cfg).await,
+      Err(report) => *report,
+    };
+    serde_json::to_value(report).map_err(|e| Error::from_reason(e.to_string()))
+  })
+  .await
 }
 
 /// `orgId:digits`, or the digits alone with no org.
