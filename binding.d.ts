@@ -74,6 +74,13 @@ export declare function __testPanicOnce(at: string): void
 /** `orgId:digits`, or the digits alone with no org. */
 export declare function createOrgKey(orgId: string | undefined | null, phone: string): string
 
+/**
+ * `npx native-cache-adapter doctor`: resolves the options (JSON) and the
+ * environment as the adapter does, checks the Redis they point at, and
+ * resolves to the report (a bad option is a failed `config` line).
+ */
+export declare function doctor(optionsJson: string): Promise<{ ok: boolean; target: string; checks: Array<{ name: string; status: 'pass' | 'warn' | 'fail'; detail: string }> }>
+
 /** The domain table: the JavaScript class builds its methods from it. */
 export declare function domainMethods(): Array<Record<string, any>>
 

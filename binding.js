@@ -838,5 +838,6 @@ module.exports = nativeBinding
 module.exports.NativeCache = nativeBinding.NativeCache
 module.exports.__testPanicOnce = nativeBinding.__testPanicOnce
 module.exports.createOrgKey = nativeBinding.createOrgKey
+module.exports.doctor = nativeBinding.doctor
 module.exports.domainMethods = nativeBinding.domainMethods
 module.exports.protocol = nativeBinding.protocol

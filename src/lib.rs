@@ -23,6 +23,7 @@ pub mod batch;
 pub mod breaker;
 pub mod codec;
 pub mod config;
+pub mod doctor;
 pub mod domain;
 pub mod engine;
 pub mod error;
@@ -377,6 +378,23 @@ fn protocol_table() -> serde_json::Value {
   }
   map.insert("ORG_NULL".into(), serde_json::json!(batch::ORG_NULL));
   serde_json::Value::Object(map)
+}
+
+/// `npx native-cache-adapter doctor`: resolves the options (JSON) and the
+/// environment as the adapter does, checks the Redis they point at, and
+/// resolves to the report (a bad option is a failed `config` line).
+#[napi(
+  ts_return_type = "Promise<{ ok: boolean; target: string; checks: Array<{ name: string; status: 'pass' | 'warn' | 'fail'; detail: string }> }>"
+)]
+pub async fn doctor(options_json: String) -> Result<serde_json::Value> {
+  contain_async(async {
+    let report = match doctor::configure(&options_json, &|name| std::env::var(name).ok()) {
+      Ok(cfg) => doctor::run(&cfg).await,
+      Err(report) => *report,
+    };
+    serde_json::to_value(report).map_err(|e| Error::from_reason(e.to_string()))
+  })
+  .await
 }
 
 /// `orgId:digits`, or the digits alone with no org.

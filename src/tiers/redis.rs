@@ -300,7 +300,7 @@ fn unavailable(e: RedisError) -> Unavailable {
   Unavailable(crate::redact::mask_userinfo(&e.to_string()))
 }
 
-fn load_certs(tls: Option<&TlsFiles>) -> Result<Option<redis::TlsCertificates>, String> {
+pub fn load_certs(tls: Option<&TlsFiles>) -> Result<Option<redis::TlsCertificates>, String> {
   let Some(files) = tls else { return Ok(None) };
   let read = |path: &Option<String>| -> Result<Option<Vec<u8>>, String> {
     path.as_ref().map(|p| std::fs::read(p).map_err(|e| format!("cannot read TLS file {p}: {e}"))).transpose()
