@@ -34,6 +34,13 @@ export declare class NativeCache {
   fallbackSet(map: string, key: string, json: string): void
   /** Counters, latency, mode, breaker, replay and memory-tier figures. */
   stats(): Record<string, any>
+  /**
+   * The alert settings in force, for `lib/alerts.js` (with the webhook URL:
+   * never put this object in any output).
+   */
+  alertsConfig(): Record<string, any>
+  /** The counters the alert rules sample (cheap: no walk of the memory tier). */
+  alertInputs(): Record<string, any>
   /** The TTLs in force, in seconds, by name. */
   ttlConfig(): Record<string, number>
   redisHealth(): Promise<Record<string, any>>
@@ -41,12 +48,38 @@ export declare class NativeCache {
   metrics(): string
   mode(): string
   redisEnabled(): boolean
-  /** Stops background work and drops the connections. Idempotent. */
-  close(): void
+  /**
+   * Stops background work and drops the connections, after one bounded
+   * attempt to replay writes journaled during an outage; resolves to how
+   * many writes could not be replayed. Idempotent.
+   */
+  close(): Promise<number>
 }
+
+/**
+ * TEST ONLY: makes the next pass through one entry point panic, once, so a
+ * test can prove the panic reaches the caller as an error (not an abort or
+ * a hang) and that the adapter works afterwards. `at` is one of
+ * `constructor`, `batchDecode`, `batchExecute`, `getOrLoad`, `stats`,
+ * `health`, `metrics`, `fallback`. Not part of the `CacheAdapter` API.
+ *
+ * Why this shape: the shipped (release) binary is the one that must catch
+ * panics, so the hook is compiled into every build rather than under
+ * `cfg(debug_assertions)`; and it is reachable only by code that calls this
+ * function by name, never through data (a key or value) or the environment,
+ * so neither callers' input nor an operator's settings can trip it.
+ */
+export declare function __testPanicOnce(at: string): void
 
 /** `orgId:digits`, or the digits alone with no org. */
 export declare function createOrgKey(orgId: string | undefined | null, phone: string): string
+
+/**
+ * `npx native-cache-adapter doctor`: resolves the options (JSON) and the
+ * environment as the adapter does, checks the Redis they point at, and
+ * resolves to the report (a bad option is a failed `config` line).
+ */
+export declare function doctor(optionsJson: string): Promise<{ ok: boolean; target: string; checks: Array<{ name: string; status: 'pass' | 'warn' | 'fail'; detail: string }> }>
 
 /** The domain table: the JavaScript class builds its methods from it. */
 export declare function domainMethods(): Array<Record<string, any>>

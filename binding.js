@@ -836,6 +836,8 @@ function __napiStampBindingTarget(exportsObject, target) {
 module.exports.__napiBindingTarget = __napiStampBindingTarget(nativeBinding, __napiLoadedBindingTarget)
 module.exports = nativeBinding
 module.exports.NativeCache = nativeBinding.NativeCache
+module.exports.__testPanicOnce = nativeBinding.__testPanicOnce
 module.exports.createOrgKey = nativeBinding.createOrgKey
+module.exports.doctor = nativeBinding.doctor
 module.exports.domainMethods = nativeBinding.domainMethods
 module.exports.protocol = nativeBinding.protocol

@@ -77,10 +77,110 @@ export interface CacheAdapterOptions {
   memoryMaxBytes?: number
   /** How long `getOrLoad` waits for a loader before its callers get an error. Default 10000. */
   loaderTimeoutMs?: number
-  /** Most writes kept for replay after an outage (the oldest beyond it are dropped and counted). Default 100000. */
+  /** Most writes kept for replay after an outage (beyond it the oldest become tombstones, counted as dropped). Default 100000. */
   replayMaxEntries?: number
+  /**
+   * Most key and JSON bytes kept for replay after an outage (beyond it the oldest become tombstones, counted as
+   * dropped). Env: `CACHE_REPLAY_MAX_BYTES`. Default half of `memoryMaxBytes`.
+   */
+  replayMaxBytes?: number
+   * Largest value a call may store, in bytes of its JSON text (UTF-8); a larger one is a `RangeError` and nothing
+   * is written. 1 to 512 MiB (Redis's own limit). Env: `CACHE_MAX_VALUE_BYTES`. Default 8 MiB.
+   */
+  maxValueBytes?: number
   /** Called on every change of mode (as is the `modeChange` event). */
   onModeChange?: (event: ModeChangeEvent) => void
+  /** Alert rules and their webhook; `false` turns them off. Env: `REDIS_MONITORING_ENABLED=false`. */
+  alerts?: false | true | AlertOptions
+}
+
+/** Thresholds of the alerts (see README, Alerts). */
+export interface AlertThresholds {
+  /** `hit_rate_low` warning under this hit rate, in %. Env: `REDIS_ALERT_HIT_RATE_WARN_PCT`. Default 60. */
+  hitRateWarnPct?: number
+  /** `hit_rate_low` critical under this hit rate, in %. Env: `REDIS_ALERT_HIT_RATE_CRITICAL_PCT`. Default 30. */
+  hitRateCriticalPct?: number
+  /** `response_time_high` warning over this average, in ms. Env: `REDIS_ALERT_RESPONSE_TIME_WARN_MS`. Default 100. */
+  responseTimeWarnMs?: number
+  /** `response_time_high` critical over this average, in ms. Env: `REDIS_ALERT_RESPONSE_TIME_CRITICAL_MS`. Default 150. */
+  responseTimeCriticalMs?: number
+  /** `error_rate_high` (critical) over this share of calls failed on Redis, in %. Env: `REDIS_ALERT_ERROR_RATE_PCT`. Default 5. */
+  errorRatePct?: number
+  /** `redis_disconnected` (critical) once Redis has not answered for this long. Env: `REDIS_ALERT_DISCONNECTED_MS`. Default 30000. */
+  disconnectedMs?: number
+  /** `redis_memory_high` (warning) over this share of Redis's `maxmemory`, in %. Env: `REDIS_ALERT_MEMORY_PCT`. Default 80. */
+  memoryPct?: number
+  /** `journal_filling` (warning) over this share of `replayMaxEntries`, in %. Env: `REDIS_ALERT_JOURNAL_PCT`. Default 80. */
+  journalPct?: number
+}
+
+export interface AlertOptions {
+  /** Slack/Teams incoming-webhook URL, POSTed on each raise and resolve. A secret: never shown (stats show its host). Env: `REDIS_ALERT_WEBHOOK_URL`. */
+  webhookUrl?: string
+  /** How often the rules run and Redis is checked in the background (`PING`, `INFO memory`). Env: `REDIS_ALERT_EVALUATE_EVERY_MS`. Default 5000. */
+  evaluateEveryMs?: number
+  /** How long a condition must hold before it is raised, and be gone before it is resolved. Env: `REDIS_ALERT_FOR_MS`. Default 30000. */
+  forMs?: number
+  /** Sliding window of the rates (hit rate, response time, error rate). Env: `REDIS_ALERT_WINDOW_MS`. Default 60000. */
+  windowMs?: number
+  /** Calls a window needs before a rate alert can fire. Env: `REDIS_ALERT_MIN_SAMPLES`. Default 100. */
+  minSamples?: number
+  thresholds?: AlertThresholds
+}
+
+export type AlertName = 'redis_disconnected' | 'hit_rate_low' | 'response_time_high' | 'error_rate_high' | 'redis_memory_high' | 'journal_filling'
+
+export interface Alert {
+  name: AlertName
+  severity: 'warning' | 'critical'
+  /** ISO time since when the condition has held. */
+  since: string
+  /** The measure now: % for rates and memory, ms for response time, seconds for `redis_disconnected`. */
+  value: number
+  /** The threshold crossed, in the unit of `value`. */
+  threshold: number
+  /** One readable line. */
+  message: string
+}
+
+export interface AlertEvent {
+  state: 'raised' | 'resolved'
+  alert: Alert
+}
+
+/** `getStats().alerts`: the rules' and the webhook's counters. */
+export interface AlertStats {
+  enabled: boolean
+  active: number
+  evaluations: number
+  evaluationFailures: number
+  raised: number
+  resolved: number
+  /** The webhook's host, the only part of its URL ever shown. */
+  webhookHost: string | null
+  webhookSent: number
+  /** Failed attempts (timeout, refused, non-2xx). */
+  webhookFailures: number
+  /** Notifications given up after every attempt, or pushed out of the full queue. */
+  webhookDropped: number
+  webhookPending: number
+  /** An error code or `HTTP <status>`, never the URL. */
+  webhookLastError: string | null
+}
+
+/** `getStats().cache.redisWatch`: the background checks of Redis (alerts on, Redis enabled). */
+export interface RedisWatchStats {
+  checks: number
+  failures: number
+  lastCheckAt: number | null
+  lastOkAt: number | null
+  /** 0 while Redis answers; else ms since it last did. */
+  unreachableMs: number
+  lastFailure: string | null
+  pingMs: number
+  usedMemory: number
+  /** 0: no limit. */
+  maxmemory: number
 }
 
 export type Mode = 'redis' | 'memory'
@@ -109,24 +209,126 @@ export interface CacheCounters {
   servedFromMemory: number
   deduplicatedReads: number
   loaderCalls: number
+  /** Stored values under our keys that were neither this adapter's format nor the old adapter's JSON; each read as a miss. */
+  corrupt: number
   latency: { count: number; meanMs: number; p50Ms: number; p99Ms: number }
   /** `'disabled'` when Redis is disabled by configuration. */
   breaker: { state: 'closed' | 'open' | 'half-open' | 'disabled'; consecutiveFailures: number; threshold: number; cooldownMs: number }
   /** Times the breaker opened. */
   outages: number
   lastError: string | null
-  replay: { pending: number; replayed: number; dropped: number; maxEntries: number }
+  replay: {
+    /** Values, deltas, deletes and tenant clears waiting for replay. */
+    pending: number
+    /** Forgotten writes whose keys still get a write-time-checked delete on replay. */
+    tombstones: number
+    /** Key and JSON bytes of the pending writes. */
+    bytes: number
+    replayed: number
+    /** Writes whose value or delta the journal forgot (bounds, or refused by Redis). */
+    dropped: number
+    maxEntries: number
+    maxBytes: number
+  }
   memory: { entries: number; bytes: number; maxEntries: number; maxBytes: number }
   pool: { size: number; connections: number }
   entriesByKind: Record<string, number>
+  /** Sizes of the single-flight maps: reads of one key being shared, and `getOrLoad` loads under way. */
+  inflight: { reads: number; loads: number }
+  /** Times the adapter dialled Redis or probed it after an outage. */
+  connectionAttempts: number
+  /** The old adapter's `cache.config` (`keyPrefix` written as it wrote it, ending in `:`), plus `maxValueBytes`. */
+  config: LegacyCacheConfig & { maxValueBytes: number }
+  /** `null` when alerts are off or Redis is disabled. */
+  redisWatch: RedisWatchStats | null
+}
+
+// The old adapter's stats and health fields -------------------------------
+// The JavaScript adapter this package replaces returned these; the server's
+// health consumers and deployment checks read them, so they stay, with the
+// old names and types, next to the new fields.
+
+/** The old adapter's seven in-process maps (`getStats().fallbackMaps`). */
+export interface LegacyFallbackMaps {
+  /** 0: this adapter keeps no such map (conversation contexts count under `conversationContexts`). */
+  activeConversations: number
+  /** Requests remembered with `setInflightRequest` and not settled yet. */
+  inflightRequests: number
+  /** Sessions set with `setHumanControlSession`. */
+  humanControlSessions: number
+  /** 0: this adapter keeps no such map. */
+  humanControlQueue: number
+  /** 0: this adapter keeps no such map. */
+  pendingDatabaseWrites: number
+  /** 0: this adapter keeps no such map. */
+  conversationMetadata: number
+  /** 0: this adapter keeps no such map. */
+  activeCallSessions: number
+}
+
+/** The old adapter's `getStats().cache.redis`: its Redis connection metrics. */
+export interface LegacyRedisMetrics {
+  /** As `cache.hits`. */
+  hits: number
+  /** As `cache.misses`. */
+  misses: number
+  /** Failed Redis round trips (as `cache.redisErrors`). */
+  errors: number
+  /** `cache.hitRate` as a percentage string, `"NN.NN%"`. */
+  hitRate: string
+  /** `cache.latency.meanMs` as `"N.NNms"`. */
+  avgResponseTime: string
+  /** Redis enabled, the breaker closed (mode `'redis'`) and connections open. */
+  isConnected: boolean
+  /** As `cache.connectionAttempts`. */
+  connectionAttempts: number
+}
+
+/** The old adapter's `getStats().cache.config`. */
+export interface LegacyCacheConfig {
+  /** `keyPrefix` as the old adapter wrote it, ending in `:` (`'jack:dev:'`). */
+  keyPrefix: string
+  /** Seconds, for the generic methods (`CACHE_DEFAULT_TTL`, else 7200). */
+  defaultTTL: number
+  compressionThreshold: number
+}
+
+/** The old adapter's `cache.fallback`: the memory tier, always on. */
+export interface LegacyFallbackInfo {
+  /** Entries in the memory tier (as `cache.memory.entries`). */
+  size: number
+  enabled: true
+}
+
+/** The old adapter's `healthCheck().cache.redis`. */
+export interface LegacyRedisHealth {
+  /** `'unhealthy'` also while Redis is disabled by configuration (with `error` saying so). */
+  status: 'healthy' | 'unhealthy'
+  /** Round trip of a `PING`, whole milliseconds (`"0ms"`); present when healthy. */
+  responseTime?: string
+  /** Redis's `used_memory` (`INFO memory`) in whole MB (`"1MB"`); present when healthy. */
+  memory?: string
+  /** Why Redis is unhealthy. */
+  error?: string
+}
+
+/** The old adapter's `healthCheck().cache.cache`: the cache layer itself. */
+export interface LegacyCacheHealth {
+  /** `'healthy'` while the adapter answers calls (from Redis or memory); `'unhealthy'` once closed. */
+  status: 'healthy' | 'unhealthy'
+  fallbackEnabled: true
+  /** Entries in the memory tier. */
+  fallbackSize: number
 }
 
 export interface CacheStats {
   redisEnabled: boolean
   ttlConfig: Required<TtlOptions>
-  /** Entries per legacy map name (memory tier), plus the process-local maps. */
-  fallbackMaps: Record<string, number>
-  cache: CacheCounters
+  /** Entries per memory-tier kind, plus the old adapter's seven maps. */
+  fallbackMaps: LegacyFallbackMaps & Record<string, number>
+  /** The new counters, plus the old adapter's `redis`, `fallback` and `config`. */
+  cache: CacheCounters & { redis: LegacyRedisMetrics; fallback: LegacyFallbackInfo }
+  alerts: AlertStats
 }
 
 export interface RedisHealth {
@@ -135,6 +337,8 @@ export interface RedisHealth {
   connected?: boolean
   latencyMs?: number
   version?: string | null
+  /** Redis's `used_memory` (`INFO memory`), when healthy and Redis says. */
+  usedMemoryBytes?: number | null
   /** Why Redis is unhealthy. */
   error?: string
 }
@@ -143,9 +347,13 @@ export interface HealthReport {
   /** `'healthy'`: Redis serving, or disabled by choice. `'degraded'`: serving from memory because Redis fails. */
   status: 'healthy' | 'degraded'
   timestamp: string
-  adapter: { status: 'healthy' | 'degraded'; redisEnabled: boolean; mode: Mode }
+  /** `fallbackMaps`: the old adapter's field, the number of maps `getStats().fallbackMaps` lists. */
+  adapter: { status: 'healthy' | 'degraded'; redisEnabled: boolean; mode: Mode; fallbackMaps: number }
   redis: RedisHealth
-  cache: CacheCounters
+  /** The counters of `getStats().cache`, plus the old adapter's `fallback`, `redis` and `cache`. */
+  cache: CacheCounters & { fallback: LegacyFallbackInfo; redis: LegacyRedisHealth; cache: LegacyCacheHealth }
+  /** The active alerts, as `getAlerts()`. */
+  alerts: Alert[]
 }
 
 export interface MigrationResult {
@@ -153,6 +361,11 @@ export interface MigrationResult {
   conversationSummaries: number
   phoneToLeadMapping: number
   failed: number
+}
+
+export interface CloseResult {
+  /** Writes acknowledged during an outage that never reached Redis (0 when all were replayed). */
+  unreplayed: number
 }
 
 type MapLike<V> = Map<string, V> | Record<string, V> | Array<[string, V]>
@@ -165,6 +378,8 @@ export declare class CacheAdapter extends EventEmitter {
   readonly mode: Mode
 
   on(event: 'modeChange', listener: (event: ModeChangeEvent) => void): this
+  /** Each raise and resolve of an alert. */
+  on(event: 'alert', listener: (event: AlertEvent) => void): this
 
   // Domain methods
   getConversationContext(orgId: string | null | undefined, phone: string): Promise<JsonValue[] | null>
@@ -193,7 +408,7 @@ export declare class CacheAdapter extends EventEmitter {
 
   // Generic methods
   get<T = JsonValue>(key: string): Promise<T | null>
-  /** `ttlSeconds` defaults to `CACHE_DEFAULT_TTL`, else 7200. */
+  /** `ttlSeconds` defaults to `CACHE_DEFAULT_TTL`, else 7200; at most 2147483647 (RangeError above). */
   set(key: string, value: JsonValue, ttlSeconds?: number): Promise<true>
   /** Whether something was removed. */
   delete(key: string): Promise<boolean>
@@ -214,9 +429,12 @@ export declare class CacheAdapter extends EventEmitter {
   hgetall<T = JsonValue>(hash: string): Promise<Record<string, T>>
   /**
    * Read-through. The loader (sync or async) is called once for any number of
-   * concurrent callers of the key; its `null` is cached, `undefined` is not.
-   * A loader that throws, rejects or outlasts `loaderTimeoutMs` rejects every
-   * waiting caller and caches nothing.
+   * concurrent callers of the key; its `null` is cached (and then read as a
+   * hit), `undefined` is not. A loader that throws or rejects rejects every
+   * waiting caller with an error of the same class, message and `code` (the
+   * caller whose loader ran gets the very value thrown); one that outlasts
+   * `loaderTimeoutMs` rejects them with code `ERR_CACHE_LOADER`; a result
+   * above `maxValueBytes` with a `RangeError`. Nothing is cached then.
    */
   getOrLoad<T = JsonValue>(key: string, loader: (key: string) => T | Promise<T>, ttlSeconds?: number): Promise<T>
 
@@ -243,10 +461,16 @@ export declare class CacheAdapter extends EventEmitter {
 
   getStats(): Promise<CacheStats>
   healthCheck(): Promise<HealthReport>
-  /** Prometheus text exposition (version 0.0.4). */
+  /** The active alerts, critical first. */
+  getAlerts(): Promise<Alert[]>
+  /** Prometheus text exposition (version 0.0.4), with `cache_alert_active{alert,severity}` while alerts are on. */
   metrics(): Promise<string>
-  /** Waits for calls in flight, then stops. Idempotent. */
-  close(): Promise<void>
+  /**
+   * Waits for calls in flight, then stops. With writes journaled during an outage, first makes one attempt to
+   * replay them, bounded by about `connectTimeoutMs + 5 × commandTimeoutMs`; resolves to how many it could not
+   * (and emits a `CACHE_UNREPLAYED_WRITES` warning when that is not 0). Idempotent.
+   */
+  close(): Promise<CloseResult>
 }
 
 export default CacheAdapter

@@ -11,6 +11,7 @@
 
 const { EventEmitter } = require('node:events')
 const { NativeCache, domainMethods, protocol, createOrgKey } = require('./binding.js')
+const { Alerts } = require('./lib/alerts.js')
 
 const OP = protocol()
 const ORG_NULL = OP.ORG_NULL
@@ -39,11 +40,15 @@ function requireString(name, v) {
   return v
 }
 
+/** The largest TTL in seconds, 2^31 - 1 (about 68 years); the core checks the same (src/config.rs). */
+const MAX_TTL_SECONDS = 2147483647
+
 /** A TTL in seconds; `undefined`/`null` → NaN, meaning "the default". */
 function ttlSeconds(name, v) {
   if (v === undefined || v === null) return NaN
   if (typeof v !== 'number') throw new TypeError(`${name} must be a number of seconds, got ${describe(v)}`)
   if (!(v > 0) || !Number.isFinite(v)) throw new RangeError(`${name} must be a positive finite number of seconds, got ${v}`)
+  if (v > MAX_TTL_SECONDS) throw new RangeError(`${name} must be at most ${MAX_TTL_SECONDS} seconds (about 68 years), got ${v}`)
   return v
 }
 
@@ -59,6 +64,55 @@ function toJson(name, value) {
   return json
 }
 
+/**
+ * A loader's failure crosses the native single-flight as an Error whose
+ * message is this marker and {name, message, code} as JSON, so that every
+ * caller sharing the load gets an error of the same class, message and code.
+ */
+const LOADER_FAILURE = '\u0000loader-failure:'
+const ERROR_CLASSES = { Error, TypeError, RangeError, SyntaxError, ReferenceError, EvalError, URIError }
+
+function loaderFailure(e) {
+  const info = { name: 'Error', message: String(e) }
+  if (e instanceof Error) Object.assign(info, { name: e.name, message: e.message })
+  const code = e !== null && typeof e === 'object' ? e.code : undefined
+  if (typeof code === 'string' || typeof code === 'number') info.code = code
+  return new Error(LOADER_FAILURE + JSON.stringify(info))
+}
+
+/** The loader failure carried by a native rejection, rebuilt; `undefined` if it carries none. */
+function loaderFailureOf(e) {
+  const message = e && typeof e.message === 'string' ? e.message : ''
+  const at = message.indexOf(LOADER_FAILURE)
+  if (at < 0) return undefined
+  let info
+  try {
+    info = JSON.parse(message.slice(at + LOADER_FAILURE.length))
+  } catch {
+    return undefined
+  }
+  const Class = Object.hasOwn(ERROR_CLASSES, info.name) ? ERROR_CLASSES[info.name] : Error
+  const rebuilt = new Class(info.message)
+  if (rebuilt.name !== info.name) rebuilt.name = info.name // a custom class keeps at least its name
+  if (info.code !== undefined) rebuilt.code = info.code
+  return rebuilt
+}
+
+/** A `getOrLoad` read that found nothing stored (a stored `null` is a hit). */
+const MISS = Symbol('miss')
+const parseOrMiss = (v) => (v === null ? MISS : parse(v))
+
+/** The old adapter's seven in-process maps, reported in `getStats().fallbackMaps`. */
+const LEGACY_MAPS = [
+  'activeConversations',
+  'inflightRequests',
+  'humanControlSessions',
+  'humanControlQueue',
+  'pendingDatabaseWrites',
+  'conversationMetadata',
+  'activeCallSessions',
+]
+
 /** Native errors carry their kind as a `CODE: ` prefix (see src/lib.rs). */
 function fromNative(e) {
   const m = /^(ERR_[A-Z_]+): ([\s\S]*)$/.exec(e && e.message)
@@ -71,6 +125,22 @@ function entriesOf(name, entries) {
   if (entries instanceof Map || Array.isArray(entries)) return Array.from(entries)
   if (entries !== null && typeof entries === 'object') return Object.entries(entries)
   throw new TypeError(`${name} must be an object, a Map or an array of [key, value] pairs, got ${describe(entries)}`)
+}
+
+/**
+ * An adapter that is never closed must still be garbage-collected, and its
+ * native core (supervisor, connections) with it. The native wake-up holds its
+ * callback strongly for the adapter's life, so that callback reaches the
+ * adapter only through a WeakRef; the keep-alive timer's callback holds
+ * nothing; while calls are in flight the adapter is held here, so it cannot
+ * be collected with callers waiting.
+ */
+const busy = new Set()
+const keepAliveOfCollected = new FinalizationRegistry((timer) => clearInterval(timer))
+function noop() {}
+function wakeUp(adapter) {
+  const ref = new WeakRef(adapter)
+  return () => ref.deref()?._wake()
 }
 
 /** Collects one tick's calls and submits them as one batch. */
@@ -164,7 +234,10 @@ class CacheAdapter extends EventEmitter {
    */
   constructor(options = {}) {
     super()
-    if (options === null || typeof options !== 'object') throw new TypeError(`options must be an object, got ${describe(options)}`)
+    if (options === null || typeof options !== 'object') {
+      // Not describe(options): a string here is likely a Redis URL, password and all.
+      throw new TypeError(`options must be an object, got ${options === null ? 'null' : typeof options}`)
+    }
     const { onModeChange, ...rest } = options
     if (onModeChange !== undefined && typeof onModeChange !== 'function') {
       throw new TypeError(`options.onModeChange must be a function, got ${describe(onModeChange)}`)
@@ -177,26 +250,42 @@ class CacheAdapter extends EventEmitter {
     }
     // Keeps Node running while calls are in flight, and only then: the
     // completion callback itself is weak, so an idle adapter never holds the process.
-    this._keepAlive = setInterval(() => {}, 1 << 30)
+    this._keepAlive = setInterval(noop, 1 << 30)
     this._keepAlive.unref()
-    this._batch = new Batcher((idle) => (idle ? this._keepAlive.unref() : this._keepAlive.ref()))
+    this._batch = new Batcher((idle) => {
+      if (idle) {
+        this._keepAlive.unref()
+        busy.delete(this)
+      } else {
+        this._keepAlive.ref()
+        busy.add(this)
+      }
+    })
     this._leftover = NONE
     this._cursor = 2
     this._draining = false
     this._drainSoon = () => this._drain()
-    this._native = new NativeCache(json, () => {
-      // Settle in a macrotask of our own, not inside Node's dispatch of the
-      // wake-up, so that timers and I/O get their turn between batches.
-      if (!this._draining) {
-        this._draining = true
-        setImmediate(this._drainSoon)
-      }
-    })
+    this._native = new NativeCache(json, wakeUp(this))
+    keepAliveOfCollected.register(this, this._keepAlive)
     this._batch.native = this._native
+    // The resolved limit (option, CACHE_MAX_VALUE_BYTES or the default), read once.
+    this._maxValueBytes = this._native.stats().config.maxValueBytes
     this._onModeChange = onModeChange
     this._inflightRequests = new Map()
     this._humanControl = new Map()
     this._closed = null
+    this._alerts = new Alerts(this._native.alertsConfig(), () => this._native.alertInputs(), (e) => this.emit('alert', e))
+    this._alerts.start()
+  }
+
+  /** Rust has completions ready. */
+  _wake() {
+    // Settle in a macrotask of our own, not inside Node's dispatch of the
+    // wake-up, so that timers and I/O get their turn between batches.
+    if (!this._draining) {
+      this._draining = true
+      setImmediate(this._drainSoon)
+    }
   }
 
   /**
@@ -210,29 +299,38 @@ class CacheAdapter extends EventEmitter {
     // an old-space array keeps its former slots in the remembered set, and
     // every reply they pointed to then survived scavenges (1.1 MB promoted
     // per scavenge, 3 ms pauses).
-    const fresh = this._native.drain()
-    const ready = this._leftover.length === 0 ? fresh : this._leftover.concat(fresh)
+    let ready = this._leftover
     let k = 0
-    let budget = SLICE_BYTES
-    while (k < ready.length && budget > 0) {
-      const done = ready[k]
-      if (done[0] === 0) {
-        k++
-        this._modeChanged(done[1], done[2])
-        continue
+    try {
+      const fresh = this._native.drain()
+      ready = ready.length === 0 ? fresh : ready.concat(fresh)
+      let budget = SLICE_BYTES
+      while (k < ready.length && budget > 0) {
+        const done = ready[k]
+        if (done[0] === 0) {
+          k++
+          this._modeChanged(done[1], done[2])
+          continue
+        }
+        const [next, spent] = this._batch.complete(done, this._cursor, budget)
+        budget -= spent
+        if (next === done.length) {
+          k++
+          this._cursor = 2
+        } else this._cursor = next
       }
-      const [next, spent] = this._batch.complete(done, this._cursor, budget)
-      budget -= spent
-      if (next === done.length) {
-        k++
-        this._cursor = 2
-      } else this._cursor = next
+    } catch (e) {
+      // Nothing here may end the drain loop: a throw out of this macrotask
+      // would leave `_draining` set, and every later call pending forever.
+      process.emitWarning(`cache adapter: settling replies failed: ${e && e.message}`)
+    } finally {
+      this._leftover = k >= ready.length ? NONE : ready.slice(k)
+      if (this._leftover.length > 0) setImmediate(this._drainSoon)
+      else this._draining = false
     }
-    this._leftover = k === ready.length ? NONE : ready.slice(k)
-    if (this._leftover.length > 0) setImmediate(this._drainSoon)
-    else this._draining = false
   }
 
+  /** Tells `onModeChange` and every `modeChange` listener; one that throws is a warning, never the adapter's end. */
   _modeChanged(mode, reason) {
     const event = { mode, reason, at: new Date().toISOString() }
     if (this._onModeChange) {
@@ -242,7 +340,14 @@ class CacheAdapter extends EventEmitter {
         process.emitWarning(`onModeChange threw: ${e && e.message}`)
       }
     }
-    this.emit('modeChange', event)
+    // rawListeners: `once` wrappers remove themselves as emit() would.
+    for (const listener of this.rawListeners('modeChange')) {
+      try {
+        listener.call(this, event)
+      } catch (e) {
+        process.emitWarning(`a modeChange listener threw: ${e && e.message}`)
+      }
+    }
   }
 
   /** Queues one call; argument errors become rejections, never throws. */
@@ -260,6 +365,20 @@ class CacheAdapter extends EventEmitter {
     }
   }
 
+  /**
+   * A value's JSON text, checked against `maxValueBytes` before anything is
+   * queued. UTF-8 takes 1 to 3 bytes per UTF-16 unit, so only text between
+   * max/3 and max units long needs its bytes counted.
+   */
+  _json(name, value) {
+    const json = toJson(name, value)
+    const max = this._maxValueBytes
+    if (json.length * 3 > max && (json.length > max || Buffer.byteLength(json, 'utf8') > max)) {
+      throw new RangeError(`${name} is ${Buffer.byteLength(json, 'utf8')} bytes of JSON, above maxValueBytes (${max})`)
+    }
+    return json
+  }
+
   // Generic methods ------------------------------------------------------
 
   get(key) {
@@ -268,7 +387,7 @@ class CacheAdapter extends EventEmitter {
 
   set(key, value, ttl) {
     try {
-      return this._generic(OP.Set, 'key', key, ttlSeconds('ttl', ttl), [toJson('value', value)], null)
+      return this._generic(OP.Set, 'key', key, ttlSeconds('ttl', ttl), [this._json('value', value)], null)
     } catch (e) {
       return Promise.reject(e)
     }
@@ -318,7 +437,7 @@ class CacheAdapter extends EventEmitter {
       // Every entry is checked before any is written.
       calls = entriesOf('entries', entries).map((pair, i) => {
         if (!Array.isArray(pair)) throw new TypeError(`entries[${i}] must be a [key, value] pair`)
-        return [requireString(`entries[${i}] key`, pair[0]), toJson(`entries[${i}] value`, pair[1]), num]
+        return [requireString(`entries[${i}] key`, pair[0]), this._json(`entries[${i}] value`, pair[1]), num]
       })
     } catch (e) {
       return Promise.reject(e)
@@ -336,7 +455,7 @@ class CacheAdapter extends EventEmitter {
 
   hset(hash, field, value, ttl) {
     try {
-      const extra = [requireString('field', field), toJson('value', value)]
+      const extra = [requireString('field', field), this._json('value', value)]
       return this._generic(OP.HSet, 'hash', hash, ttlSeconds('ttl', ttl), extra, null)
     } catch (e) {
       return Promise.reject(e)
@@ -364,9 +483,10 @@ class CacheAdapter extends EventEmitter {
       requireString('key', key)
       if (typeof loader !== 'function') throw new TypeError(`loader must be a function, got ${describe(loader)}`)
       const num = ttlSeconds('ttl', ttl)
-      // A hit costs one batched read; only a miss (or a cached null) takes
-      // the native single-flight path, which reads again under its lock.
-      return this._call(OP.Get, NaN, [key], parse).then((hit) => (hit !== null ? hit : this._load(key, loader, num)))
+      // A hit, a stored null included (a remembered "not found"), costs one
+      // batched read; only a miss takes the native single-flight path, which
+      // reads again under its lock (without counting a second miss).
+      return this._call(OP.Get, NaN, [key], parseOrMiss).then((hit) => (hit !== MISS ? hit : this._load(key, loader, num)))
     } catch (e) {
       return Promise.reject(e)
     }
@@ -374,11 +494,25 @@ class CacheAdapter extends EventEmitter {
 
   _load(key, loader, num) {
     if (this._closed) return Promise.reject(Object.assign(new Error('the cache adapter is closed'), { code: 'ERR_CACHE_CLOSED' }))
+    // The caller whose loader ran gets what it threw, as thrown; the callers
+    // that shared its load get an error of the same class, message and code.
+    let thrown
+    let threw = false
     const load = (k) =>
-      new Promise((resolve) => resolve(loader(k))).then((v) => (v === undefined ? null : toJson('loader result', v)))
+      new Promise((resolve) => resolve(loader(k)))
+        .then((v) => (v === undefined ? null : this._json('loader result', v)))
+        .catch((e) => {
+          threw = true
+          thrown = e
+          throw loaderFailure(e)
+        })
     return this._native.getOrLoad(key, num, load).then(
       (json) => (json === null || json === undefined ? undefined : JSON.parse(json)),
-      (e) => Promise.reject(fromNative(e)),
+      (e) => {
+        const failure = loaderFailureOf(e)
+        if (failure === undefined) return Promise.reject(fromNative(e))
+        return Promise.reject(threw ? thrown : failure)
+      },
     )
   }
 
@@ -446,7 +580,7 @@ class CacheAdapter extends EventEmitter {
   setInFallbackMap(name, key, value) {
     requireString('name', name)
     requireString('key', key)
-    this._native.fallbackSet(name, key, toJson('value', value))
+    this._native.fallbackSet(name, key, this._json('value', value))
     return true
   }
 
@@ -478,51 +612,116 @@ class CacheAdapter extends EventEmitter {
 
   // Observability --------------------------------------------------------
 
+  /**
+   * Entries per memory-tier kind, and the old adapter's seven map names:
+   * the two this adapter keeps (process-local) with their sizes, 0 for the
+   * five it has no such map for.
+   */
+  _fallbackMaps(stats) {
+    const maps = { ...stats.entriesByKind }
+    for (const name of LEGACY_MAPS) maps[name] = 0
+    maps.inflightRequests = this._inflightRequests.size
+    maps.humanControlSessions = this._humanControl.size
+    return maps
+  }
+
   async getStats() {
-    const cache = this._native.stats()
-    const fallbackMaps = {
-      ...cache.entriesByKind,
-      inflightRequests: this._inflightRequests.size,
-      humanControlSessions: this._humanControl.size,
+    const stats = this._native.stats()
+    const cache = {
+      ...stats,
+      // The old adapter's fields, next to the new ones (`config` comes from Rust).
+      redis: {
+        hits: stats.hits,
+        misses: stats.misses,
+        errors: stats.redisErrors,
+        hitRate: `${(stats.hitRate * 100).toFixed(2)}%`,
+        avgResponseTime: `${stats.latency.meanMs.toFixed(2)}ms`,
+        isConnected: stats.redisEnabled && stats.mode === 'redis' && stats.pool.connections > 0,
+        connectionAttempts: stats.connectionAttempts,
+      },
+      fallback: { size: stats.memory.entries, enabled: true },
     }
-    return { redisEnabled: cache.redisEnabled, ttlConfig: this._native.ttlConfig(), fallbackMaps, cache }
+    return {
+      redisEnabled: stats.redisEnabled,
+      ttlConfig: this._native.ttlConfig(),
+      fallbackMaps: this._fallbackMaps(stats),
+      cache,
+      alerts: this._alerts.stats(),
+    }
+  }
+
+  /** The active alerts (see README, Alerts). */
+  async getAlerts() {
+    return this._alerts.active()
   }
 
   async healthCheck() {
     const redis = this._closed ? { status: 'unhealthy', error: 'adapter closed' } : await this._native.redisHealth()
-    const cache = this._native.stats()
-    const redisEnabled = cache.redisEnabled
-    const mode = cache.mode
+    const stats = this._native.stats()
+    const redisEnabled = stats.redisEnabled
+    const mode = stats.mode
     const status = !redisEnabled || (redis.status === 'healthy' && mode === 'redis') ? 'healthy' : 'degraded'
+    // The old adapter's `cache.redis`: a PING's time and INFO memory's used_memory.
+    const legacyRedis =
+      redis.status === 'healthy'
+        ? { status: 'healthy', responseTime: `${Math.round(redis.latencyMs)}ms` }
+        : { status: 'unhealthy', error: redis.error ?? (redis.status === 'disabled' ? 'Redis is disabled' : 'unavailable') }
+    if (redis.status === 'healthy' && typeof redis.usedMemoryBytes === 'number') {
+      legacyRedis.memory = `${Math.round(redis.usedMemoryBytes / 1024 / 1024)}MB`
+    }
     return {
       status,
       timestamp: new Date().toISOString(),
-      adapter: { status, redisEnabled, mode },
+      adapter: { status, redisEnabled, mode, fallbackMaps: Object.keys(this._fallbackMaps(stats)).length },
       redis,
-      cache,
+      cache: {
+        ...stats,
+        fallback: { size: stats.memory.entries, enabled: true },
+        redis: legacyRedis,
+        // The old cache layer's own health: it answers (from Redis or memory) until closed.
+        cache: { status: this._closed ? 'unhealthy' : 'healthy', fallbackEnabled: true, fallbackSize: stats.memory.entries },
+      },
+      alerts: this._alerts.active(),
     }
   }
 
   /** Prometheus text exposition of the counters, gauges and latency histogram. */
   async metrics() {
-    return this._native.metrics()
+    return this._native.metrics() + this._alerts.metricsText()
   }
 
   get mode() {
     return this._native.mode()
   }
 
-  /** Waits for calls in flight (bounded), then stops the native core. Idempotent. */
+  /**
+   * Waits for calls in flight (bounded), then stops the native core, which
+   * first makes one bounded attempt to replay writes journaled during an
+   * outage. Resolves to `{ unreplayed }`, and warns when it is not 0. Idempotent.
+   */
   close() {
     if (this._closed) return this._closed
     this._closed = (async () => {
+      this._alerts.stop()
       this._batch.flush()
       const deadline = Date.now() + 5000
       while (this._batch.pending > 0 && Date.now() < deadline) {
         await new Promise((resolve) => setTimeout(resolve, 5))
       }
-      this._native.close()
-      clearInterval(this._keepAlive)
+      this._keepAlive.ref() // the replay attempt is worth waiting for
+      let unreplayed
+      try {
+        unreplayed = await this._native.close()
+      } finally {
+        clearInterval(this._keepAlive)
+      }
+      if (unreplayed > 0) {
+        process.emitWarning(
+          `CacheAdapter.close(): ${unreplayed} writes made while Redis was unavailable could not be replayed to Redis and are lost`,
+          { code: 'CACHE_UNREPLAYED_WRITES' },
+        )
+      }
+      return { unreplayed }
     })()
     return this._closed
   }
@@ -562,7 +761,7 @@ for (const spec of DOMAIN) {
         const flags = keyStrings(a, b, strs)
         let value = arity === 1 ? b : c
         if (value === undefined) value = fallback
-        strs.push(toJson(spec.valueArg, value))
+        strs.push(this._json(spec.valueArg, value))
         return this._call(setCode | flags, NaN, strs, null)
       } catch (e) {
         return Promise.reject(e)

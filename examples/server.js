@@ -16,6 +16,8 @@
  *   GET /api/monitoring/health/redis                           adapter.healthCheck()
  *   GET /api/cache/stats (alias /api/monitoring/stats/cache)   adapter.getStats()
  *   GET /api/monitoring/metrics                                Prometheus text
+ *   GET /api/monitoring/metrics/performance                    hit rate, average response time, ops/s, connection latency
+ *   GET /api/monitoring/alerts                                 the active alerts (adapter.getAlerts())
  *   GET /api/monitoring/stream                                 Server-Sent Events, one `stats` event a second
  *   GET /                                                      dashboard.html
  *
@@ -319,6 +321,7 @@ class ExampleApp {
           redis: health.redis,
           adapter: health.adapter,
         },
+        alerts: health.alerts || [],
         webhook: { window10s: this.webhookWindow(10_000), counts: { ...this.webhookCounts } },
         db: db.stats(),
       }
@@ -406,6 +409,29 @@ class ExampleApp {
     return text + lines.join('\n') + '\n'
   }
 
+  /** The seeds' key metrics: hit rate, average response time, operations per second, connection latency. */
+  async performance() {
+    const [stats, health] = await Promise.all([this.adapter.getStats(), this.adapter.healthCheck()])
+    const c = stats.cache
+    const now = Date.now()
+    const last = this.perfBaseline || { at: this.startedAt, operations: 0 }
+    this.perfBaseline = { at: now, operations: c.operations }
+    const seconds = Math.max(0.001, (now - last.at) / 1000)
+    return {
+      timestamp: new Date(now).toISOString(),
+      mode: c.mode,
+      hitRatePct: round2(c.hitRate * 100),
+      averageResponseTimeMs: round2(c.latency.meanMs),
+      p99ResponseTimeMs: c.latency.p99Ms,
+      // since the previous request of this endpoint (or since startup)
+      operationsPerSecond: round2((c.operations - last.operations) / seconds),
+      connectionLatencyMs: health.redis && typeof health.redis.latencyMs === 'number' ? round2(health.redis.latencyMs) : null,
+      redisMemory: c.redisWatch ? { usedBytes: c.redisWatch.usedMemory, maxBytes: c.redisWatch.maxmemory } : null,
+      webhook: this.webhookWindow(60_000),
+      activeAlerts: health.alerts.length,
+    }
+  }
+
   async overallHealth() {
     const health = await this.adapter.healthCheck()
     return {
@@ -469,6 +495,13 @@ class ExampleApp {
       }
       case '/api/monitoring/stream':
         return this.openStream(req, res)
+      case '/api/monitoring/alerts': {
+        const alerts = await this.adapter.getAlerts()
+        const { alerts: counts } = await this.adapter.getStats()
+        return sendJson(res, 200, { timestamp: new Date().toISOString(), enabled: counts.enabled, alerts, webhook: counts })
+      }
+      case '/api/monitoring/metrics/performance':
+        return sendJson(res, 200, await this.performance())
       default:
         throw new HttpError(404, `no route for ${url.pathname}`)
     }

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::config::{check_ttl, Config};
+use crate::config::{check_ttl, ttl_duration, Config};
 use crate::domain::{domain_key, ArgRole, Kind, Shape};
 use crate::error::{CacheError, ErrorKind};
 use crate::keys::KeySpace;
@@ -135,6 +135,14 @@ impl Op {
     }
   }
 
+  /// The JSON a write stores, if it stores one.
+  pub fn value(&self) -> Option<&Arc<str>> {
+    match self {
+      Op::Set { json, .. } | Op::HSet { json, .. } => Some(json),
+      _ => None,
+    }
+  }
+
   pub fn is_write(&self) -> bool {
     !matches!(self, Op::Get { .. } | Op::Exists { .. } | Op::HGet { .. } | Op::HGetAll { .. })
   }
@@ -195,7 +203,7 @@ fn decode_call(
 
   let ttl_secs = |default: f64| -> Result<Duration, CacheError> {
     let secs = if num.is_nan() { default } else { check_ttl(num, "ttl")? };
-    Ok(Duration::from_secs_f64(secs))
+    Ok(ttl_duration(secs))
   };
 
   let Some(entry) = entry else {
@@ -221,7 +229,7 @@ fn decode_call(
         if !(num.is_finite() && num.fract() == 0.0 && num.abs() <= 9.007_199_254_740_991e15) {
           return Err(CacheError::new(ErrorKind::Range, format!("by must be a safe integer, got {num}")));
         }
-        Op::Increment { key, kind: 0, by: num as i64, ttl: Duration::from_secs_f64(default) }
+        Op::Increment { key, kind: 0, by: num as i64, ttl: ttl_duration(default) }
       }
       Opcode::HGet => Op::HGet { key, field: field.unwrap() },
       Opcode::HSet => {
@@ -246,7 +254,7 @@ fn decode_call(
     }]),
     Opcode::Set if entry.setter.is_some() => {
       let json = value.unwrap();
-      let ttl = Duration::from_secs_f64(cfg.ttl(entry.ttl));
+      let ttl = ttl_duration(cfg.ttl(entry.ttl));
       let kind = kind as u8;
       match entry.shape {
         Shape::Plain => Ok(vec![Op::Set { key, kind, json: json.into(), ttl }]),
@@ -328,6 +336,12 @@ mod tests {
     let calls = decode(&codes, &[-1.0, f64::NAN], ["a", "1", "b"].map(String::from).to_vec(), &cfg, &keys, 0);
     assert_eq!(calls[0].as_ref().unwrap_err().kind, ErrorKind::Range);
     assert_eq!(calls[1], Ok(vec![Op::Get { key: "p:kv:b".into(), unwrap: None }]));
+    // A TTL too large for any tier is refused, not a panic of the whole batch.
+    for ttl in [f64::MAX, 1e20, 9.3e18] {
+      let calls = decode(&codes, &[ttl, f64::NAN], ["a", "1", "b"].map(String::from).to_vec(), &cfg, &keys, 0);
+      assert_eq!(calls[0].as_ref().unwrap_err().kind, ErrorKind::Range, "{ttl}");
+      assert!(calls[1].is_ok());
+    }
   }
 
   #[test]

@@ -1,5 +1,6 @@
 //! Circuit breaker: after `failures` consecutive Redis failures, stop sending
 //! to Redis for `cooldown`; then let one probe through, whose success closes it.
+//! Only the probe closes it: callers' successes only reset the failure count.
 //! Round trips that fail together in one stall count as one failure.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
@@ -84,8 +85,15 @@ impl CircuitBreaker {
     self.cooldown.saturating_sub(Duration::from_micros(elapsed))
   }
 
-  /// A command succeeded. Returns true if this closed the breaker.
-  pub fn record_success(&self) -> bool {
+  /// A caller's command succeeded: the failure count starts again. It never
+  /// closes the breaker: a reply to a batch sent before the breaker opened
+  /// says nothing about Redis now; only the probe does.
+  pub fn record_success(&self) {
+    self.consecutive_failures.store(0, Ordering::Release);
+  }
+
+  /// The probe reached Redis. Returns true if this closed the breaker.
+  pub fn record_probe_success(&self) -> bool {
     self.consecutive_failures.store(0, Ordering::Release);
     self.state.swap(State::Closed as u8, Ordering::AcqRel) != State::Closed as u8
   }
@@ -159,7 +167,9 @@ mod tests {
     assert_eq!(b.state(), State::Open);
     assert!(b.try_begin_probe());
     assert!(!b.try_begin_probe(), "only one probe at a time");
-    assert!(b.record_success());
+    b.record_success();
+    assert!(!b.allows_traffic(), "a caller's late success does not close it");
+    assert!(b.record_probe_success());
     assert!(b.allows_traffic());
   }
 
@@ -167,7 +177,7 @@ mod tests {
   fn opens_after_consecutive_failures_only() {
     let b = CircuitBreaker::new(3, Duration::from_secs(60));
     b.try_begin_probe();
-    b.record_success();
+    b.record_probe_success();
     b.record_failure();
     b.record_failure();
     b.record_success();
@@ -184,7 +194,7 @@ mod tests {
   fn round_trips_failing_in_one_stall_count_once() {
     let b = CircuitBreaker::new(3, Duration::from_secs(60));
     b.try_begin_probe();
-    b.record_success();
+    b.record_probe_success();
     // Ten chunks in flight together, all failing: one failure.
     let started = Instant::now();
     std::thread::sleep(Duration::from_millis(2));
@@ -205,7 +215,7 @@ mod tests {
   fn a_failed_probe_reopens_for_another_cooldown() {
     let b = CircuitBreaker::new(1, Duration::from_millis(20));
     b.try_begin_probe();
-    b.record_success();
+    b.record_probe_success();
     b.record_failure();
     std::thread::sleep(Duration::from_millis(25));
     assert!(b.try_begin_probe());

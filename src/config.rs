@@ -9,9 +9,11 @@ use serde_json::{Map, Value};
 
 use crate::domain::TtlName;
 use crate::error::{CacheError, ErrorKind};
+use crate::redact::Secrets;
 
-/// Where Redis is, and how to talk to it.
-#[derive(Debug, Clone, PartialEq)]
+/// Where Redis is, and how to talk to it. (Its `Debug`, without the
+/// password, is in `redact`.)
+#[derive(Clone, PartialEq)]
 pub struct RedisTarget {
   pub host: String,
   pub port: u16,
@@ -50,6 +52,11 @@ pub struct Config {
   pub loader_timeout: Duration,
   /// Bound of the queue of writes acknowledged during an outage, waiting for replay.
   pub replay_max_entries: usize,
+  /// Bound of that queue's key and JSON bytes; past it the oldest writes become tombstones.
+  pub replay_max_bytes: usize,
+  /// Largest value (bytes of its JSON text) a call may store; index.js checks it before queuing.
+  pub max_value_bytes: u64,
+  pub alerts: AlertsConfig,
 }
 
 impl Config {
@@ -58,9 +65,40 @@ impl Config {
   }
 }
 
+/// Default bound of one value's JSON: 8 MiB. The old adapter had none; the
+/// largest realistic value (a 200-message conversation) is about 58 KB, so this
+/// leaves over 100x headroom while keeping one value to ~3% of the default
+/// memory tier and to tens of ms of `JSON.parse` on Node's thread.
+pub const DEFAULT_MAX_VALUE_BYTES: u64 = 8 * 1024 * 1024;
+
+/// Redis refuses a bulk string above 512 MB (`proto-max-bulk-len`).
+pub const MAX_VALUE_BYTES_LIMIT: u64 = 512 * 1024 * 1024;
+
 /// Reads options (a JSON object, `null` for none) and the environment (through
-/// `env`, so tests can pass their own) into a validated [`Config`].
+/// `env`, so tests can pass their own) into a validated [`Config`]. Its errors
+/// never carry a password or URL credential.
 pub fn resolve(options: &Value, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, CacheError> {
+  resolve_unredacted(options, env)
+    .map_err(|e| CacheError { message: credentials(options, env).redact(&e.message), ..e })
+}
+
+/// Every credential the options and environment hold, whatever else is wrong with them.
+fn credentials(options: &Value, env: &dyn Fn(&str) -> Option<String>) -> Secrets {
+  let mut secrets = Secrets::default();
+  let option = |name: &str| options.get(name).and_then(Value::as_str).map(str::to_string);
+  if let Some(p) = option("password").or_else(|| env("REDIS_PASSWORD")) {
+    secrets.add(&p);
+  }
+  for url in [option("url"), env("REDIS_URL")].into_iter().flatten() {
+    secrets.add_url(&url);
+  }
+  if let Some(Value::Array(nodes)) = options.get("clusterNodes") {
+    nodes.iter().filter_map(Value::as_str).for_each(|n| secrets.add_url(n));
+  }
+  secrets
+}
+
+fn resolve_unredacted(options: &Value, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, CacheError> {
   let empty = Map::new();
   let opts = match options {
     Value::Null => &empty,
@@ -89,7 +127,10 @@ pub fn resolve(options: &Value, env: &dyn Fn(&str) -> Option<String>) -> Result<
     "memoryMaxBytes",
     "loaderTimeoutMs",
     "replayMaxEntries",
+    "replayMaxBytes",
+    "maxValueBytes",
     "onModeChange",
+    "alerts",
   ];
   if let Some(unknown) = opts.keys().find(|k| !known.contains(&k.as_str())) {
     return Err(CacheError::new(ErrorKind::Type, format!("options.{unknown} is not a known option")));
@@ -135,6 +176,7 @@ pub fn resolve(options: &Value, env: &dyn Fn(&str) -> Option<String>) -> Result<
     None => 7200.0,
   };
 
+  let memory_max_bytes = o.int("memoryMaxBytes", None, 1024, u64::MAX >> 1, 256 * 1024 * 1024)?;
   Ok(Config {
     redis,
     key_prefix,
@@ -153,9 +195,21 @@ pub fn resolve(options: &Value, env: &dyn Fn(&str) -> Option<String>) -> Result<
       5000,
     )?),
     memory_max_entries: o.int("memoryMaxEntries", None, 1, u32::MAX as u64, 100_000)?,
-    memory_max_bytes: o.int("memoryMaxBytes", None, 1024, u64::MAX >> 1, 256 * 1024 * 1024)?,
+    memory_max_bytes,
     loader_timeout: Duration::from_millis(o.int("loaderTimeoutMs", None, 1, 86_400_000, 10_000)?),
     replay_max_entries: o.int("replayMaxEntries", None, 1, u32::MAX as u64, 100_000)? as usize,
+    // Half the memory tier's: the journal shares its values with the memory
+    // tier while that holds them, so this is what an outage can add on top.
+    replay_max_bytes: o.int("replayMaxBytes", Some("CACHE_REPLAY_MAX_BYTES"), 1, u64::MAX >> 1, memory_max_bytes / 2)?
+      as usize,
+    max_value_bytes: o.int(
+      "maxValueBytes",
+      Some("CACHE_MAX_VALUE_BYTES"),
+      1,
+      MAX_VALUE_BYTES_LIMIT,
+      DEFAULT_MAX_VALUE_BYTES,
+    )?,
+    alerts: resolve_alerts(opts.get("alerts"), env)?,
   })
 }
 
@@ -227,13 +281,14 @@ fn resolve_target(o: &Opts) -> Result<RedisTarget, CacheError> {
   Ok(target)
 }
 
-/// `redis://[user:pass@]host:port/db` or `rediss://…` (TLS).
+/// `redis://[user:pass@]host:port/db` or `rediss://…` (TLS). Errors quote
+/// no part of the URL: a malformed one may hold its password anywhere.
 fn apply_url(t: &mut RedisTarget, url: &str) -> Result<(), String> {
   let (scheme, rest) = url.split_once("://").ok_or("must look like redis://host:port")?;
   match scheme {
     "redis" => {}
     "rediss" => t.tls = Some(t.tls.take().unwrap_or_default()),
-    _ => return Err(format!("has an unsupported scheme {scheme:?}; use redis:// or rediss://")),
+    _ => return Err("has an unsupported scheme; use redis:// or rediss://".into()),
   }
   let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
   let (userinfo, hostport) = match authority.rsplit_once('@') {
@@ -258,16 +313,18 @@ fn apply_url(t: &mut RedisTarget, url: &str) -> Result<(), String> {
     t.host = host;
   }
   if let Some(p) = port.filter(|p| !p.is_empty()) {
-    t.port = p.parse().map_err(|_| format!("has an invalid port {p:?}"))?;
+    t.port = p.parse().map_err(|_| "has an invalid port: it must be a number from 1 to 65535".to_string())?;
   }
   let db = path.split('?').next().unwrap_or("");
   if !db.is_empty() {
-    t.db = db.parse().map_err(|_| format!("has an invalid database number {db:?}"))?;
+    t.db = db
+      .parse()
+      .map_err(|_| "has an invalid database number: the path must be a whole number, as in /0".to_string())?;
   }
   Ok(())
 }
 
-fn percent_decode(s: &str) -> String {
+pub(crate) fn percent_decode(s: &str) -> String {
   let bytes = s.as_bytes();
   let mut out = Vec::with_capacity(bytes.len());
   let mut i = 0;
@@ -292,12 +349,30 @@ pub fn ttl_value(v: &Value, name: &str) -> Result<f64, CacheError> {
   check_ttl(secs, name)
 }
 
+/// The largest TTL, in seconds: 2^31 - 1 (about 68 years). Far beyond any
+/// cache lifetime, and every layer holds it exactly: Redis's `PX` in ms, the
+/// memory tier's clock arithmetic, a JavaScript timer's seconds. Above it a
+/// TTL is a `RangeError` (`index.js` checks the same bound before queueing).
+pub const MAX_TTL_SECS: f64 = 2_147_483_647.0;
+
+/// A TTL in seconds: positive, finite, at most [`MAX_TTL_SECS`].
 pub fn check_ttl(secs: f64, name: &str) -> Result<f64, CacheError> {
-  if secs.is_finite() && secs > 0.0 {
+  if secs.is_finite() && secs > 0.0 && secs <= MAX_TTL_SECS {
     Ok(secs)
+  } else if secs > MAX_TTL_SECS {
+    Err(CacheError::new(
+      ErrorKind::Range,
+      format!("{name} must be at most {MAX_TTL_SECS} seconds (about 68 years), got {secs}"),
+    ))
   } else {
     Err(CacheError::new(ErrorKind::Range, format!("{name} must be a positive finite number of seconds, got {secs}")))
   }
+}
+
+/// A checked TTL as a `Duration`. Never panics: whatever slips past
+/// [`check_ttl`] is clamped to the allowed range instead.
+pub fn ttl_duration(secs: f64) -> Duration {
+  Duration::try_from_secs_f64(secs.clamp(0.001, MAX_TTL_SECS)).unwrap_or(Duration::from_secs(MAX_TTL_SECS as u64))
 }
 
 fn type_err(name: &str, what: &str) -> CacheError {
@@ -347,10 +422,202 @@ impl Opts<'_> {
   }
 }
 
+/// A value that must never be printed (a webhook URL carries its token).
+#[derive(Clone, PartialEq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+  fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+    f.write_str("Secret(<redacted>)")
+  }
+}
+
+/// The alert rules' settings (option `alerts`, environment `REDIS_ALERT_*`).
+/// The rules run in JavaScript (`lib/alerts.js`); the core uses `enabled` and
+/// `evaluate_every` for its background watch of Redis.
+#[derive(Debug, Clone)]
+pub struct AlertsConfig {
+  pub enabled: bool,
+  /// Slack/Teams incoming-webhook URL: a secret, never shown (only its host).
+  pub webhook_url: Option<Secret>,
+  pub evaluate_every: Duration,
+  /// How long a condition must hold before it is raised, and be gone before it is resolved.
+  pub hold: Duration,
+  /// The sliding window of the rate alerts.
+  pub window: Duration,
+  /// Calls a window needs before a rate alert can fire.
+  pub min_samples: u64,
+  /// Values of [`ALERT_THRESHOLDS`], in its order.
+  pub thresholds: [f64; ALERT_THRESHOLDS.len()],
+}
+
+/// Each threshold: option name (under `alerts.thresholds`), environment name, default, range.
+pub const ALERT_THRESHOLDS: [(&str, &str, f64, f64, f64); 8] = [
+  ("hitRateWarnPct", "REDIS_ALERT_HIT_RATE_WARN_PCT", 60.0, 0.0, 100.0),
+  ("hitRateCriticalPct", "REDIS_ALERT_HIT_RATE_CRITICAL_PCT", 30.0, 0.0, 100.0),
+  ("responseTimeWarnMs", "REDIS_ALERT_RESPONSE_TIME_WARN_MS", 100.0, 0.0, 3_600_000.0),
+  ("responseTimeCriticalMs", "REDIS_ALERT_RESPONSE_TIME_CRITICAL_MS", 150.0, 0.0, 3_600_000.0),
+  ("errorRatePct", "REDIS_ALERT_ERROR_RATE_PCT", 5.0, 0.0, 100.0),
+  ("disconnectedMs", "REDIS_ALERT_DISCONNECTED_MS", 30_000.0, 0.0, 86_400_000.0),
+  ("memoryPct", "REDIS_ALERT_MEMORY_PCT", 80.0, 0.0, 100.0),
+  ("journalPct", "REDIS_ALERT_JOURNAL_PCT", 80.0, 0.0, 100.0),
+];
+
+impl AlertsConfig {
+  pub fn threshold(&self, name: &str) -> f64 {
+    ALERT_THRESHOLDS.iter().position(|t| t.0 == name).map_or(f64::NAN, |i| self.thresholds[i])
+  }
+
+  /// The settings as JavaScript reads them; `webhookUrl` included, so this
+  /// object is for the alert rules only, never for any output.
+  pub fn to_json(&self) -> Value {
+    let thresholds: Map<String, Value> =
+      ALERT_THRESHOLDS.iter().zip(self.thresholds).map(|(t, v)| (t.0.to_string(), Value::from(v))).collect();
+    serde_json::json!({
+      "enabled": self.enabled,
+      "webhookUrl": self.webhook_url.as_ref().map(|Secret(url)| url.clone()),
+      "webhookHost": self.webhook_host(),
+      "evaluateEveryMs": self.evaluate_every.as_millis() as u64,
+      "forMs": self.hold.as_millis() as u64,
+      "windowMs": self.window.as_millis() as u64,
+      "minSamples": self.min_samples,
+      "thresholds": thresholds,
+    })
+  }
+
+  /// The host of the webhook URL, the only part of it that may be shown.
+  pub fn webhook_host(&self) -> Option<String> {
+    self.webhook_url.as_ref().and_then(|Secret(url)| url_host(url)).map(str::to_string)
+  }
+}
+
+/// `http(s)://[user@]host[:port]/...` → `host[:port]`.
+fn url_host(url: &str) -> Option<&str> {
+  let rest = url.strip_prefix("https://").or_else(|| url.strip_prefix("http://"))?;
+  let authority = rest.split(['/', '?', '#']).next()?;
+  let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+  Some(host).filter(|h| !h.is_empty() && !h.starts_with(':'))
+}
+
+fn resolve_alerts(option: Option<&Value>, env: &dyn Fn(&str) -> Option<String>) -> Result<AlertsConfig, CacheError> {
+  let empty = Map::new();
+  let (enabled, opts) = match option {
+    None => {
+      let off =
+        env("REDIS_MONITORING_ENABLED").is_some_and(|v| v.trim().eq_ignore_ascii_case("false") || v.trim() == "0");
+      (!off, &empty)
+    }
+    Some(Value::Bool(on)) => (*on, &empty),
+    Some(Value::Object(map)) => (true, map),
+    Some(_) => return Err(type_err("options.alerts", "false, true or an object of alert settings")),
+  };
+  const KNOWN: [&str; 6] = ["webhookUrl", "evaluateEveryMs", "forMs", "windowMs", "minSamples", "thresholds"];
+  if let Some(unknown) = opts.keys().find(|k| !KNOWN.contains(&k.as_str())) {
+    return Err(CacheError::new(ErrorKind::Type, format!("options.alerts.{unknown} is not a known alert setting")));
+  }
+  // A number from `map[name]` (labelled `label`), else the environment, else the default.
+  let number = |map: &Map<String, Value>, label: &str, name: &str, env_name: &str, default: f64, min: f64, max: f64| {
+    let (value, label) = match map.get(name).filter(|v| !v.is_null()) {
+      Some(v) => {
+        (v.as_f64().ok_or_else(|| type_err(&format!("{label}.{name}"), "a number"))?, format!("{label}.{name}"))
+      }
+      None => match env(env_name).filter(|s| !s.trim().is_empty()) {
+        Some(s) => (s.trim().parse::<f64>().map_err(|_| type_err(env_name, "a number"))?, env_name.to_string()),
+        None => return Ok(default),
+      },
+    };
+    if !value.is_finite() || value < min || value > max {
+      return Err(CacheError::new(ErrorKind::Range, format!("{label} must be from {min} to {max}, got {value}")));
+    }
+    Ok(value)
+  };
+  let whole = |name: &str, env_name: &str, default: f64, min: f64, max: f64| -> Result<u64, CacheError> {
+    let v = number(opts, "options.alerts", name, env_name, default, min, max)?;
+    if v.fract() != 0.0 {
+      return Err(CacheError::new(ErrorKind::Range, format!("options.alerts.{name} must be a whole number, got {v}")));
+    }
+    Ok(v as u64)
+  };
+
+  let webhook_url = match opts.get("webhookUrl").filter(|v| !v.is_null()) {
+    Some(Value::String(s)) => Some(s.clone()),
+    Some(_) => return Err(type_err("options.alerts.webhookUrl", "an http(s) URL string")),
+    None => env("REDIS_ALERT_WEBHOOK_URL").map(|s| s.trim().to_string()).filter(|s| !s.is_empty()),
+  };
+  // The message never repeats the URL: it carries a secret token.
+  if let Some(url) = &webhook_url {
+    if url_host(url).is_none() {
+      return Err(type_err("options.alerts.webhookUrl (or REDIS_ALERT_WEBHOOK_URL)", "an http:// or https:// URL"));
+    }
+  }
+
+  let empty_thresholds = Map::new();
+  let given = match opts.get("thresholds") {
+    None | Some(Value::Null) => &empty_thresholds,
+    Some(Value::Object(map)) => map,
+    Some(_) => return Err(type_err("options.alerts.thresholds", "an object of thresholds")),
+  };
+  if let Some(unknown) = given.keys().find(|k| !ALERT_THRESHOLDS.iter().any(|t| t.0 == k.as_str())) {
+    return Err(CacheError::new(
+      ErrorKind::Type,
+      format!("options.alerts.thresholds.{unknown} is not a known threshold"),
+    ));
+  }
+  let mut thresholds = [0.0; ALERT_THRESHOLDS.len()];
+  for (slot, (name, env_name, default, min, max)) in thresholds.iter_mut().zip(ALERT_THRESHOLDS) {
+    *slot = number(given, "options.alerts.thresholds", name, env_name, default, min, max)?;
+  }
+  let config = AlertsConfig {
+    enabled,
+    webhook_url: webhook_url.map(Secret),
+    evaluate_every: Duration::from_millis(whole(
+      "evaluateEveryMs",
+      "REDIS_ALERT_EVALUATE_EVERY_MS",
+      5000.0,
+      10.0,
+      3_600_000.0,
+    )?),
+    hold: Duration::from_millis(whole("forMs", "REDIS_ALERT_FOR_MS", 30_000.0, 0.0, 86_400_000.0)?),
+    window: Duration::from_millis(whole("windowMs", "REDIS_ALERT_WINDOW_MS", 60_000.0, 100.0, 86_400_000.0)?),
+    min_samples: whole("minSamples", "REDIS_ALERT_MIN_SAMPLES", 100.0, 1.0, 1e9)?,
+    thresholds,
+  };
+  // A warning must come before its critical level, or the critical one could never show.
+  let pairs = [("hitRateCriticalPct", "hitRateWarnPct"), ("responseTimeWarnMs", "responseTimeCriticalMs")];
+  for (low, high) in pairs {
+    if config.threshold(low) > config.threshold(high) {
+      return Err(CacheError::new(
+        ErrorKind::Range,
+        format!(
+          "options.alerts.thresholds.{low} ({}) must not exceed {high} ({})",
+          config.threshold(low),
+          config.threshold(high)
+        ),
+      ));
+    }
+  }
+  Ok(config)
+}
+
 #[cfg(test)]
 mod tests {
   use super::*;
   use serde_json::json;
+
+  #[test]
+  fn ttls_are_capped_and_never_panic_as_durations() {
+    assert_eq!(check_ttl(MAX_TTL_SECS, "ttl"), Ok(MAX_TTL_SECS));
+    assert_eq!(check_ttl(0.5, "ttl"), Ok(0.5));
+    for bad in [0.0, -1.0, f64::NAN, f64::INFINITY, MAX_TTL_SECS + 1.0, 9.3e18, 1e20, f64::MAX] {
+      let e = check_ttl(bad, "ttl").unwrap_err();
+      assert_eq!(e.kind, ErrorKind::Range, "{bad}");
+      assert!(e.message.starts_with("ttl must be"), "{}", e.message);
+    }
+    for any in [f64::MAX, f64::NAN, f64::INFINITY, -1.0, 0.0, 1e20, 7200.0] {
+      assert!(ttl_duration(any) <= Duration::from_secs(MAX_TTL_SECS as u64), "{any}");
+    }
+    assert_eq!(ttl_duration(7200.0), Duration::from_secs(7200));
+  }
 
   fn no_env(_: &str) -> Option<String> {
     None
@@ -364,9 +631,25 @@ mod tests {
     assert_eq!(c.breaker_failures, 5);
     assert_eq!(c.compression_threshold, 1024);
     assert_eq!(c.memory_max_entries, 100_000);
+    assert_eq!(c.replay_max_bytes, 128 * 1024 * 1024);
     assert_eq!(c.key_prefix, "jack:dev");
     assert_eq!(c.ttl(TtlName::SseResponse), 10.0);
     assert_eq!(c.redis.unwrap().port, 6379);
+    assert_eq!(c.max_value_bytes, DEFAULT_MAX_VALUE_BYTES);
+  }
+
+  #[test]
+  fn max_value_bytes_from_option_or_environment_within_redis_limit() {
+    let env = |k: &str| (k == "CACHE_MAX_VALUE_BYTES").then(|| "4096".to_string());
+    assert_eq!(resolve(&Value::Null, &env).unwrap().max_value_bytes, 4096);
+    assert_eq!(resolve(&json!({"maxValueBytes": 100}), &env).unwrap().max_value_bytes, 100);
+    for bad in [json!(0), json!(MAX_VALUE_BYTES_LIMIT + 1), json!(1.5)] {
+      let e = resolve(&json!({ "maxValueBytes": bad }), &no_env).unwrap_err();
+      assert_eq!(e.kind, ErrorKind::Range, "{bad}");
+      assert!(e.message.contains("options.maxValueBytes"), "{}", e.message);
+    }
+    let env = |k: &str| (k == "CACHE_MAX_VALUE_BYTES").then(|| "lots".to_string());
+    assert!(resolve(&Value::Null, &env).unwrap_err().message.contains("CACHE_MAX_VALUE_BYTES"));
   }
 
   #[test]
@@ -401,9 +684,76 @@ mod tests {
     let e = resolve(&json!({"ttl": {"leadData": -1}}), &no_env).unwrap_err();
     assert_eq!(e.kind, ErrorKind::Range);
     assert!(e.message.contains("options.ttl.leadData"));
+    let e = resolve(&json!({"ttl": {"leadData": f64::MAX}}), &no_env).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Range);
+    assert!(e.message.contains("options.ttl.leadData"));
+    let huge = |k: &str| (k == "CACHE_DEFAULT_TTL").then(|| "1e20".to_string());
+    let e = resolve(&Value::Null, &huge).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Range);
+    assert!(e.message.contains("CACHE_DEFAULT_TTL"), "{}", e.message);
     let e = resolve(&json!({"poolSize": 0}), &no_env).unwrap_err();
     assert_eq!(e.kind, ErrorKind::Range);
     assert!(resolve(&json!({"nope": 1}), &no_env).unwrap_err().message.contains("options.nope"));
     assert!(resolve(&json!({"url": "http://x"}), &no_env).unwrap_err().message.contains("options.url"));
+  }
+
+  #[test]
+  fn errors_never_carry_a_password() {
+    let urls = [
+      "redis://:S3cr-et@h:notaport",
+      "redis://u:S3cr-et@h:1/notadb",
+      "redis://:S3cr-et",
+      "S3cr-et://h",
+      "redis://u:S3cr/et@h:1",
+      "redis://u:S3cr:et@[::1",
+    ];
+    for url in urls {
+      let e = resolve(&json!({ "url": url }), &no_env).unwrap_err();
+      assert!(e.message.starts_with("options.url "), "{url}: {}", e.message);
+      assert!(!e.message.contains("S3cr") && !e.message.contains("et"), "{url}: {}", e.message);
+    }
+    let env = |k: &str| (k == "REDIS_PASSWORD").then(|| "S3cr-et".to_string());
+    // A message that does echo something (an unknown option's name) is redacted.
+    let e = resolve(&json!({ "S3cr-et": 1 }), &env).unwrap_err();
+    assert_eq!(e.message, "options.*** is not a known option");
+    let e = resolve(&json!({ "url": "redis://:p%40ss@h", "ttl": { "p@ss": 1 } }), &no_env).unwrap_err();
+    assert_eq!(e.message, "options.ttl.*** is not a known TTL name");
+  }
+
+  #[test]
+  fn alerts_default_to_the_seeds_and_read_the_environment() {
+    let c = resolve(&Value::Null, &no_env).unwrap().alerts;
+    assert!(c.enabled);
+    assert_eq!((c.hold, c.window, c.min_samples), (Duration::from_secs(30), Duration::from_secs(60), 100));
+    assert_eq!(c.threshold("hitRateCriticalPct"), 30.0);
+    assert_eq!(c.threshold("responseTimeCriticalMs"), 150.0);
+    assert_eq!(c.threshold("disconnectedMs"), 30_000.0);
+    let env = |k: &str| match k {
+      "REDIS_ALERT_WEBHOOK_URL" => Some("https://hooks.example.com/services/T0/B0/tok3n".to_string()),
+      "REDIS_ALERT_MEMORY_PCT" => Some("90".to_string()),
+      _ => None,
+    };
+    let c = resolve(&json!({"alerts": {"forMs": 300, "thresholds": {"errorRatePct": 2.5}}}), &env).unwrap().alerts;
+    assert_eq!(c.hold, Duration::from_millis(300));
+    assert_eq!((c.threshold("errorRatePct"), c.threshold("memoryPct")), (2.5, 90.0));
+    assert_eq!(c.webhook_host().as_deref(), Some("hooks.example.com"));
+    assert!(!format!("{c:?}").contains("tok3n"), "Debug must not show the webhook URL");
+    let off = |k: &str| (k == "REDIS_MONITORING_ENABLED").then(|| "false".to_string());
+    assert!(!resolve(&Value::Null, &off).unwrap().alerts.enabled);
+    assert!(!resolve(&json!({"alerts": false}), &no_env).unwrap().alerts.enabled);
+  }
+
+  #[test]
+  fn bad_alert_settings_name_the_setting_and_never_echo_the_url() {
+    let e = resolve(&json!({"alerts": {"thresholds": {"memoryPct": 120}}}), &no_env).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Range);
+    assert!(e.message.contains("options.alerts.thresholds.memoryPct"), "{}", e.message);
+    let e = resolve(&json!({"alerts": {"webhookUrl": "ftp://x/s3cret"}}), &no_env).unwrap_err();
+    assert!(e.message.contains("webhookUrl") && !e.message.contains("s3cret"), "{}", e.message);
+    let e = resolve(&json!({"alerts": {"thresholds": {"hitRateWarnPct": 20}}}), &no_env).unwrap_err();
+    assert!(e.message.contains("hitRateCriticalPct"), "{}", e.message);
+    assert!(resolve(&json!({"alerts": {"nope": 1}}), &no_env).unwrap_err().message.contains("options.alerts.nope"));
+    assert!(resolve(&json!({"alerts": {"forMs": 1.5}}), &no_env).unwrap_err().message.contains("options.alerts.forMs"));
+    assert_eq!(resolve(&json!({"alerts": "on"}), &no_env).unwrap_err().kind, ErrorKind::Type);
   }
 }

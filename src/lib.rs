@@ -6,6 +6,11 @@
 //! its replies back through one shared threadsafe function. Measured in
 //! NOTES.md: this costs the main thread about a third of what one
 //! `async fn` per call does.
+//!
+//! Every entry point runs inside a panic catch ([`contain`], [`contain_async`],
+//! and per chunk in `submit`): a panic that unwound into N-API would abort
+//! Node, and one on the I/O thread would leave a batch's Promises pending
+//! forever. A caught panic is an `ERR_CACHE_INTERNAL` error for its callers.
 
 /// Every batch allocates keys, commands and replies on the I/O thread and
 /// frees some on another; glibc's malloc and free were about a quarter of
@@ -18,20 +23,25 @@ pub mod batch;
 pub mod breaker;
 pub mod codec;
 pub mod config;
+pub mod doctor;
 pub mod domain;
 pub mod engine;
 pub mod error;
 pub mod flight;
+pub mod journal;
 pub mod keys;
 pub mod metrics;
+pub mod redact;
 pub mod replay;
 pub mod tiers;
+pub mod watch;
 
+use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::ptr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use futures::FutureExt;
 use napi::bindgen_prelude::*;
@@ -70,7 +80,7 @@ struct Outbox {
 
 impl Outbox {
   fn deliver(&self, completion: Completion) {
-    let mut ready = self.ready.lock().unwrap();
+    let mut ready = self.ready.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     ready.push(completion);
     let already = self.woken.swap(true, Ordering::AcqRel);
     drop(ready);
@@ -80,7 +90,7 @@ impl Outbox {
   }
 
   fn take(&self) -> Vec<Completion> {
-    let mut ready = self.ready.lock().unwrap();
+    let mut ready = self.ready.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     self.woken.store(false, Ordering::Release);
     std::mem::take(&mut *ready)
   }
@@ -99,9 +109,14 @@ impl NativeCache {
   /// arguments) when completions are ready to `drain()`.
   #[napi(constructor, ts_args_type = "optionsJson: string, wake: () => void")]
   pub fn new(env: Env, options_json: String, wake: Function<(), ()>) -> Result<Self> {
+    contain(|| Self::build(&env, options_json, wake))
+  }
+
+  fn build(env: &Env, options_json: String, wake: Function<(), ()>) -> Result<Self> {
+    test_panic_point("constructor");
     let options: serde_json::Value = serde_json::from_str(&options_json)
-      .map_err(|e| throw(&env, CacheError::new(ErrorKind::Type, format!("options must be JSON-representable: {e}"))))?;
-    let cfg = config::resolve(&options, &|name| std::env::var(name).ok()).map_err(|e| throw(&env, e))?;
+      .map_err(|e| throw(env, CacheError::new(ErrorKind::Type, format!("options must be JSON-representable: {e}"))))?;
+    let cfg = config::resolve(&options, &|name| std::env::var(name).ok()).map_err(|e| throw(env, e))?;
     // Weak: an adapter that is never closed must not keep Node alive.
     let wake = wake.build_threadsafe_function::<()>().weak::<true>().callee_handled::<false>().build()?;
     let outbox = Arc::new(Outbox { ready: Mutex::new(Vec::new()), woken: AtomicBool::new(false), wake });
@@ -115,38 +130,57 @@ impl NativeCache {
   /// Runs one tick's calls (see `batch` for the format); the replies come
   /// back through `drain()` as `[id, first, ...replies]`, chunk by chunk.
   #[napi]
-  pub fn submit(&self, id: u32, codes: Vec<u32>, nums: Vec<f64>, strs: Vec<String>) {
+  pub fn submit(&self, id: u32, codes: Vec<u32>, nums: Vec<f64>, strs: Vec<String>) -> Result<()> {
     let (cache, outbox) = (self.cache.clone(), self.outbox.clone());
-    self.cache.runtime().spawn(async move {
-      let calls = batch::decode(&codes, &nums, strs, cache.config(), cache.keys(), now_ms());
-      let mut chunks = Vec::with_capacity(calls.len().div_ceil(CHUNK_CALLS));
-      let mut calls = calls.into_iter();
-      let mut first = 0;
-      loop {
-        let chunk: Vec<_> = calls.by_ref().take(CHUNK_CALLS).collect();
-        if chunk.is_empty() {
-          break;
-        }
-        let (cache, outbox, len) = (&cache, &outbox, chunk.len());
-        chunks.push(async move {
-          // Every call gets an answer, even if the core panics: a Promise
-          // that never settles is worse than an error.
-          let replies = AssertUnwindSafe(cache.execute(chunk)).catch_unwind().await.unwrap_or_else(|panic| {
-            let e = CacheError::new(ErrorKind::Internal, format!("the cache core failed: {}", panic_message(&panic)));
-            vec![Reply::Error(e); len]
+    contain(|| {
+      self.cache.runtime().spawn(async move {
+        // Decoding is inside a catch too: a panic there still answers every call.
+        let decoded = std::panic::catch_unwind(AssertUnwindSafe(|| {
+          test_panic_point("batchDecode");
+          batch::decode(&codes, &nums, strs, cache.config(), cache.keys(), now_ms())
+        }));
+        let calls = match decoded {
+          Ok(calls) => calls,
+          Err(panic) => {
+            let replies = vec![Reply::Error(panic_error(&panic)); codes.len()];
+            outbox.deliver(Completion::Batch { id, first: 0, replies });
+            return;
+          }
+        };
+        let mut chunks = Vec::with_capacity(calls.len().div_ceil(CHUNK_CALLS));
+        let mut calls = calls.into_iter();
+        let mut first = 0;
+        loop {
+          let chunk: Vec<_> = calls.by_ref().take(CHUNK_CALLS).collect();
+          if chunk.is_empty() {
+            break;
+          }
+          let (cache, outbox, len) = (&cache, &outbox, chunk.len());
+          chunks.push(async move {
+            // Every call gets an answer, even if the core panics: a Promise
+            // that never settles is worse than an error.
+            let run = async move {
+              test_panic_point("batchExecute");
+              cache.execute(chunk).await
+            };
+            let replies = AssertUnwindSafe(run)
+              .catch_unwind()
+              .await
+              .unwrap_or_else(|panic| vec![Reply::Error(panic_error(&panic)); len]);
+            outbox.deliver(Completion::Batch { id, first, replies });
           });
-          outbox.deliver(Completion::Batch { id, first, replies });
-        });
-        first += len as u32;
-      }
-      futures::future::join_all(chunks).await;
-    });
+          first += len as u32;
+        }
+        futures::future::join_all(chunks).await;
+      });
+      Ok(())
+    })
   }
 
   /// Every completion ready now, oldest first.
   #[napi(ts_return_type = "any[][]")]
-  pub fn drain(&self) -> Vec<Completion> {
-    self.outbox.take()
+  pub fn drain(&self) -> Result<Vec<Completion>> {
+    contain(|| Ok(self.outbox.take()))
   }
 
   /// Read-through for one generic key (`ttl_seconds` NaN: the default TTL);
@@ -159,82 +193,184 @@ impl NativeCache {
     ttl_seconds: f64,
     loader: ThreadsafeFunction<String, Promise<Option<String>>, String, Status, false>,
   ) -> Result<Option<String>> {
-    let secs = if ttl_seconds.is_nan() { self.cache.config().default_ttl_secs } else { ttl_seconds };
-    let ttl = Duration::from_secs_f64(config::check_ttl(secs, "ttl").map_err(to_napi)?);
-    let call_key = key.clone();
-    let load = || async move {
-      let promise = loader.call_async_catch(call_key).await.map_err(|e| e.reason.clone())?;
-      promise.await.map_err(|e| e.reason.clone())
-    };
-    match self.cache.get_or_load(key, ttl, load).await {
-      Ok(json) => Ok(json.map(|j| j.to_string())),
-      Err(e) => Err(to_napi(e)),
-    }
+    contain_async(async move {
+      test_panic_point("getOrLoad");
+      let secs = if ttl_seconds.is_nan() { self.cache.config().default_ttl_secs } else { ttl_seconds };
+      let ttl = config::ttl_duration(config::check_ttl(secs, "ttl").map_err(to_napi)?);
+      let call_key = key.clone();
+      let load = || async move {
+        let promise = loader.call_async_catch(call_key).await.map_err(|e| e.reason.clone())?;
+        promise.await.map_err(|e| e.reason.clone())
+      };
+      match self.cache.get_or_load(key, ttl, load).await {
+        Ok(json) => Ok(json.map(|j| j.to_string())),
+        Err(e) => Err(to_napi(e)),
+      }
+    })
+    .await
   }
 
   /// The memory tier's value (JSON) of a process-local fallback-map entry.
   #[napi]
   pub fn fallback_get(&self, map: String, key: String) -> Result<Option<String>> {
-    let key = self.cache.keys().fallback(&map, &key);
-    Ok(self.cache.memory_get(&key).map_err(to_napi)?.map(|j| j.to_string()))
+    contain(|| {
+      test_panic_point("fallback");
+      let key = self.cache.keys().fallback(&map, &key);
+      Ok(self.cache.memory_get(&key).map_err(to_napi)?.map(|j| j.to_string()))
+    })
   }
 
   #[napi]
-  pub fn fallback_set(&self, map: String, key: String, json: String) {
-    let key = self.cache.keys().fallback(&map, &key);
-    let ttl = Duration::from_secs_f64(self.cache.config().default_ttl_secs);
-    self.cache.memory_set(&key, json.into(), ttl);
+  pub fn fallback_set(&self, map: String, key: String, json: String) -> Result<()> {
+    contain(|| {
+      test_panic_point("fallback");
+      let key = self.cache.keys().fallback(&map, &key);
+      let ttl = config::ttl_duration(self.cache.config().default_ttl_secs);
+      self.cache.memory_set(&key, json.into(), ttl);
+      Ok(())
+    })
   }
 
   /// Counters, latency, mode, breaker, replay and memory-tier figures.
   #[napi(ts_return_type = "Record<string, any>")]
-  pub fn stats(&self) -> serde_json::Value {
-    self.cache.stats()
+  pub fn stats(&self) -> Result<serde_json::Value> {
+    contain(|| {
+      test_panic_point("stats");
+      Ok(self.cache.stats())
+    })
+  }
+
+  /// The alert settings in force, for `lib/alerts.js` (with the webhook URL:
+  /// never put this object in any output).
+  #[napi(ts_return_type = "Record<string, any>")]
+  pub fn alerts_config(&self) -> serde_json::Value {
+    let cfg = self.cache.config();
+    let mut out = cfg.alerts.to_json();
+    out["service"] = cfg.key_prefix.clone().into();
+    out["redisEnabled"] = cfg.redis.is_some().into();
+    out
+  }
+
+  /// The counters the alert rules sample (cheap: no walk of the memory tier).
+  #[napi(ts_return_type = "Record<string, any>")]
+  pub fn alert_inputs(&self) -> serde_json::Value {
+    self.cache.alert_inputs()
   }
 
   /// The TTLs in force, in seconds, by name.
   #[napi(ts_return_type = "Record<string, number>")]
-  pub fn ttl_config(&self) -> serde_json::Value {
-    self.cache.ttl_config()
+  pub fn ttl_config(&self) -> Result<serde_json::Value> {
+    contain(|| Ok(self.cache.ttl_config()))
   }
 
   #[napi(ts_return_type = "Promise<Record<string, any>>")]
   pub async fn redis_health(&self) -> Result<serde_json::Value> {
-    Ok(self.cache.redis_health().await)
+    contain_async(async {
+      test_panic_point("health");
+      Ok(self.cache.redis_health().await)
+    })
+    .await
   }
 
   /// Prometheus text exposition.
   #[napi]
-  pub fn metrics(&self) -> String {
-    self.cache.metrics_text()
+  pub fn metrics(&self) -> Result<String> {
+    contain(|| {
+      test_panic_point("metrics");
+      Ok(self.cache.metrics_text())
+    })
   }
 
   #[napi]
-  pub fn mode(&self) -> String {
-    self.cache.mode().name().to_string()
+  pub fn mode(&self) -> Result<String> {
+    contain(|| Ok(self.cache.mode().name().to_string()))
   }
 
   #[napi]
-  pub fn redis_enabled(&self) -> bool {
-    self.cache.config().redis.is_some()
+  pub fn redis_enabled(&self) -> Result<bool> {
+    contain(|| Ok(self.cache.config().redis.is_some()))
   }
 
-  /// Stops background work and drops the connections. Idempotent.
+  /// Stops background work and drops the connections, after one bounded
+  /// attempt to replay writes journaled during an outage; resolves to how
+  /// many writes could not be replayed. Idempotent.
   #[napi]
-  pub fn close(&self) {
-    self.cache.close();
+  pub async fn close(&self) -> Result<u32> {
+    // On the cache's own runtime, where its connections live.
+    let cache = self.cache.clone();
+    let unreplayed = self.cache.runtime().spawn(async move { cache.close().await }).await;
+    unreplayed
+      .map(|n| n.min(u32::MAX as usize) as u32)
+      .map_err(|e| to_napi(CacheError::new(ErrorKind::Internal, e.to_string())))
   }
+}
+
+/// Where [`test_panic_once`] can arm a deliberate panic: one per kind of entry point.
+const PANIC_POINTS: [&str; 8] =
+  ["constructor", "batchDecode", "batchExecute", "getOrLoad", "stats", "health", "metrics", "fallback"];
+
+/// 0: nothing armed; i + 1: a panic armed at `PANIC_POINTS[i]`.
+static ARMED_PANIC: AtomicUsize = AtomicUsize::new(0);
+
+/// TEST ONLY: makes the next pass through one entry point panic, once, so a
+/// test can prove the panic reaches the caller as an error (not an abort or
+/// a hang) and that the adapter works afterwards. `at` is one of
+/// `constructor`, `batchDecode`, `batchExecute`, `getOrLoad`, `stats`,
+/// `health`, `metrics`, `fallback`. Not part of the `CacheAdapter` API.
+///
+/// Why this shape: the shipped (release) binary is the one that must catch
+/// panics, so the hook is compiled into every build rather than under
+/// `cfg(debug_assertions)`; and it is reachable only by code that calls this
+/// function by name, never through data (a key or value) or the environment,
+/// so neither callers' input nor an operator's settings can trip it.
+#[napi(js_name = "__testPanicOnce")]
+pub fn test_panic_once(at: String) -> Result<()> {
+  let i = PANIC_POINTS.iter().position(|p| *p == at).ok_or_else(|| {
+    Error::new(Status::InvalidArg, format!("__testPanicOnce: {at:?} is not one of {}", PANIC_POINTS.join(", ")))
+  })?;
+  ARMED_PANIC.store(i + 1, Ordering::Release);
+  Ok(())
+}
+
+/// Panics if a test armed a panic at `point` (one relaxed load otherwise).
+fn test_panic_point(point: &str) {
+  let armed = ARMED_PANIC.load(Ordering::Relaxed);
+  if armed != 0
+    && PANIC_POINTS[armed - 1] == point
+    && ARMED_PANIC.compare_exchange(armed, 0, Ordering::AcqRel, Ordering::Relaxed).is_ok()
+  {
+    panic!("deliberate test panic at {point} (armed by __testPanicOnce)");
+  }
+}
+
+/// Runs an entry point's body; a panic becomes an error for the caller,
+/// since unwinding into N-API would abort Node.
+fn contain<T>(body: impl FnOnce() -> Result<T>) -> Result<T> {
+  std::panic::catch_unwind(AssertUnwindSafe(body)).unwrap_or_else(|panic| Err(to_napi(panic_error(&panic))))
+}
+
+/// [`contain`] for an async entry point.
+async fn contain_async<T>(body: impl Future<Output = Result<T>>) -> Result<T> {
+  AssertUnwindSafe(body).catch_unwind().await.unwrap_or_else(|panic| Err(to_napi(panic_error(&panic))))
+}
+
+fn panic_error(panic: &Box<dyn std::any::Any + Send>) -> CacheError {
+  CacheError::new(ErrorKind::Internal, format!("the cache core panicked: {}", panic_message(panic)))
 }
 
 /// The domain table: the JavaScript class builds its methods from it.
 #[napi(ts_return_type = "Array<Record<string, any>>")]
-pub fn domain_methods() -> serde_json::Value {
-  serde_json::to_value(domain::method_specs()).expect("the table serialises")
+pub fn domain_methods() -> Result<serde_json::Value> {
+  contain(|| serde_json::to_value(domain::method_specs()).map_err(|e| Error::from_reason(e.to_string())))
 }
 
 /// Opcode numbers and flags of the batch format.
 #[napi(ts_return_type = "Record<string, number>")]
-pub fn protocol() -> serde_json::Value {
+pub fn protocol() -> Result<serde_json::Value> {
+  contain(|| Ok(protocol_table()))
+}
+
+fn protocol_table() -> serde_json::Value {
   let mut map = serde_json::Map::new();
   for op in batch::Opcode::ALL {
     let name = serde_json::to_value(op).expect("opcodes serialise");
@@ -244,10 +380,27 @@ pub fn protocol() -> serde_json::Value {
   serde_json::Value::Object(map)
 }
 
+/// `npx native-cache-adapter doctor`: resolves the options (JSON) and the
+/// environment as the adapter does, checks the Redis they point at, and
+/// resolves to the report (a bad option is a failed `config` line).
+#[napi(
+  ts_return_type = "Promise<{ ok: boolean; target: string; checks: Array<{ name: string; status: 'pass' | 'warn' | 'fail'; detail: string }> }>"
+)]
+pub async fn doctor(options_json: String) -> Result<serde_json::Value> {
+  contain_async(async {
+    let report = match doctor::configure(&options_json, &|name| std::env::var(name).ok()) {
+      Ok(cfg) => doctor::run(&cfg).await,
+      Err(report) => *report,
+    };
+    serde_json::to_value(report).map_err(|e| Error::from_reason(e.to_string()))
+  })
+  .await
+}
+
 /// `orgId:digits`, or the digits alone with no org.
 #[napi]
-pub fn create_org_key(org_id: Option<String>, phone: String) -> String {
-  keys::org_key(org_id.as_deref(), &phone)
+pub fn create_org_key(org_id: Option<String>, phone: String) -> Result<String> {
+  contain(|| Ok(keys::org_key(org_id.as_deref(), &phone)))
 }
 
 /// The runtime every adapter's I/O runs on: one thread, current-thread

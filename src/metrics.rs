@@ -35,6 +35,8 @@ pub struct Metrics {
   /// Writes that fell out of the bounded replay queue.
   pub replay_dropped: AtomicU64,
   pub loader_calls: AtomicU64,
+  /// Stored values that were neither our format nor the old adapter's JSON (read as misses).
+  pub corrupt: AtomicU64,
   latency_count: AtomicU64,
   latency_sum_us: AtomicU64,
   latency_buckets: [AtomicU64; BUCKETS],
@@ -54,6 +56,7 @@ impl Default for Metrics {
       replayed: zero(),
       replay_dropped: zero(),
       loader_calls: zero(),
+      corrupt: zero(),
       latency_count: zero(),
       latency_sum_us: zero(),
       latency_buckets: std::array::from_fn(|_| zero()),
@@ -120,7 +123,7 @@ impl Metrics {
   /// counters kept elsewhere and gauges, and the latency histogram.
   pub fn prometheus(&self, more_counters: &[(&str, &str, u64)], gauges: &[(&str, &str, f64)]) -> String {
     let mut out = String::with_capacity(4096);
-    let counters: [(&str, &str, &AtomicU64); 9] = [
+    let counters: [(&str, &str, &AtomicU64); 10] = [
       ("cache_hits_total", "Reads that found a value.", &self.hits),
       ("cache_misses_total", "Reads that found nothing.", &self.misses),
       ("cache_operations_total", "Calls completed.", &self.operations),
@@ -130,6 +133,7 @@ impl Metrics {
       ("cache_deduplicated_reads_total", "Reads that shared another read of the same key.", &self.deduplicated),
       ("cache_replays_total", "Writes replayed to Redis after an outage.", &self.replayed),
       ("cache_replay_dropped_total", "Writes dropped from the full replay queue.", &self.replay_dropped),
+      ("cache_corrupt_values_total", "Stored values that could not be decoded, read as misses.", &self.corrupt),
     ];
     let counters = counters.iter().map(|(name, help, c)| (*name, *help, c.load(Relaxed)));
     for (name, help, value) in counters.chain(more_counters.iter().copied()) {
@@ -175,11 +179,13 @@ mod tests {
   fn prometheus_text_is_well_formed() {
     let m = Metrics::default();
     m.hits.fetch_add(3, Relaxed);
+    m.corrupt.fetch_add(1, Relaxed);
     m.record_latency(Duration::from_micros(300), 4);
     let text =
       m.prometheus(&[("cache_outages_total", "Outages.", 2)], &[("cache_mode", "1 when serving from Redis.", 1.0)]);
     assert!(text.contains("# TYPE cache_outages_total counter\ncache_outages_total 2\n"));
     assert!(text.contains("cache_hits_total 3\n"));
+    assert!(text.contains("# TYPE cache_corrupt_values_total counter\ncache_corrupt_values_total 1\n"));
     assert!(text.contains("# TYPE cache_mode gauge\ncache_mode 1\n"));
     assert!(text.contains("cache_operation_duration_seconds_bucket{le=\"+Inf\"} 4\n"));
     assert!(text.contains("cache_operation_duration_seconds_count 4\n"));

@@ -189,10 +189,12 @@ impl RedisTier {
     }
     let Some(pool) = &self.pool else { return self.probe_cluster().await };
     let mut conn = pool.dial().await?;
-    tokio::time::timeout(self.command_timeout, conn.req_packed_command(&redis::cmd("PING")))
+    let pong = tokio::time::timeout(self.command_timeout, conn.req_packed_command(&redis::cmd("PING")))
       .await
       .map_err(|_| Unavailable(format!("PING timed out after {} ms", self.command_timeout.as_millis())))?
       .map_err(unavailable)?;
+    // A server error (NOAUTH, say) is a failed probe too.
+    outcome(pong).map_err(Unavailable)?;
     pool.renew(conn);
     pool.fill(Deadline::now() + self.connect_timeout).await;
     Ok(())
@@ -681,6 +683,7 @@ impl Pool {
     deadline: Deadline,
   ) -> Result<(MultiplexedConnection, u64), Unavailable> {
     let slot = &self.slots[i];
+    let mut waited = false;
     loop {
       let dialled = slot.dialled.notified();
       {
@@ -691,6 +694,12 @@ impl Pool {
         if self.closed.load(Ordering::Acquire) {
           return Err(Unavailable("the adapter is closed".into()));
         }
+        // The dial waited for failed (say, refused): fail now rather than
+        // spend the rest of the budget on more dials.
+        if waited && !s.dialing {
+          let why = s.last_error.as_deref().unwrap_or("not connected");
+          return Err(Unavailable(format!("connection {i}: {why}")));
+        }
         if self.schedule_dial(i, &mut s) > deadline {
           let why = s.last_error.as_deref().unwrap_or("not connected");
           return Err(Unavailable(format!("connection {i} is being re-dialled ({why})")));
@@ -700,6 +709,7 @@ impl Pool {
         let why = lock(&slot.state).last_error.clone().unwrap_or_else(|| "connecting".into());
         return Err(Unavailable(format!("connection {i}: no connection in time ({why})")));
       }
+      waited = true;
     }
   }
 
@@ -933,11 +943,13 @@ mod pool_tests {
   }
 }
 
+/// A redis-rs error as a reason; URL credentials masked at once, in case
+/// the error quotes a connection address.
 fn unavailable(e: RedisError) -> Unavailable {
-  Unavailable(e.to_string())
+  Unavailable(crate::redact::mask_userinfo(&e.to_string()))
 }
 
-fn load_certs(tls: Option<&TlsFiles>) -> Result<Option<redis::TlsCertificates>, String> {
+pub fn load_certs(tls: Option<&TlsFiles>) -> Result<Option<redis::TlsCertificates>, String> {
   let Some(files) = tls else { return Ok(None) };
   let read = |path: &Option<String>| -> Result<Option<Vec<u8>>, String> {
     path.as_ref().map(|p| std::fs::read(p).map_err(|e| format!("cannot read TLS file {p}: {e}"))).transpose()
@@ -973,18 +985,67 @@ if redis.call('PTTL', KEYS[1]) < 0 then redis.call('PEXPIRE', KEYS[1], ARGV[3]) 
 return n
 "#;
 
-/// Appends the Redis commands of one operation to a batch's pipeline.
-pub fn push_op(op: &Op, pipe: &mut Pipeline, threshold: usize, now_ms: u64) {
+/// What [`WRITE_SCRIPT`] answers when Redis holds a newer write of the key.
+pub const WRITE_SUPERSEDED: i64 = -1;
+
+/// Every write carries its write time and is applied only if Redis holds no
+/// newer write of the key (or hash field). A command whose connection timed
+/// out may still reach Redis later (bytes in a kernel buffer or a middlebox
+/// outlive the connection that sent them); with this check such a late write
+/// can never overwrite a newer one, whenever it lands. `GETRANGE 0 9` reads
+/// only the header, so the check does not copy large values. A write time
+/// more than 2 s ahead of Redis's own clock is not trusted (a host with a
+/// clock far ahead would otherwise block every other writer of that key).
+/// KEYS[1]: key; ARGV: op (set, del, hset, hdel), write time (ms), TTL (ms),
+/// encoded value, field. Answers -1 (superseded), or the command's own reply.
+pub const WRITE_SCRIPT: &str = r#"
+local function ts(v)
+  if type(v) ~= 'string' or #v < 10 or string.byte(v, 1) ~= 254 then return 0 end
+  local t = 0
+  for i = 3, 10 do t = t * 256 + string.byte(v, i) end
+  return t
+end
+local op, mine, key = ARGV[1], tonumber(ARGV[2]), KEYS[1]
+local clock = redis.call('TIME')
+local trusted = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000) + 2000
+local function newer(v)
+  local t = ts(v)
+  return t > mine and t <= trusted
+end
+if op == 'set' or op == 'del' then
+  local ok, head = pcall(redis.call, 'GETRANGE', key, 0, 9)
+  if ok and newer(head) then return -1 end
+  if op == 'del' then return redis.call('UNLINK', key) end
+  redis.call('SET', key, ARGV[4], 'PX', ARGV[3])
+  return 1
+end
+local ok, current = pcall(redis.call, 'HGET', key, ARGV[5])
+if ok and newer(current) then return -1 end
+if op == 'hdel' then return redis.call('HDEL', key, ARGV[5]) end
+local n = redis.call('HSET', key, ARGV[5], ARGV[4])
+redis.call('PEXPIRE', key, ARGV[3])
+return n
+"#;
+
+fn push_write(pipe: &mut Pipeline, op: &str, key: &str, now_ms: u64, ttl_ms: u64, value: &[u8], field: &str) {
+  pipe.cmd("EVAL").arg(WRITE_SCRIPT).arg(1).arg(key).arg(op).arg(now_ms).arg(ttl_ms).arg(value).arg(field);
+}
+
+/// Appends the Redis commands of one operation to a batch's pipeline;
+/// `encoded` is its value already encoded, if it was (off this thread).
+pub fn push_op(op: &Op, pipe: &mut Pipeline, encoded: Option<Vec<u8>>, threshold: usize, now_ms: u64) {
+  let mut encoded = encoded;
+  let mut encode = |json: &str| encoded.take().unwrap_or_else(|| codec::encode(json, threshold, now_ms));
   let px = |ttl: &Duration| ttl.as_millis().max(1) as u64;
   match op {
     Op::Get { key, .. } => {
       pipe.cmd("GET").arg(key);
     }
     Op::Set { key, json, ttl, .. } => {
-      pipe.cmd("SET").arg(key).arg(codec::encode(json, threshold, now_ms)).arg("PX").arg(px(ttl));
+      push_write(pipe, "set", key, now_ms, px(ttl), &encode(json), "");
     }
     Op::Delete { key } => {
-      pipe.cmd("UNLINK").arg(key);
+      push_write(pipe, "del", key, now_ms, 0, &[], "");
     }
     Op::Exists { key } => {
       pipe.cmd("EXISTS").arg(key);
@@ -1000,11 +1061,10 @@ pub fn push_op(op: &Op, pipe: &mut Pipeline, threshold: usize, now_ms: u64) {
       pipe.cmd("HGET").arg(key).arg(field);
     }
     Op::HSet { key, field, json, ttl, .. } => {
-      pipe.cmd("HSET").arg(key).arg(field).arg(codec::encode(json, threshold, now_ms));
-      pipe.cmd("PEXPIRE").arg(key).arg(px(ttl));
+      push_write(pipe, "hset", key, now_ms, px(ttl), &encode(json), field);
     }
     Op::HDel { key, field } => {
-      pipe.cmd("HDEL").arg(key).arg(field);
+      push_write(pipe, "hdel", key, now_ms, 0, &[], field);
     }
     Op::HGetAll { key } => {
       pipe.cmd("HGETALL").arg(key);

@@ -1,0 +1,133 @@
+'use strict'
+/**
+ * Order and age: no late write, late reply or reordered call may leave an
+ * older value where a newer one was acknowledged (issue #9). Each test
+ * reproduces a case that broke that promise, against a real redis-server,
+ * with the fault made real: a paused server, or a proxy that holds bytes.
+ */
+const { test } = require('node:test')
+const assert = require('node:assert/strict')
+const { startRedis } = require('./helpers/redis')
+const { startProxy } = require('./helpers/proxy')
+const { sleep, guard, until } = require('./helpers/wait')
+
+require('./helpers/env').isolateFromEnvironment()
+
+const { CacheAdapter } = require('..')
+
+let seq = 0
+const uniquePrefix = () => `ord-${process.pid}-${++seq}`
+
+async function redisReady(adapter, ms = 10000) {
+  return until(async () => (await adapter.getStats()).cache.mode === 'redis', ms, 'adapter serving from Redis')
+}
+
+/** The JSON payload Redis holds under a generic key ('(nil)' if none). */
+async function payload(server, prefix, key) {
+  const script = `local v = redis.call('GET', KEYS[1])
+if not v then return '(nil)' end
+if string.byte(v, 1) == 254 then return string.sub(v, 11) end
+return v`
+  return server.cli('eval', script, 1, `${prefix}:kv:${key}`)
+}
+
+test('a write that reaches Redis late (held by the path) never overwrites a newer acknowledged write', async (t) => {
+  const server = await startRedis()
+  const proxy = await startProxy({ port: server.port })
+  const prefix = uniquePrefix()
+  const common = { keyPrefix: prefix, commandTimeoutMs: 200, connectTimeoutMs: 500, breakerFailures: 1 }
+  const a = new CacheAdapter({ ...common, url: proxy.url, poolSize: 1, breakerCooldownMs: 60000 })
+  const b = new CacheAdapter({ ...common, url: server.url })
+  t.after(async () => {
+    await Promise.all([a.close(), b.close()])
+    await proxy.close()
+    await server.stop()
+  })
+  await Promise.all([redisReady(a), redisReady(b)])
+  assert.equal(await a.set('k', 'v0'), true)
+
+  assert.ok(proxy.hold() >= 1, 'the adapter has a connection to hold')
+  // A's write leaves on the socket and times out: A keeps it in memory and journals it.
+  assert.equal(await guard(a.set('k', 'v1'), 3000, 'set v1'), true)
+  await sleep(5) // a later wall-clock millisecond
+  // Meanwhile another instance writes a newer value, acknowledged by Redis.
+  assert.equal(await b.set('k', 'v2'), true)
+  assert.equal(await payload(server, prefix, 'k'), '"v2"')
+
+  // The held bytes arrive now: the old SET must not win.
+  proxy.release()
+  await sleep(300)
+  assert.equal(await payload(server, prefix, 'k'), '"v2"', 'Redis still holds the newer write')
+  assert.equal(await b.get('k'), 'v2', 'the other instance reads the newer write')
+})
+
+test('a late reply never closes the open breaker, and never puts its older value over a newer journaled write', async (t) => {
+  const server = await startRedis()
+  const prefix = uniquePrefix()
+  const a = new CacheAdapter({
+    url: server.url,
+    keyPrefix: prefix,
+    commandTimeoutMs: 600,
+    connectTimeoutMs: 500,
+    breakerFailures: 1,
+    breakerCooldownMs: 2500,
+  })
+  t.after(async () => {
+    server.resume()
+    await a.close()
+    await server.stop()
+  })
+  await redisReady(a)
+  assert.equal(await a.set('k', 'v0'), true)
+
+  server.pause()
+  const failing = a.get('other') // times out: opens the breaker
+  await sleep(300)
+  const late = a.set('k', 'v1') // in flight when the breaker opens
+  assert.equal(await guard(failing, 3000, 'the failing read'), null)
+  assert.equal((await a.getStats()).cache.breaker.state, 'open')
+  assert.equal(await a.set('k', 'v2'), true, 'acknowledged from memory, journaled')
+  server.resume()
+  assert.equal(await guard(late, 3000, 'the late set'), true)
+
+  // Only the probe (after the cooldown) may close the breaker.
+  const s = (await a.getStats()).cache
+  assert.notEqual(s.breaker.state, 'closed', 'a late reply closed the breaker without a probe')
+  assert.equal(await a.get('k'), 'v2', 'memory still holds the newer, journaled write')
+
+  await until(async () => {
+    const c = (await a.getStats()).cache
+    return c.mode === 'redis' && c.replay.pending === 0
+  }, 10000, 'probe and replay')
+  assert.equal(await payload(server, prefix, 'k'), '"v2"')
+  assert.equal(await a.get('k'), 'v2')
+
+  // And in the next outage, memory answers with the newer value too.
+  server.pause()
+  await a.get('other')
+  await until(async () => (await a.getStats()).cache.breaker.state === 'open', 3000, 'breaker open')
+  assert.equal(await a.get('k'), 'v2', 'the next outage reads the last acknowledged value')
+})
+
+test('calls keep their order within a tick: a tenant clear followed by a set of that tenant keeps the set', async (t) => {
+  const server = await startRedis()
+  const prefix = uniquePrefix()
+  const a = new CacheAdapter({ url: server.url, keyPrefix: prefix })
+  const mem = new CacheAdapter({ enabled: false, keyPrefix: prefix })
+  t.after(async () => {
+    await Promise.all([a.close(), mem.close()])
+    await server.stop()
+  })
+  await redisReady(a)
+  for (const adapter of [a, mem]) {
+    await adapter.setConversationContext('org-1', '+1 555 0100', [{ n: 1 }])
+    const [cleared, stored] = await Promise.all([
+      adapter.clearOrganizationCache('org-1'),
+      adapter.setConversationContext('org-1', '+1 555 0101', [{ n: 2 }]),
+    ])
+    assert.equal(cleared, 1, 'the clear removed what was written before it')
+    assert.equal(stored, true)
+    assert.deepEqual(await adapter.getConversationContext('org-1', '+1 555 0101'), [{ n: 2 }], 'the later set survives')
+    assert.equal(await adapter.getConversationContext('org-1', '+1 555 0100'), null)
+  }
+})
