@@ -137,10 +137,24 @@ function entriesOf(name, entries) {
  */
 const busy = new Set()
 const keepAliveOfCollected = new FinalizationRegistry((timer) => clearInterval(timer))
+const alertsOfCollected = new FinalizationRegistry((alerts) => alerts.stop())
 function noop() {}
 function wakeUp(adapter) {
   const ref = new WeakRef(adapter)
   return () => ref.deref()?._wake()
+}
+/**
+ * The adapter's alerts, whose timer (a GC root) reaches the adapter only
+ * through a WeakRef. Made here, not in the constructor: a closure there shares
+ * the constructor's context, which holds `this` for the other arrow functions.
+ */
+function alertsOf(adapter) {
+  const ref = new WeakRef(adapter)
+  return new Alerts(
+    adapter._native.alertsConfig(),
+    () => ref.deref()?._native.alertInputs() ?? null,
+    (e) => ref.deref()?.emit('alert', e),
+  )
 }
 
 /** Collects one tick's calls and submits them as one batch. */
@@ -274,7 +288,8 @@ class CacheAdapter extends EventEmitter {
     this._inflightRequests = new Map()
     this._humanControl = new Map()
     this._closed = null
-    this._alerts = new Alerts(this._native.alertsConfig(), () => this._native.alertInputs(), (e) => this.emit('alert', e))
+    this._alerts = alertsOf(this)
+    alertsOfCollected.register(this, this._alerts)
     this._alerts.start()
   }
 

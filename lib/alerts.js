@@ -138,6 +138,8 @@ class Alerts {
   evaluate(now = Date.now()) {
     try {
       const c = this.sample()
+      // The adapter is gone (collected without close()): nothing left to watch.
+      if (c === null) return this.stop()
       const w = this.window(c, now)
       this.counts.evaluations++
       for (const [name, rule] of Object.entries(RULES)) this.step(name, rule(c, w, this.cfg), now)
