@@ -291,7 +291,8 @@ test('failover: the old primary turns read-only (READONLY on the kept connection
   }
 })
 
-test('per-key order: successive writes of one key from one instance, on a pool of two, run in Redis in the order they were made', async (t) => {
+/** Successive writes of one key, each tick with a large write of another key, checked with MONITOR. */
+async function perKeyOrder(t, noiseBytes) {
   const server = await startRedis()
   const keyPrefix = uniquePrefix()
   const writer = new CacheAdapter({ url: server.url, keyPrefix, poolSize: 2, commandTimeoutMs: 5000 })
@@ -320,7 +321,7 @@ test('per-key order: successive writes of one key from one instance, on a pool o
     await until(() => started, 5000, 'MONITOR started')
     // Random text hardly compresses: a large write of another key takes many
     // socket reads on the server, a small one on the other connection one.
-    const big = crypto.randomBytes(32 * 1024).toString('base64')
+    const big = crypto.randomBytes(noiseBytes).toString('base64')
     const writes = 200
     const pending = []
     for (let i = 0; i < writes; i++) {
@@ -341,4 +342,11 @@ test('per-key order: successive writes of one key from one instance, on a pool o
     monitor?.kill('SIGKILL')
     await closeAll([writer], [server])
   }
-})
+}
+
+test('per-key order: successive writes of one key from one instance, on a pool of two, run in Redis in the order they were made', (t) =>
+  perKeyOrder(t, 32 * 1024))
+
+test('per-key order holds when large values are compressed off the I/O thread (a later small batch must not overtake)', (t) =>
+  perKeyOrder(t, 64 * 1024))
+

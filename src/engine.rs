@@ -31,6 +31,7 @@ use crate::keys::KeySpace;
 use crate::metrics::Metrics;
 use crate::redact::Secrets;
 use crate::replay;
+use crate::send_order::SendOrder;
 use crate::tiers;
 use crate::tiers::memory::MemoryTier;
 use crate::tiers::redis::{Outcome, RedisTier, Span, Unavailable};
@@ -81,6 +82,8 @@ struct Inner {
   observer: ModeObserver,
   /// Shared with the supervisor, which waits on it holding only a `Weak`.
   wake: Arc<Notify>,
+  /// Keeps segments' sends in submission order (see `send_order`).
+  send_order: SendOrder,
   closed: AtomicBool,
   /// Times the adapter dialled Redis or probed it after an outage (the old
   /// adapter's `connectionAttempts`).
@@ -118,6 +121,7 @@ impl Cache {
       secrets: cfg.redis.as_ref().map(Secrets::of).unwrap_or_default(),
       observer,
       wake: Arc::new(Notify::new()),
+      send_order: SendOrder::default(),
       closed: AtomicBool::new(false),
       connection_attempts: AtomicU64::new(0),
       runtime: runtime.clone(),
@@ -494,6 +498,8 @@ impl Inner {
 
   /// Runs operations of which at most one, alone, is a tenant clear.
   async fn run_segment(&self, ops: &[(usize, Op)]) -> Vec<Reply> {
+    // Taken before anything can wait, so sends keep the submission order.
+    let mut ticket = self.send_order.ticket();
     if self.closed.load(Ordering::Acquire) {
       return ops
         .iter()
@@ -517,6 +523,7 @@ impl Inner {
     let mut clears = Vec::new();
     let now_ms = now_ms();
     let mut encoded = encode_values(ops, self.cfg.compression_threshold, now_ms).await.into_iter();
+    ticket.turn().await;
     for (i, (_, op)) in ops.iter().enumerate() {
       let encoded = encoded.next().flatten();
       if matches!(op, Op::ClearOrg { .. }) {
@@ -552,11 +559,22 @@ impl Inner {
       sent.push((i, lead));
     }
 
-    if !cmds.is_empty() {
+    if cmds.is_empty() {
+      ticket.release();
+    } else {
       // Each connection's share succeeds or fails alone: only the operations
       // of a failed connection go to memory (and the journal).
       let started = Instant::now();
-      let replies = redis.run(&cmds, &spans).await;
+      let run = redis.run(&cmds, &spans);
+      tokio::pin!(run);
+      // The first poll puts the commands on their connections; from then on
+      // a later segment may send.
+      let polled = futures::poll!(run.as_mut());
+      ticket.release();
+      let replies = match polled {
+        std::task::Poll::Ready(replies) => replies,
+        std::task::Poll::Pending => run.await,
+      };
       match replies.failure() {
         None => self.breaker.record_success(),
         Some(e) => self.redis_stalled(e, started),
