@@ -31,6 +31,7 @@ use crate::keys::KeySpace;
 use crate::metrics::Metrics;
 use crate::redact::Secrets;
 use crate::replay;
+use crate::scripts;
 use crate::send_order::SendOrder;
 use crate::tiers;
 use crate::tiers::memory::MemoryTier;
@@ -663,7 +664,7 @@ impl Inner {
     // refused as older than what it holds (`WRITE_SUPERSEDED`) leaves
     // nothing in memory rather than our older value.
     let follow = !(op.is_write() && self.journal.touches(op.key()));
-    let superseded = int(value) == tiers::redis::WRITE_SUPERSEDED;
+    let superseded = int(value) == scripts::WRITE_SUPERSEDED;
     let reply = match op {
       Op::Get { unwrap, .. } => {
         let json = match self.stored_value(value) {

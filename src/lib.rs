@@ -33,6 +33,7 @@ pub mod keys;
 pub mod metrics;
 pub mod redact;
 pub mod replay;
+pub mod scripts;
 pub mod send_order;
 pub mod tiers;
 pub mod watch;

@@ -10,62 +10,11 @@ use redis::Pipeline;
 use crate::batch::Op;
 use crate::codec;
 use crate::journal::{Clear, Journal, Pending};
+use crate::scripts::{CLEAR_SCRIPT, WRITE_SCRIPT};
 use crate::tiers::redis::{push_op, RedisTier, Span, Unavailable};
 
 /// How many journal entries one replay round trip carries.
 const REPLAY_BATCH: usize = 256;
-
-/// Lua: `ts(value)` is the write time in a value's header (0xFE, codec,
-/// u64 BE ms); a value without one (the old adapter's) counts as older
-/// than anything.
-macro_rules! lua_write_time {
-  () => {
-    r#"
-local function ts(v)
-  if type(v) ~= 'string' or #v < 10 or string.byte(v, 1) ~= 254 then return 0 end
-  local t = 0
-  for i = 3, 10 do t = t * 256 + string.byte(v, i) end
-  return t
-end
-"#
-  };
-}
-
-/// Last-writer-wins replay of one journal entry.
-const REPLAY_SCRIPT: &str = concat!(
-  lua_write_time!(),
-  r#"
-local op, mine, key = ARGV[1], tonumber(ARGV[2]), KEYS[1]
-if op == 'set' or op == 'del' then
-  if redis.call('TYPE', key).ok == 'string' and ts(redis.call('GET', key)) > mine then return 0 end
-  if op == 'set' then redis.call('SET', key, ARGV[4], 'PX', ARGV[3]) else redis.call('DEL', key) end
-  return 1
-end
-if redis.call('TYPE', key).ok ~= 'hash' and redis.call('EXISTS', key) == 1 then redis.call('DEL', key) end
-if ts(redis.call('HGET', key, ARGV[5])) > mine then return 0 end
-if op == 'hset' then
-  redis.call('HSET', key, ARGV[5], ARGV[4])
-  redis.call('PEXPIRE', key, ARGV[3])
-else
-  redis.call('HDEL', key, ARGV[5])
-end
-return 1
-"#
-);
-
-/// Deletes the given keys of one tenant unless they were written after the clear.
-const CLEAR_SCRIPT: &str = concat!(
-  lua_write_time!(),
-  r#"
-local n, at = 0, tonumber(ARGV[1])
-for _, key in ipairs(KEYS) do
-  if redis.call('TYPE', key).ok ~= 'string' or ts(redis.call('GET', key)) <= at then
-    n = n + redis.call('UNLINK', key)
-  end
-end
-return n
-"#
-);
 
 /// What one write-back did.
 pub struct WriteBack {
@@ -132,8 +81,8 @@ pub async fn write_back(
           continue;
         }
       };
-      pipe.cmd("EVAL").arg(REPLAY_SCRIPT).arg(1).arg(&e.slot.key);
-      pipe.arg(op).arg(e.written_ms).arg(ttl_ms).arg(value).arg(field.unwrap_or(""));
+      pipe.cmd("EVAL").arg(WRITE_SCRIPT).arg(1).arg(&e.slot.key);
+      pipe.arg(op).arg(e.written_ms).arg(ttl_ms).arg(value).arg(field.unwrap_or("")).arg("replace");
       sent.push(e);
     }
     if sent.is_empty() {

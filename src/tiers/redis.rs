@@ -23,6 +23,7 @@ use tokio::time::Instant as Deadline;
 
 use crate::batch::Op;
 use crate::codec;
+use crate::scripts;
 use crate::config::{RedisTarget, TlsFiles};
 
 /// Why a round trip to Redis failed as a whole (the breaker counts these).
@@ -962,73 +963,8 @@ pub fn load_certs(tls: Option<&TlsFiles>) -> Result<Option<redis::TlsCertificate
   Ok(Some(redis::TlsCertificates { client_tls, root_cert: read(&files.ca_file)? }))
 }
 
-/// `INCRBY` for values in our format: the counter keeps a header (and so a
-/// write time for replays), its TTL, or gets `ARGV[3]` ms when it had none.
-/// Plain digits (the old adapter's, or anyone's) count too.
-const INCREMENT_SCRIPT: &str = r#"
-local v = redis.call('GET', KEYS[1])
-local n = 0
-if v then
-  if string.byte(v, 1) == 254 then
-    if string.byte(v, 2) ~= 1 then return redis.error_reply('ERR value is not an integer or out of range') end
-    v = string.sub(v, 11)
-  end
-  n = tonumber(v)
-  if n == nil or n ~= math.floor(n) or string.find(v, '[^-0-9 ]') then
-    return redis.error_reply('ERR value is not an integer or out of range')
-  end
-end
-n = n + tonumber(ARGV[1])
-if math.abs(n) > 9007199254740991 then return redis.error_reply('ERR increment or decrement would overflow') end
-redis.call('SET', KEYS[1], ARGV[2] .. string.format('%d', n), 'KEEPTTL')
-if redis.call('PTTL', KEYS[1]) < 0 then redis.call('PEXPIRE', KEYS[1], ARGV[3]) end
-return n
-"#;
-
-/// What [`WRITE_SCRIPT`] answers when Redis holds a newer write of the key.
-pub const WRITE_SUPERSEDED: i64 = -1;
-
-/// Every write carries its write time and is applied only if Redis holds no
-/// newer write of the key (or hash field). A command whose connection timed
-/// out may still reach Redis later (bytes in a kernel buffer or a middlebox
-/// outlive the connection that sent them); with this check such a late write
-/// can never overwrite a newer one, whenever it lands. `GETRANGE 0 9` reads
-/// only the header, so the check does not copy large values. A write time
-/// more than 2 s ahead of Redis's own clock is not trusted (a host with a
-/// clock far ahead would otherwise block every other writer of that key).
-/// KEYS[1]: key; ARGV: op (set, del, hset, hdel), write time (ms), TTL (ms),
-/// encoded value, field. Answers -1 (superseded), or the command's own reply.
-pub const WRITE_SCRIPT: &str = r#"
-local function ts(v)
-  if type(v) ~= 'string' or #v < 10 or string.byte(v, 1) ~= 254 then return 0 end
-  local t = 0
-  for i = 3, 10 do t = t * 256 + string.byte(v, i) end
-  return t
-end
-local op, mine, key = ARGV[1], tonumber(ARGV[2]), KEYS[1]
-local clock = redis.call('TIME')
-local trusted = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000) + 2000
-local function newer(v)
-  local t = ts(v)
-  return t > mine and t <= trusted
-end
-if op == 'set' or op == 'del' then
-  local ok, head = pcall(redis.call, 'GETRANGE', key, 0, 9)
-  if ok and newer(head) then return -1 end
-  if op == 'del' then return redis.call('UNLINK', key) end
-  redis.call('SET', key, ARGV[4], 'PX', ARGV[3])
-  return 1
-end
-local ok, current = pcall(redis.call, 'HGET', key, ARGV[5])
-if ok and newer(current) then return -1 end
-if op == 'hdel' then return redis.call('HDEL', key, ARGV[5]) end
-local n = redis.call('HSET', key, ARGV[5], ARGV[4])
-redis.call('PEXPIRE', key, ARGV[3])
-return n
-"#;
-
 fn push_write(pipe: &mut Pipeline, op: &str, key: &str, now_ms: u64, ttl_ms: u64, value: &[u8], field: &str) {
-  pipe.cmd("EVAL").arg(WRITE_SCRIPT).arg(1).arg(key).arg(op).arg(now_ms).arg(ttl_ms).arg(value).arg(field);
+  pipe.cmd("EVAL").arg(scripts::WRITE_SCRIPT).arg(1).arg(key).arg(op).arg(now_ms).arg(ttl_ms).arg(value).arg(field);
 }
 
 /// Appends the Redis commands of one operation to a batch's pipeline;
@@ -1055,7 +991,7 @@ pub fn push_op(op: &Op, pipe: &mut Pipeline, encoded: Option<Vec<u8>>, threshold
     }
     Op::Increment { key, by, ttl, .. } => {
       let header = codec::header(now_ms);
-      pipe.cmd("EVAL").arg(INCREMENT_SCRIPT).arg(1).arg(key).arg(*by).arg(header).arg(px(ttl));
+      pipe.cmd("EVAL").arg(scripts::INCREMENT_SCRIPT).arg(1).arg(key).arg(*by).arg(header).arg(px(ttl));
     }
     Op::HGet { key, field } => {
       pipe.cmd("HGET").arg(key).arg(field);
