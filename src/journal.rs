@@ -219,7 +219,7 @@ impl Journal {
           }
         }
       }
-      Op::Get { .. } | Op::Exists { .. } | Op::HGet { .. } | Op::HGetAll { .. } | Op::ClearOrg { .. } => {}
+      Op::Get { .. } | Op::Exists { .. } | Op::HGet { .. } | Op::HGetAll { .. } | Op::ClearOrg { .. } | Op::Tag { .. } => {}
     }
   }
 
