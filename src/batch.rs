@@ -200,8 +200,8 @@ fn decode_call(
   let mut tags = None;
   let mut ops = decode_ops(code, num, strs, cfg, keys, now_ms, &mut tags)?;
   if let Some(tags) = tags {
-    let tags: Vec<String> = serde_json::from_str(&tags)
-      .map_err(|_| CacheError::new(ErrorKind::Type, "tags must be an array of strings"))?;
+    let tags: Vec<String> =
+      serde_json::from_str(&tags).map_err(|_| CacheError::new(ErrorKind::Type, "tags must be an array of strings"))?;
     let tag_keys: Vec<String> = tags.iter().map(|t| crate::tags::tag_key(keys, t)).collect();
     let tagged: Vec<Op> = ops
       .iter()

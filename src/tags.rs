@@ -112,7 +112,8 @@ pub async fn invalidate(cache: &Cache, tags: &[String], soft: bool) -> Invalidat
   let members: Vec<String> = members.into_iter().collect();
   let mut entries = 0;
   for chunk in members.chunks(CHUNK) {
-    let ops = if soft { stale_ops(cache, chunk).await } else { chunk.iter().map(|k| Op::Delete { key: k.clone() }).collect() };
+    let ops =
+      if soft { stale_ops(cache, chunk).await } else { chunk.iter().map(|k| Op::Delete { key: k.clone() }).collect() };
     let calls = ops.into_iter().map(|op| Ok(vec![op])).collect();
     entries += cache.execute(calls).await.iter().filter(|r| **r == Reply::Bool(true)).count() as u64;
   }
