@@ -412,6 +412,36 @@ mod tests {
   }
 
   #[test]
+  fn tagged_sets_tag_every_key_they_write_and_raw_gets_keep_the_envelope() {
+    let (cfg, keys) = (cfg(), KeySpace::new("p"));
+    let codes = [
+      code(Opcode::Set, Kind::Generic) | TAGGED,
+      code(Opcode::Set, Kind::PhoneToLead) | TAGGED,
+      code(Opcode::Get, Kind::Generic) | RAW,
+      code(Opcode::Set, Kind::Generic) | TAGGED,
+      code(Opcode::Get, Kind::Generic),
+    ];
+    let strs = ["k", "1", "[\"a\",\"b c\"]", "+1 555", "\"L\"", "[\"lead:L\"]", "k", "x", "2", "not json", "k"];
+    let calls =
+      decode(&codes, &[60.0, f64::NAN, f64::NAN, 60.0, f64::NAN], strs.map(String::from).to_vec(), &cfg, &keys, 0);
+    let ops = calls[0].as_ref().unwrap();
+    assert_eq!(ops.len(), 2);
+    assert_eq!(
+      ops[1],
+      Op::Tag {
+        key: "p:kv:k".into(),
+        tag_keys: vec!["p:tag:a".into(), "p:tag:b%20c".into()],
+        ttl: Duration::from_secs(60)
+      }
+    );
+    let mapping = calls[1].as_ref().unwrap();
+    assert_eq!(mapping.iter().filter(|op| matches!(op, Op::Tag { .. })).count(), 2, "both keys of a mapping");
+    assert_eq!(calls[2], Ok(vec![Op::Get { key: "p:kv:k".into(), unwrap: Some(crate::envelope::RAW) }]));
+    assert_eq!(calls[3].as_ref().unwrap_err().kind, ErrorKind::Type, "tags that are not JSON");
+    assert_eq!(calls[4], Ok(vec![Op::Get { key: "p:kv:k".into(), unwrap: None }]), "the next call is not shifted");
+  }
+
+  #[test]
   fn truncated_batches_are_errors_not_panics() {
     let (cfg, keys) = (cfg(), KeySpace::new("p"));
     let calls = decode(&[code(Opcode::Set, Kind::Generic), 0xFF], &[], vec!["only-key".into()], &cfg, &keys, 0);
