@@ -45,6 +45,10 @@ function open(t, mode, extra = {}) {
   return adapter
 }
 
+/** Waits until the adapters serve from Redis (a fresh adapter serves from memory until it has connected). */
+const ready = (...adapters) =>
+  Promise.all(adapters.map((a) => until(async () => (await a.getStats()).cache.mode === 'redis', 5000, 'connected to Redis')))
+
 const rt = async (adapter) => (await adapter.getStats()).cache.readThrough
 
 async function timed(fn) {
@@ -267,6 +271,7 @@ describe('read-through across instances (real Redis)', () => {
     const keyPrefix = uniquePrefix()
     const a = open(t, 'redis', { keyPrefix })
     const b = open(t, 'redis', { keyPrefix })
+    await ready(a, b)
     await b.getOrLoad('lead:9:summary', () => 'sum', { ttl: 60, grace: 60, tags: ['lead:9'] })
     await b.setConversationContext('org', '+1555', [{ m: 1 }], { tags: ['lead:9'] })
     await a.set('lead:9:note', 'n', { ttl: 60, tags: ['lead:9'] })
@@ -292,6 +297,7 @@ describe('read-through across instances (real Redis)', () => {
   test('distributed lock: three instances, one loader call; the others wait for its value', async (t) => {
     const keyPrefix = uniquePrefix()
     const adapters = [0, 1, 2].map(() => open(t, 'redis', { keyPrefix, distributedLock: true }))
+    await ready(...adapters)
     let calls = 0
     const loader = () => new Promise((resolve) => setTimeout(() => resolve({ lead: 1, call: ++calls }), 300))
     const values = await guard(
@@ -310,10 +316,12 @@ describe('read-through across instances (real Redis)', () => {
   test('distributed lock: a dead holder blocks nobody past its lock TTL; one of the survivors loads', async (t) => {
     const keyPrefix = uniquePrefix()
     const holder = new CacheAdapter({ ...FAST, url: redis.url, keyPrefix, distributedLock: true, lockTtlMs: 600 })
+    await ready(holder)
     const held = holder.getOrLoad('k', never, { ttl: 60, hardTimeoutMs: 1500 }).catch((e) => e)
     await until(async () => (await redis.cli('EXISTS', `${keyPrefix}:lock:k`)) === '1', 3000, 'the holder takes the lock')
     await guard(holder.close(), 10000, 'close the holder') // it dies holding the lock
     const survivors = [0, 1].map(() => open(t, 'redis', { keyPrefix, distributedLock: true, lockTtlMs: 600, lockWaitMs: 4000 }))
+    await ready(...survivors)
     let calls = 0
     const loader = () => new Promise((resolve) => setTimeout(() => resolve(`v-${++calls}`), 100))
     const r = await timed(() => guard(Promise.all(survivors.map((a) => a.getOrLoad('k', loader, { ttl: 60 }))), 10000, 'survivors'))

@@ -1,6 +1,7 @@
 //! Circuit breaker: after `failures` consecutive Redis failures, stop sending
 //! to Redis for `cooldown`; then let one probe through, whose success closes it.
 //! Only the probe closes it: callers' successes only reset the failure count.
+//! Round trips that fail together in one stall count as one failure.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::time::{Duration, Instant};
@@ -28,6 +29,8 @@ pub struct CircuitBreaker {
   consecutive_failures: AtomicU32,
   /// When the breaker last opened, in µs since `epoch`.
   opened_at_us: AtomicU64,
+  /// When a failure was last counted, in µs since `epoch`.
+  failed_at_us: AtomicU64,
   opens: AtomicU64,
   threshold: u32,
   cooldown: Duration,
@@ -41,6 +44,7 @@ impl CircuitBreaker {
       state: AtomicU8::new(State::Open as u8),
       consecutive_failures: AtomicU32::new(0),
       opened_at_us: AtomicU64::new(0),
+      failed_at_us: AtomicU64::new(0),
       opens: AtomicU64::new(0),
       threshold: threshold.max(1),
       cooldown,
@@ -96,6 +100,31 @@ impl CircuitBreaker {
 
   /// A command failed. Returns true if this opened the breaker.
   pub fn record_failure(&self) -> bool {
+    self.failed_at_us.fetch_max(self.now_us(), Ordering::AcqRel);
+    self.count_failure()
+  }
+
+  /// A round trip that began at `started` failed. If a failure was counted
+  /// since it began, both are one stall (say, 32-call chunks in flight
+  /// together when Redis stopped): it is not counted again. Returns true if
+  /// this opened the breaker.
+  pub fn record_failure_of(&self, started: Instant) -> bool {
+    let started_us = self.at_us(started);
+    let now = self.now_us();
+    let mut last = self.failed_at_us.load(Ordering::Acquire);
+    loop {
+      if last != 0 && started_us <= last {
+        return false;
+      }
+      match self.failed_at_us.compare_exchange_weak(last, now, Ordering::AcqRel, Ordering::Acquire) {
+        Ok(_) => break,
+        Err(newer) => last = newer,
+      }
+    }
+    self.count_failure()
+  }
+
+  fn count_failure(&self) -> bool {
     let n = self.consecutive_failures.fetch_add(1, Ordering::AcqRel) + 1;
     let state = self.state();
     if state == State::HalfOpen || (state == State::Closed && n >= self.threshold) {
@@ -119,8 +148,12 @@ impl CircuitBreaker {
   }
 
   fn now_us(&self) -> u64 {
-    // +1 so that "opened at 0" at construction means "probe at once".
-    self.epoch.elapsed().as_micros() as u64 + self.cooldown.as_micros() as u64
+    self.at_us(Instant::now())
+  }
+
+  fn at_us(&self, t: Instant) -> u64 {
+    // + cooldown so that "opened at 0" at construction means "probe at once".
+    t.saturating_duration_since(self.epoch).as_micros() as u64 + self.cooldown.as_micros() as u64
   }
 }
 
@@ -155,6 +188,27 @@ mod tests {
     assert_eq!(b.state(), State::Open);
     assert_eq!(b.opens(), 1);
     assert!(!b.try_begin_probe(), "cooldown not over");
+  }
+
+  #[test]
+  fn round_trips_failing_in_one_stall_count_once() {
+    let b = CircuitBreaker::new(3, Duration::from_secs(60));
+    b.try_begin_probe();
+    b.record_probe_success();
+    // Ten chunks in flight together, all failing: one failure.
+    let started = Instant::now();
+    std::thread::sleep(Duration::from_millis(2));
+    for _ in 0..10 {
+      assert!(!b.record_failure_of(started));
+    }
+    assert_eq!(b.consecutive_failures(), 1);
+    // Chunks sent after that failure was counted fail: each is a new failure.
+    let second = Instant::now();
+    assert!(!b.record_failure_of(second));
+    assert!(!b.record_failure_of(second), "the same stall");
+    std::thread::sleep(Duration::from_millis(2));
+    assert!(b.record_failure_of(Instant::now()), "the third stall opens it");
+    assert_eq!(b.state(), State::Open);
   }
 
   #[test]

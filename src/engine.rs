@@ -35,7 +35,7 @@ use crate::replay;
 use crate::tags::TagIndex;
 use crate::tiers;
 use crate::tiers::memory::MemoryTier;
-use crate::tiers::redis::{Outcome, RedisTier, Unavailable};
+use crate::tiers::redis::{Outcome, RedisTier, Span, Unavailable};
 use crate::watch::{self, RedisWatch};
 
 /// Where calls are being answered from.
@@ -500,6 +500,17 @@ impl Inner {
     }
   }
 
+  /// A round trip begun at `started` failed; round trips failing in one
+  /// stall count once against the breaker.
+  fn redis_stalled(&self, Unavailable(error): &Unavailable, started: Instant) {
+    self.metrics.redis_errors.fetch_add(1, Relaxed);
+    *self.last_error.lock().unwrap() = Some(error.clone());
+    if self.breaker.record_failure_of(started) {
+      self.set_mode(Mode::Memory, error);
+      self.wake.notify_one();
+    }
+  }
+
   /// What the background watch of Redis needs; `None` once closed.
   fn watched(&self) -> Option<(&RedisTier, &RedisWatch)> {
     if self.closed.load(Ordering::Acquire) {
@@ -554,8 +565,9 @@ impl Inner {
 
     let mut out: Vec<Option<Reply>> = vec![None; ops.len()];
     let mut cmds = Pipeline::with_capacity(ops.len());
-    // (op index, first command, command count, read lead if any)
+    // (op index, read lead if any), one per span
     let mut sent = Vec::with_capacity(ops.len());
+    let mut spans = Vec::with_capacity(ops.len());
     let mut followers = Vec::new();
     let mut clears = Vec::new();
     let now_ms = now_ms();
@@ -590,28 +602,34 @@ impl Inner {
       };
       let first = cmds.len();
       tiers::redis::push_op(op, &mut cmds, encoded, self.cfg.compression_threshold, now_ms);
-      sent.push((i, first, cmds.len() - first, lead));
+      // An increment run twice counts twice: never re-sent.
+      spans.push(Span { key: op.key(), commands: cmds.len() - first, retry: !matches!(op, Op::Increment { .. }) });
+      sent.push((i, lead));
     }
 
     if !cmds.is_empty() {
-      match redis.run(&cmds).await {
-        Ok(outcomes) => {
-          self.breaker.record_success();
-          for (i, first, count, lead) in sent {
-            let op = &ops[i].1;
-            let (reply, read) = self.apply(op, &outcomes[first..first + count]);
+      // Each connection's share succeeds or fails alone: only the operations
+      // of a failed connection go to memory (and the journal).
+      let started = Instant::now();
+      let replies = redis.run(&cmds, &spans).await;
+      match replies.failure() {
+        None => self.breaker.record_success(),
+        Some(e) => self.redis_stalled(e, started),
+      }
+      for (j, (i, lead)) in sent.into_iter().enumerate() {
+        let op = &ops[i].1;
+        match replies.span(j) {
+          Ok(outcomes) => {
+            let (reply, read) = self.apply(op, outcomes);
             if let Some(lead) = lead {
               lead.finish(read);
             }
             out[i] = Some(reply);
           }
-        }
-        Err(e) => {
-          self.redis_failed(e);
-          self.metrics.served_from_memory.fetch_add(sent.len() as u64, Relaxed);
-          for (i, _, _, lead) in sent {
+          Err(_) => {
             drop(lead);
-            out[i] = Some(self.in_memory(&ops[i].1, true));
+            self.metrics.served_from_memory.fetch_add(1, Relaxed);
+            out[i] = Some(self.in_memory(op, true));
           }
         }
       }
@@ -1004,31 +1022,15 @@ async fn supervise(weak: Weak<Inner>) {
   }
 }
 
-/// [`try_probe`], with a panic (say, in a TLS library) counted as a failed
-/// probe rather than ending the supervision for good.
+/// [`RedisTier::probe`] (a fresh connection's `PING`), with a panic (say, in
+/// a TLS library) counted as a failed probe rather than ending the
+/// supervision for good.
 async fn probe(redis: &RedisTier) -> Result<(), Unavailable> {
   use futures::FutureExt;
-  std::panic::AssertUnwindSafe(try_probe(redis)).catch_unwind().await.unwrap_or_else(|panic| {
+  std::panic::AssertUnwindSafe(redis.probe()).catch_unwind().await.unwrap_or_else(|panic| {
     let why = panic.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| panic.downcast_ref::<String>().cloned());
     Err(Unavailable(format!("connecting panicked: {}", why.unwrap_or_else(|| "unknown panic".into()))))
   })
-}
-
-/// Connects if needed and `PING`s; a connection that survived a restart of
-/// Redis fails its first command, so a second attempt follows a failed one.
-async fn try_probe(redis: &RedisTier) -> Result<(), Unavailable> {
-  redis.connect().await?;
-  let mut last = Unavailable("no attempt".into());
-  for attempt in 0..3 {
-    if attempt > 0 {
-      tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    match redis.run_one(redis::cmd("PING")).await {
-      Ok(_) => return Ok(()),
-      Err(e) => last = e,
-    }
-  }
-  Err(last)
 }
 
 #[cfg(test)]

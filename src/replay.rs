@@ -10,7 +10,7 @@ use redis::Pipeline;
 use crate::batch::Op;
 use crate::codec;
 use crate::journal::{Clear, Journal, Pending};
-use crate::tiers::redis::{push_op, RedisTier, Unavailable};
+use crate::tiers::redis::{push_op, RedisTier, Span, Unavailable};
 
 /// How many journal entries one replay round trip carries.
 const REPLAY_BATCH: usize = 256;
@@ -139,23 +139,34 @@ pub async fn write_back(
     if sent.is_empty() {
       continue;
     }
-    match redis.run(&pipe).await {
-      Ok(outcomes) => {
-        for (e, outcome) in sent.into_iter().zip(outcomes) {
-          match outcome {
-            Ok(_) => done.replayed += 1,
-            Err(_) => done.refused += 1,
+    // Write-time-checked scripts give the same result when run twice; a
+    // delta does not, so it is never re-sent.
+    let spans: Vec<Span> = sent
+      .iter()
+      .map(|e| Span { key: &e.slot.key, commands: 1, retry: !matches!(e.pending, Pending::Add { .. }) })
+      .collect();
+    let replies = redis.run(&pipe, &spans).await;
+    // Each connection's share succeeds or fails alone: what Redis answered is
+    // done (restoring it would replay a delta twice); the rest stays journaled.
+    let mut failed = Vec::new();
+    for (j, e) in sent.into_iter().enumerate() {
+      match replies.span(j) {
+        Ok(outcomes) => {
+          match outcomes.first() {
+            Some(Ok(_)) => done.replayed += 1,
+            _ => done.refused += 1,
           }
           journal.complete(e);
         }
+        Err(_) => failed.push(e.clone()),
       }
-      Err(e) => {
-        // A round trip that timed out may still have been applied: the
-        // values and deletes replay the same again; a delta may count twice.
-        journal.restore(&entries);
-        done.outcome = Err(e);
-        return done;
-      }
+    }
+    if let Some(e) = replies.failure() {
+      // A round trip that timed out may still have been applied: the
+      // values and deletes replay the same again; a delta may count twice.
+      journal.restore(&failed);
+      done.outcome = Err(e.clone());
+      return done;
     }
   }
   done

@@ -23,7 +23,7 @@ use crate::codec;
 use crate::engine::Cache;
 use crate::envelope;
 use crate::keys::{escape_id, KeySpace};
-use crate::tiers::redis::Unavailable;
+use crate::tiers::redis::{Span, Unavailable};
 
 /// `SADD` of the entry key to the tag's set; the set's TTL grows to the
 /// entry's (`PEXPIRE … GT` needs Redis 7, the adapter supports 6).
@@ -161,11 +161,13 @@ async fn stale_ops(cache: &Cache, keys: &[String]) -> Vec<Op> {
   let mut from_memory = true;
   if let Some(redis) = cache.redis_if_up() {
     let mut pipe = redis::Pipeline::with_capacity(keys.len() * 2);
+    let mut spans = Vec::with_capacity(keys.len());
     for k in keys {
       pipe.cmd("GET").arg(k);
       pipe.cmd("PTTL").arg(k);
+      spans.push(Span { key: k, commands: 2, retry: true });
     }
-    match redis.run(&pipe).await {
+    match redis.run(&pipe, &spans).await.into_result() {
       Ok(outcomes) => {
         from_memory = false;
         for (i, pair) in outcomes.chunks(2).enumerate() {

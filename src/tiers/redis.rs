@@ -1,16 +1,25 @@
-//! The Redis tier: a pool of multiplexed connections (or one cluster
-//! connection), every batch sent as one pipeline, and every wait bounded.
+//! The Redis tier: a pool of replaceable multiplexed connections (or one
+//! cluster connection). Each operation travels on the connection its key
+//! hashes to, every wait is bounded, and a connection that fails is dropped
+//! and re-dialled in the background.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::RwLock;
+use std::borrow::Cow;
+use std::hash::{BuildHasher, BuildHasherDefault};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
-use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
-use redis::{Client, Cmd, ConnectionAddr, ConnectionInfo, IntoConnectionInfo, Pipeline, RedisError, Value};
+use redis::io::tcp::{socket2::TcpKeepalive, TcpSettings};
+use redis::{
+  AsyncConnectionConfig, Client, Cmd, ConnectionAddr, ConnectionInfo, IntoConnectionInfo, Pipeline, RedisError, Value,
+};
+use tokio::sync::Notify;
+use tokio::time::Instant as Deadline;
 
 use crate::batch::Op;
 use crate::codec;
@@ -23,174 +32,344 @@ pub struct Unavailable(pub String);
 /// One command's own outcome inside a round trip that reached Redis.
 pub type Outcome = Result<Value, String>;
 
-#[derive(Clone)]
-enum Conn {
-  Single(ConnectionManager),
-  Cluster(ClusterConnection),
+/// The commands of one operation inside a pipeline, in order: they travel
+/// together on the connection `key` hashes to, so that the writes of one key
+/// reach Redis in the order they were made, as over a single socket.
+#[derive(Debug, Clone, Copy)]
+pub struct Span<'a> {
+  pub key: &'a str,
+  pub commands: usize,
+  /// May be sent a second time if its connection broke before the reply:
+  /// true for commands that give the same result when run twice (reads,
+  /// sets, deletes, write-time-checked replays); false for an increment.
+  pub retry: bool,
+}
+
+/// The outcome of a routed pipeline: each span's replies, or why the
+/// connection that carried it failed (only those spans failed).
+pub struct Replies {
+  outcomes: Vec<Outcome>,
+  /// Per span: its first command and command count.
+  ranges: Vec<(usize, usize)>,
+  /// Per span: `Some(i)` if it failed with `failures[i]`.
+  failed: Vec<Option<usize>>,
+  failures: Vec<Unavailable>,
+}
+
+impl Replies {
+  fn new(spans: &[Span]) -> Self {
+    let mut first = 0;
+    let ranges = spans
+      .iter()
+      .map(|s| {
+        first += s.commands;
+        (first - s.commands, s.commands)
+      })
+      .collect();
+    Replies { outcomes: vec![Ok(Value::Nil); first], ranges, failed: vec![None; spans.len()], failures: Vec::new() }
+  }
+
+  fn all_failed(spans: &[Span], why: Unavailable) -> Self {
+    let mut replies = Replies::new(spans);
+    replies.fail(0..spans.len(), why);
+    replies
+  }
+
+  fn fail(&mut self, spans: impl IntoIterator<Item = usize>, why: Unavailable) {
+    self.failures.push(why);
+    for j in spans {
+      self.failed[j] = Some(self.failures.len() - 1);
+    }
+  }
+
+  /// Span `j`'s outcomes, or why its connection failed.
+  pub fn span(&self, j: usize) -> Result<&[Outcome], &Unavailable> {
+    match self.failed[j] {
+      Some(f) => Err(&self.failures[f]),
+      None => {
+        let (first, count) = self.ranges[j];
+        Ok(&self.outcomes[first..first + count])
+      }
+    }
+  }
+
+  /// The first failure, if any span failed.
+  pub fn failure(&self) -> Option<&Unavailable> {
+    self.failures.first()
+  }
+
+  /// Every command's outcome, or the first failure: for callers that
+  /// treat a pipeline as all or nothing (the replay).
+  pub fn into_result(self) -> Result<Vec<Outcome>, Unavailable> {
+    match self.failures.into_iter().next() {
+      Some(why) => Err(why),
+      None => Ok(self.outcomes),
+    }
+  }
+}
+
+/// TCP options of every connection, chosen for a server on a LAN or in the
+/// same cloud region:
+/// - `TCP_NODELAY`: a pipeline is written whole; Nagle would hold a small
+///   one back for the previous one's ACK (ioredis and node-redis set it too).
+/// - keepalive after 5 s idle, then every 1 s: an idle connection whose path
+///   went silent (NAT or load-balancer timeout, dead VM) is found in seconds,
+///   not after the kernel's 2 h.
+/// - `TCP_USER_TIMEOUT` 5 s: bytes unacknowledged for 5 s close the socket
+///   (the kernel default is about 15 min of retransmissions). Many RTOs of a
+///   healthy path fit in 5 s; a stalled command is caught sooner anyway, by
+///   `commandTimeoutMs`, and its connection dropped.
+/// - `SO_LINGER` 0: a connection we drop (timed out, read-only, closed) is
+///   reset, so bytes Redis has not read yet are discarded rather than
+///   delivered, and run, when a silent path recovers (NOTES.md, "Late bytes
+///   after a timeout"); bytes Redis already read cannot be recalled.
+fn tcp_settings() -> TcpSettings {
+  let keepalive =
+    TcpKeepalive::new().with_time(Duration::from_secs(5)).with_interval(Duration::from_secs(1)).with_retries(3);
+  TcpSettings::default()
+    .set_nodelay(true)
+    .set_keepalive(keepalive)
+    .set_user_timeout(Duration::from_secs(5))
+    .set_linger_time(Duration::ZERO)
 }
 
 pub struct RedisTier {
   target: RedisTarget,
-  pool_size: usize,
   command_timeout: Duration,
   connect_timeout: Duration,
-  conns: RwLock<Vec<Conn>>,
-  next: AtomicUsize,
+  /// Single-node Redis: the pool.
+  pool: Option<Arc<Pool>>,
+  /// Redis Cluster: one cluster connection (it keeps one connection per node).
+  cluster: RwLock<Option<ClusterConnection>>,
   /// Set by `disconnect`: no connection is opened again.
   closed: AtomicBool,
 }
 
 impl RedisTier {
   pub fn new(target: RedisTarget, pool_size: usize, command_timeout: Duration, connect_timeout: Duration) -> Self {
-    Self {
-      target,
-      pool_size: pool_size.max(1),
-      command_timeout,
-      connect_timeout,
-      conns: RwLock::new(Vec::new()),
-      next: AtomicUsize::new(0),
-      closed: AtomicBool::new(false),
-    }
+    let pool = target.cluster_nodes.is_empty().then(|| {
+      let client = client(&target);
+      let config = AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(connect_timeout))
+        // Our own deadline bounds each round trip (see `run`).
+        .set_response_timeout(None);
+      Arc::new(Pool::new(client, config, pool_size.max(1), command_timeout, connect_timeout))
+    });
+    Self { target, command_timeout, connect_timeout, pool, cluster: RwLock::new(None), closed: AtomicBool::new(false) }
   }
 
   pub fn is_cluster(&self) -> bool {
-    !self.target.cluster_nodes.is_empty()
+    self.pool.is_none()
   }
 
   /// Connections currently open.
   pub fn connections(&self) -> usize {
-    self.conns.read().unwrap().len()
+    match &self.pool {
+      Some(pool) => pool.live(),
+      None => read(&self.cluster).is_some() as usize,
+    }
   }
 
   /// Drops the pool: each connection closes once the commands using it finish.
   pub fn disconnect(&self) {
     self.closed.store(true, Ordering::Release);
-    self.conns.write().unwrap().clear();
+    if let Some(pool) = &self.pool {
+      pool.close();
+    }
+    *write(&self.cluster) = None;
   }
 
-  /// Opens the pool if it is not open yet. Bounded by the connect timeout.
-  pub async fn connect(&self) -> Result<(), Unavailable> {
-    if self.connections() > 0 {
-      return Ok(());
-    }
-    let budget = self.connect_timeout + self.connect_timeout / 2;
-    let opened = tokio::time::timeout(budget, self.open())
-      .await
-      .map_err(|_| Unavailable(format!("connect timed out after {} ms", budget.as_millis())))??;
-    let mut conns = self.conns.write().unwrap();
+  /// The breaker's probe: dials a fresh connection (never one of the pool's,
+  /// which may be dead) and `PING`s it, each step bounded. On success it
+  /// becomes the pool's first connection and the others are replaced too
+  /// (waited for, up to the connect timeout, so that traffic finds them open).
+  pub async fn probe(&self) -> Result<(), Unavailable> {
     if self.closed.load(Ordering::Acquire) {
       return Err(Unavailable("the adapter is closed".into()));
     }
-    if conns.is_empty() {
-      *conns = opened;
-    }
+    let Some(pool) = &self.pool else { return self.probe_cluster().await };
+    let mut conn = pool.dial().await?;
+    let pong = tokio::time::timeout(self.command_timeout, conn.req_packed_command(&redis::cmd("PING")))
+      .await
+      .map_err(|_| Unavailable(format!("PING timed out after {} ms", self.command_timeout.as_millis())))?
+      .map_err(unavailable)?;
+    // A server error (NOAUTH, say) is a failed probe too.
+    outcome(pong).map_err(Unavailable)?;
+    pool.renew(conn);
+    pool.fill(Deadline::now() + self.connect_timeout).await;
     Ok(())
   }
 
-  async fn open(&self) -> Result<Vec<Conn>, Unavailable> {
+  /// Connects the cluster if needed and `PING`s; a connection that survived
+  /// a restart of Redis fails its first command, so a second attempt follows.
+  async fn probe_cluster(&self) -> Result<(), Unavailable> {
+    if read(&self.cluster).is_none() {
+      let budget = self.connect_timeout + self.connect_timeout / 2;
+      let conn = tokio::time::timeout(budget, self.open_cluster())
+        .await
+        .map_err(|_| Unavailable(format!("connect timed out after {} ms", budget.as_millis())))??;
+      let mut cluster = write(&self.cluster);
+      if self.closed.load(Ordering::Acquire) {
+        return Err(Unavailable("the adapter is closed".into()));
+      }
+      cluster.get_or_insert(conn);
+    }
+    let mut last = Unavailable("no attempt".into());
+    for attempt in 0..3 {
+      if attempt > 0 {
+        tokio::time::sleep(Duration::from_millis(25)).await;
+      }
+      match self.run_one(redis::cmd("PING")).await {
+        Ok(_) => return Ok(()),
+        Err(e) => last = e,
+      }
+    }
+    Err(last)
+  }
+
+  async fn open_cluster(&self) -> Result<ClusterConnection, Unavailable> {
     let certs = load_certs(self.target.tls.as_ref()).map_err(Unavailable)?;
     if certs.is_some() {
       // Another library in the process may have chosen one already; either is fine.
       let _ = rustls::crypto::ring::default_provider().install_default();
     }
-    if self.is_cluster() {
-      let mut b = ClusterClientBuilder::new(self.target.cluster_nodes.clone())
-        .connection_timeout(self.connect_timeout)
-        .response_timeout(self.command_timeout)
-        .retries(1);
-      if let Some(u) = &self.target.username {
-        b = b.username(u);
-      }
-      if let Some(p) = &self.target.password {
-        b = b.password(p);
-      }
-      if let Some(certs) = certs {
-        b = b.tls(redis::cluster::TlsMode::Secure).certs(certs);
-      }
-      let client = b.build().map_err(unavailable)?;
-      let conn = client.get_async_connection().await.map_err(unavailable)?;
-      return Ok(vec![Conn::Cluster(conn)]);
+    let mut b = ClusterClientBuilder::new(self.target.cluster_nodes.clone())
+      .connection_timeout(self.connect_timeout)
+      .response_timeout(self.command_timeout)
+      .tcp_settings(tcp_settings())
+      .retries(1);
+    if let Some(u) = &self.target.username {
+      b = b.username(u);
     }
-    let info = self.connection_info()?;
-    let client = match certs {
-      Some(certs) => Client::build_with_tls(info, certs),
-      None => Client::open(info),
+    if let Some(p) = &self.target.password {
+      b = b.password(p);
     }
-    .map_err(unavailable)?;
-    let config = ConnectionManagerConfig::new()
-      .set_connection_timeout(Some(self.connect_timeout))
-      .set_response_timeout(Some(self.command_timeout))
-      // Reconnect quickly and give up quickly: the breaker and the memory
-      // tier take over while Redis is away (redis-rs defaults take ~9 s).
-      .set_number_of_retries(1)
-      .set_min_delay(Duration::from_millis(10))
-      .set_max_delay(Duration::from_millis(100));
-    let opens = (0..self.pool_size).map(|_| ConnectionManager::new_with_config(client.clone(), config.clone()));
-    join_all(opens).await.into_iter().map(|r| r.map(Conn::Single).map_err(unavailable)).collect()
+    if let Some(certs) = certs {
+      b = b.tls(redis::cluster::TlsMode::Secure).certs(certs);
+    }
+    let client = b.build().map_err(unavailable)?;
+    client.get_async_connection().await.map_err(unavailable)
   }
 
-  fn connection_info(&self) -> Result<ConnectionInfo, Unavailable> {
-    let t = &self.target;
-    let addr = if t.tls.is_some() {
-      ConnectionAddr::TcpTls { host: t.host.clone(), port: t.port, insecure: false, tls_params: None }
-    } else {
-      ConnectionAddr::Tcp(t.host.clone(), t.port)
+  /// Sends the pipeline, each span on the connection its key hashes to: one
+  /// round trip per connection, concurrently, all within one command timeout.
+  /// A span whose connection broke before it answered is re-sent once (if it
+  /// may be) on a fresh connection, within the same budget; a span whose
+  /// connection timed out, or failed again, is reported failed, alone with
+  /// the other spans of that connection. (On a cluster: one command per
+  /// node, concurrently, all or nothing, as redis-rs routes them.)
+  pub async fn run(&self, pipe: &Pipeline, spans: &[Span<'_>]) -> Replies {
+    debug_assert_eq!(spans.iter().map(|s| s.commands).sum::<usize>(), pipe.len());
+    let Some(pool) = &self.pool else {
+      return match self.run_cluster(pipe).await {
+        Ok(outcomes) => Replies { outcomes, ..Replies::new(spans) },
+        Err(why) => Replies::all_failed(spans, why),
+      };
     };
-    let mut redis_info = redis::RedisConnectionInfo::default().set_db(t.db);
-    if let Some(u) = &t.username {
-      redis_info = redis_info.set_username(u);
+    let deadline = Deadline::now() + self.command_timeout;
+    let mut replies = Replies::new(spans);
+    let mut groups: Vec<Vec<usize>> = vec![Vec::new(); pool.slots.len()];
+    for (j, span) in spans.iter().enumerate() {
+      groups[pool.slot_of(span.key)].push(j);
     }
-    if let Some(p) = &t.password {
-      redis_info = redis_info.set_password(p);
-    }
-    let info = addr.into_connection_info().map_err(unavailable)?;
-    Ok(info.set_redis_settings(redis_info))
-  }
-
-  fn pick(&self) -> Option<Conn> {
-    let conns = self.conns.read().unwrap();
-    if conns.is_empty() {
-      return None;
-    }
-    let i = self.next.fetch_add(1, Ordering::Relaxed) % conns.len();
-    Some(conns[i].clone())
-  }
-
-  /// Sends the pipeline in one round trip (on a cluster, one command per
-  /// node, concurrently) and returns each command's outcome.
-  pub async fn run(&self, pipe: &Pipeline) -> Result<Vec<Outcome>, Unavailable> {
-    let conn = self.pick().ok_or_else(|| Unavailable("not connected".into()))?;
-    let work = async move {
-      match conn {
-        Conn::Single(mut c) => {
-          let values: Vec<Value> = c.req_packed_commands(pipe, 0, pipe.len()).await.map_err(unavailable)?;
-          Ok(values.into_iter().map(outcome).collect())
-        }
-        Conn::Cluster(c) => {
-          let sends = pipe.cmd_iter().map(|cmd| {
-            let mut c = c.clone();
-            async move { c.req_packed_command(cmd).await }
-          });
-          let mut out = Vec::with_capacity(pipe.len());
-          for r in join_all(sends).await {
-            match r {
-              Ok(v) => out.push(outcome(v)),
-              Err(e) if is_server_error(&e) => out.push(Err(match (e.code(), e.detail()) {
-                (Some(code), Some(detail)) => format!("{code} {detail}"),
-                _ => e.to_string(),
-              })),
-              Err(e) => return Err(unavailable(e)),
+    let commands: Vec<&Cmd> = pipe.cmd_iter().collect();
+    let ranges = &replies.ranges;
+    let sends = groups.iter().enumerate().filter(|(_, members)| !members.is_empty()).map(|(slot, members)| {
+      let sub = if members.len() == spans.len() {
+        Cow::Borrowed(pipe)
+      } else {
+        Cow::Owned(sub_pipeline(&commands, ranges, members))
+      };
+      self.send_group(pool, slot, sub, &commands, ranges, spans, members, deadline)
+    });
+    for sent in join_all(sends).await.into_iter().flatten() {
+      match sent {
+        (members, Ok(values)) => {
+          let mut values = values.into_iter();
+          for j in members {
+            let (first, count) = replies.ranges[j];
+            for (slot, value) in replies.outcomes[first..first + count].iter_mut().zip(values.by_ref()) {
+              *slot = outcome(value);
             }
           }
-          Ok(out)
+        }
+        (members, Err(why)) => replies.fail(members, why),
+      }
+    }
+    replies
+  }
+
+  /// One connection's share of a pipeline; see [`run`](Self::run). Returns
+  /// the spans sent with their values or failure (two groups at most: the
+  /// spans re-sent after a broken connection, and those that could not be).
+  #[allow(clippy::too_many_arguments)]
+  async fn send_group(
+    &self,
+    pool: &Arc<Pool>,
+    slot: usize,
+    sub: Cow<'_, Pipeline>,
+    commands: &[&Cmd],
+    ranges: &[(usize, usize)],
+    spans: &[Span<'_>],
+    members: &[usize],
+    deadline: Deadline,
+  ) -> Vec<(Vec<usize>, Result<Vec<Value>, Unavailable>)> {
+    let timeout_ms = self.command_timeout.as_millis();
+    let why = match pool.send(slot, &sub, deadline, timeout_ms).await {
+      Sent::Replied(values) => return vec![(members.to_vec(), self.check_available(values))],
+      Sent::Failed(why) => return vec![(members.to_vec(), Err(why))],
+      Sent::Broken(why) => why,
+    };
+    let (again, not_again): (Vec<usize>, Vec<usize>) = members.iter().partition(|&&j| spans[j].retry);
+    let mut out = Vec::with_capacity(2);
+    if !not_again.is_empty() {
+      out.push((not_again, Err(why.clone())));
+    }
+    if !again.is_empty() {
+      let sub = if again.len() == members.len() { sub } else { Cow::Owned(sub_pipeline(commands, ranges, &again)) };
+      let result = match pool.send(slot, &sub, deadline, timeout_ms).await {
+        Sent::Replied(values) => self.check_available(values),
+        Sent::Failed(again_why) | Sent::Broken(again_why) => {
+          Err(Unavailable(format!("{} (after a first attempt: {})", again_why.0, why.0)))
+        }
+      };
+      out.push((again, result));
+    }
+    out
+  }
+
+  /// A Redis that is loading, out of memory, read-only or without its
+  /// cluster is unavailable, not refusing this data: the spans go to memory.
+  fn check_available(&self, values: Vec<Value>) -> Result<Vec<Value>, Unavailable> {
+    match values.iter().find_map(server_error_code).filter(|e| is_unavailability(e)) {
+      Some(e) => Err(Unavailable(e)),
+      None => Ok(values),
+    }
+  }
+
+  async fn run_cluster(&self, pipe: &Pipeline) -> Result<Vec<Outcome>, Unavailable> {
+    let conn = read(&self.cluster).clone().ok_or_else(|| Unavailable("not connected".into()))?;
+    let work = async move {
+      let sends = pipe.cmd_iter().map(|cmd| {
+        let mut c = conn.clone();
+        async move { c.req_packed_command(cmd).await }
+      });
+      let mut out = Vec::with_capacity(pipe.len());
+      for r in join_all(sends).await {
+        match r {
+          Ok(v) => out.push(outcome(v)),
+          Err(e) if is_server_error(&e) => out.push(Err(match (e.code(), e.detail()) {
+            (Some(code), Some(detail)) => format!("{code} {detail}"),
+            _ => e.to_string(),
+          })),
+          Err(e) => return Err(unavailable(e)),
         }
       }
+      Ok(out)
     };
     let outcomes = tokio::time::timeout(self.command_timeout, work)
       .await
       .map_err(|_| Unavailable(format!("command timed out after {} ms", self.command_timeout.as_millis())))??;
-    // A Redis that is loading, out of memory, read-only or without its
-    // cluster is unavailable, not refusing this data: the batch goes to memory.
     if let Some(Err(e)) = outcomes.iter().find(|o| matches!(o, Err(e) if is_unavailability(e))) {
       return Err(Unavailable(e.clone()));
     }
@@ -199,9 +378,15 @@ impl RedisTier {
 
   /// One command, for the maintenance paths; a server error is an `Err` too.
   pub async fn run_one(&self, cmd: Cmd) -> Result<Value, Unavailable> {
+    self.run_keyed(cmd, "").await
+  }
+
+  async fn run_keyed(&self, cmd: Cmd, key: &str) -> Result<Value, Unavailable> {
     let mut pipe = Pipeline::with_capacity(1);
     pipe.add_command(cmd);
-    let mut out = self.run(&pipe).await?;
+    // Maintenance commands (PING, INFO, SCAN, UNLINK, write-time-checked
+    // scripts) give the same result when run twice.
+    let mut out = self.run(&pipe, &[Span { key, commands: 1, retry: true }]).await.into_result()?;
     out.pop().unwrap_or_else(|| Err("no reply".into())).map_err(Unavailable)
   }
 
@@ -235,19 +420,19 @@ impl RedisTier {
     }
   }
 
-  /// One command on the node that owns `route_key`'s slot.
+  /// One command on the node that owns `route_key`'s slot (on a single
+  /// node: on the connection `route_key` hashes to).
   pub async fn run_routed(&self, cmd: Cmd, route_key: &str) -> Result<Value, Unavailable> {
-    match self.pick().ok_or_else(|| Unavailable("not connected".into()))? {
-      Conn::Single(_) => self.run_one(cmd).await,
-      Conn::Cluster(mut c) => {
-        let route =
-          RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(Route::with_key(route_key, SlotAddr::Master)));
-        tokio::time::timeout(self.command_timeout, c.route_command(cmd, route))
-          .await
-          .map_err(|_| Unavailable("command timed out".into()))?
-          .map_err(unavailable)
-      }
+    if !self.is_cluster() {
+      return self.run_keyed(cmd, route_key).await;
     }
+    let mut c = read(&self.cluster).clone().ok_or_else(|| Unavailable("not connected".into()))?;
+    let route =
+      RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(Route::with_key(route_key, SlotAddr::Master)));
+    tokio::time::timeout(self.command_timeout, c.route_command(cmd, route))
+      .await
+      .map_err(|_| Unavailable("command timed out".into()))?
+      .map_err(unavailable)
   }
 
   /// `PING` round trip time and the server's version.
@@ -267,6 +452,390 @@ impl RedisTier {
   }
 }
 
+/// The client of a single-node target (TLS files are read here), or why
+/// there is none; every dial reports that reason.
+fn client(target: &RedisTarget) -> Result<Client, String> {
+  let certs = load_certs(target.tls.as_ref())?;
+  if certs.is_some() {
+    // Another library in the process may have chosen one already; either is fine.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+  }
+  let addr = if target.tls.is_some() {
+    ConnectionAddr::TcpTls { host: target.host.clone(), port: target.port, insecure: false, tls_params: None }
+  } else {
+    ConnectionAddr::Tcp(target.host.clone(), target.port)
+  };
+  let mut redis_info = redis::RedisConnectionInfo::default().set_db(target.db);
+  if let Some(u) = &target.username {
+    redis_info = redis_info.set_username(u);
+  }
+  if let Some(p) = &target.password {
+    redis_info = redis_info.set_password(p);
+  }
+  let info: ConnectionInfo = addr
+    .into_connection_info()
+    .map_err(|e| e.to_string())?
+    .set_redis_settings(redis_info)
+    .set_tcp_settings(tcp_settings());
+  match certs {
+    Some(certs) => Client::build_with_tls(info, certs),
+    None => Client::open(info),
+  }
+  .map_err(|e| e.to_string())
+}
+
+/// A pipeline of the commands of `members` (span indexes), in order.
+fn sub_pipeline(commands: &[&Cmd], ranges: &[(usize, usize)], members: &[usize]) -> Pipeline {
+  let mut pipe = Pipeline::with_capacity(members.iter().map(|&j| ranges[j].1).sum());
+  for &j in members {
+    let (first, count) = ranges[j];
+    for cmd in &commands[first..first + count] {
+      pipe.add_command((*cmd).clone());
+    }
+  }
+  pipe
+}
+
+/// How one attempt on a pooled connection ended.
+enum Sent {
+  Replied(Vec<Value>),
+  /// The connection broke, or its server stepped down or is loading (the
+  /// commands did not run there): sending again on a new one may succeed.
+  Broken(Unavailable),
+  /// Timed out, or no connection within the budget: not worth a second try.
+  Failed(Unavailable),
+}
+
+/// Server errors after which a connection is dropped and re-dialled: the
+/// server it reaches is no longer the writable primary, or not ready; after
+/// a failover a new connection reaches the new primary.
+const REPLACE_ON: [&str; 3] = ["READONLY", "LOADING", "MASTERDOWN"];
+
+/// The pooled connections of a single-node Redis, each in a slot of its own.
+struct Pool {
+  client: Result<Client, String>,
+  config: AsyncConnectionConfig,
+  command_timeout: Duration,
+  connect_timeout: Duration,
+  slots: Vec<Slot>,
+  closed: AtomicBool,
+  /// A check of the other connections after a timeout is under way.
+  checking: AtomicBool,
+}
+
+/// A slot holds at most one live connection; a failed one is dropped and a
+/// new one dialled in the background, one dial at a time, with a backoff
+/// that grows while dials fail or new connections fail at once.
+#[derive(Default)]
+struct Slot {
+  state: Mutex<SlotState>,
+  /// Woken when a dial ends, with or without a connection.
+  dialled: Notify,
+  /// Wakes a dial waiting out its backoff (the probe found Redis back).
+  hurry: Notify,
+  /// Drops and failed dials since this slot last answered.
+  strikes: AtomicU32,
+}
+
+#[derive(Default)]
+struct SlotState {
+  conn: Option<MultiplexedConnection>,
+  /// Counts the connections installed, so that a failure seen on an old
+  /// connection never drops its replacement.
+  generation: u64,
+  dialing: bool,
+  /// Earliest start of the next dial.
+  dial_due: Option<Deadline>,
+  last_error: Option<String>,
+}
+
+/// Wait before re-dialling a slot after `strikes` drops or failed dials in a
+/// row: at once after the first, then 25 ms doubling up to 1 s.
+fn backoff(strikes: u32) -> Duration {
+  match strikes {
+    0 | 1 => Duration::ZERO,
+    n => Duration::from_millis(25u64 << (n - 2).min(6)).min(Duration::from_secs(1)),
+  }
+}
+
+impl Pool {
+  fn new(
+    client: Result<Client, String>,
+    config: AsyncConnectionConfig,
+    size: usize,
+    command_timeout: Duration,
+    connect_timeout: Duration,
+  ) -> Self {
+    Pool {
+      client,
+      config,
+      command_timeout,
+      connect_timeout,
+      slots: (0..size).map(|_| Slot::default()).collect(),
+      closed: AtomicBool::new(false),
+      checking: AtomicBool::new(false),
+    }
+  }
+
+  /// The slot of a key: fixed for the life of the pool.
+  fn slot_of(&self, key: &str) -> usize {
+    let hash = BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default().hash_one(key);
+    (hash % self.slots.len() as u64) as usize
+  }
+
+  fn live(&self) -> usize {
+    self.slots.iter().filter(|s| lock(&s.state).conn.is_some()).count()
+  }
+
+  fn close(&self) {
+    self.closed.store(true, Ordering::Release);
+    for slot in &self.slots {
+      lock(&slot.state).conn = None;
+      slot.dialled.notify_waiters();
+    }
+  }
+
+  /// One new connection, bounded by the connect timeout.
+  async fn dial(&self) -> Result<MultiplexedConnection, Unavailable> {
+    let client = self.client.as_ref().map_err(|e| Unavailable(e.clone()))?;
+    match tokio::time::timeout(self.connect_timeout, client.get_multiplexed_async_connection_with_config(&self.config))
+      .await
+    {
+      Ok(Ok(conn)) => Ok(conn),
+      Ok(Err(e)) => Err(unavailable(e)),
+      Err(_) => Err(Unavailable(format!("connect timed out after {} ms", self.connect_timeout.as_millis()))),
+    }
+  }
+
+  /// One attempt to send `pipe` on slot `i` and read its replies by `deadline`.
+  async fn send(self: &Arc<Self>, i: usize, pipe: &Pipeline, deadline: Deadline, timeout_ms: u128) -> Sent {
+    let (mut conn, generation) = match self.acquire(i, deadline).await {
+      Ok(live) => live,
+      Err(why) => return Sent::Failed(why),
+    };
+    match tokio::time::timeout_at(deadline, conn.req_packed_commands(pipe, 0, pipe.len())).await {
+      Err(_) => {
+        // A silent path, or a server that stopped: this connection may never
+        // answer again, so a new one replaces it.
+        self.drop_conn(i, generation, "timed out");
+        tokio::spawn(Arc::clone(self).check_others(i));
+        Sent::Failed(Unavailable(format!("connection {i}: command timed out after {timeout_ms} ms")))
+      }
+      Ok(Ok(values)) if values.len() != pipe.len() => {
+        self.drop_conn(i, generation, "wrong number of replies");
+        Sent::Failed(Unavailable(format!("connection {i}: {} replies to {} commands", values.len(), pipe.len())))
+      }
+      Ok(Ok(values)) => match values.iter().find_map(server_error_code).filter(|e| REPLACE_ON.contains(&code_of(e))) {
+        Some(e) => {
+          self.drop_conn(i, generation, &e);
+          Sent::Broken(Unavailable(e))
+        }
+        None => {
+          self.answered(i);
+          Sent::Replied(values)
+        }
+      },
+      Ok(Err(e)) => {
+        self.drop_conn(i, generation, &e.to_string());
+        let why = Unavailable(format!("connection {i}: {e}"));
+        if e.is_io_error() && !e.is_timeout() {
+          Sent::Broken(why)
+        } else {
+          Sent::Failed(why)
+        }
+      }
+    }
+  }
+
+  /// After a timeout on slot `skip`: a path that went silent for one
+  /// connection has likely gone silent for all, so each other connection
+  /// gets a `PING`, and one that does not answer in time is replaced now,
+  /// rather than when a caller's command waits out its timeout on it.
+  async fn check_others(self: Arc<Self>, skip: usize) {
+    if self.checking.swap(true, Ordering::AcqRel) {
+      return;
+    }
+    let ping = redis::cmd("PING");
+    let checks = (0..self.slots.len()).filter(|&i| i != skip).map(|i| {
+      let live = {
+        let s = lock(&self.slots[i].state);
+        s.conn.clone().map(|c| (c, s.generation))
+      };
+      let (this, ping) = (&self, &ping);
+      async move {
+        let Some((mut conn, generation)) = live else { return };
+        match tokio::time::timeout(this.command_timeout, conn.req_packed_command(ping)).await {
+          Ok(Ok(_)) => {}
+          Ok(Err(e)) => this.drop_conn(i, generation, &e.to_string()),
+          Err(_) => this.drop_conn(i, generation, "did not answer a PING after another connection timed out"),
+        }
+      }
+    });
+    join_all(checks).await;
+    self.checking.store(false, Ordering::Release);
+  }
+
+  /// Slot `i`'s live connection and its generation; without one, starts
+  /// a dial (if none is under way) and waits for it until `deadline`.
+  async fn acquire(
+    self: &Arc<Self>,
+    i: usize,
+    deadline: Deadline,
+  ) -> Result<(MultiplexedConnection, u64), Unavailable> {
+    let slot = &self.slots[i];
+    let mut waited = false;
+    loop {
+      let dialled = slot.dialled.notified();
+      {
+        let mut s = lock(&slot.state);
+        if let Some(conn) = &s.conn {
+          return Ok((conn.clone(), s.generation));
+        }
+        if self.closed.load(Ordering::Acquire) {
+          return Err(Unavailable("the adapter is closed".into()));
+        }
+        // The dial waited for failed (say, refused): fail now rather than
+        // spend the rest of the budget on more dials.
+        if waited && !s.dialing {
+          let why = s.last_error.as_deref().unwrap_or("not connected");
+          return Err(Unavailable(format!("connection {i}: {why}")));
+        }
+        if self.schedule_dial(i, &mut s) > deadline {
+          let why = s.last_error.as_deref().unwrap_or("not connected");
+          return Err(Unavailable(format!("connection {i} is being re-dialled ({why})")));
+        }
+      }
+      if tokio::time::timeout_at(deadline, dialled).await.is_err() {
+        let why = lock(&slot.state).last_error.clone().unwrap_or_else(|| "connecting".into());
+        return Err(Unavailable(format!("connection {i}: no connection in time ({why})")));
+      }
+      waited = true;
+    }
+  }
+
+  /// Starts a background dial of slot `i` unless one is under way; returns
+  /// when it starts (now, or once the backoff is over).
+  fn schedule_dial(self: &Arc<Self>, i: usize, s: &mut SlotState) -> Deadline {
+    let now = Deadline::now();
+    let due = s.dial_due.map_or(now, |due| due.max(now));
+    if !s.dialing {
+      s.dialing = true;
+      s.dial_due = Some(due);
+      tokio::spawn(Arc::clone(self).dial_slot(i));
+    }
+    due
+  }
+
+  async fn dial_slot(self: Arc<Self>, i: usize) {
+    let slot = &self.slots[i];
+    loop {
+      let hurried = slot.hurry.notified();
+      let due = lock(&slot.state).dial_due.unwrap_or_else(Deadline::now);
+      if due <= Deadline::now() {
+        break;
+      }
+      tokio::select! {
+        _ = tokio::time::sleep_until(due) => {}
+        _ = hurried => {}
+      }
+    }
+    let result = if self.closed.load(Ordering::Acquire) {
+      Err(Unavailable("the adapter is closed".into()))
+    } else {
+      self.dial().await
+    };
+    {
+      let mut s = lock(&slot.state);
+      s.dialing = false;
+      match result {
+        Ok(conn) => {
+          // The probe may have filled the slot meanwhile; keep that one.
+          if s.conn.is_none() && !self.closed.load(Ordering::Acquire) {
+            s.conn = Some(conn);
+            s.generation += 1;
+          }
+          s.last_error = None;
+        }
+        Err(Unavailable(why)) => {
+          let strikes = slot.strikes.fetch_add(1, Ordering::AcqRel) + 1;
+          s.dial_due = Some(Deadline::now() + backoff(strikes));
+          s.last_error = Some(why);
+        }
+      }
+    }
+    slot.dialled.notify_waiters();
+  }
+
+  /// Drops slot `i`'s connection (if it is still the one of `generation`)
+  /// and starts dialling its replacement. In-flight commands on it end with
+  /// their own timeout or error; the socket closes when the last one ends.
+  fn drop_conn(self: &Arc<Self>, i: usize, generation: u64, why: &str) {
+    let slot = &self.slots[i];
+    let mut s = lock(&slot.state);
+    if s.generation != generation || s.conn.is_none() {
+      return;
+    }
+    s.conn = None;
+    s.last_error = Some(why.to_string());
+    let strikes = slot.strikes.fetch_add(1, Ordering::AcqRel) + 1;
+    s.dial_due = Some(Deadline::now() + backoff(strikes));
+    if !self.closed.load(Ordering::Acquire) {
+      self.schedule_dial(i, &mut s);
+    }
+  }
+
+  /// Slot `i` answered: its backoff starts over.
+  fn answered(&self, i: usize) {
+    let slot = &self.slots[i];
+    if slot.strikes.load(Ordering::Relaxed) != 0 {
+      slot.strikes.store(0, Ordering::Release);
+    }
+  }
+
+  /// After a successful probe: the pool's connections lived through an
+  /// outage and may be dead without knowing it (a silent path, a restarted
+  /// or demoted server), so all are replaced: the probe's connection takes
+  /// the first slot, the others are dialled at once, backoffs start over.
+  fn renew(self: &Arc<Self>, conn: MultiplexedConnection) {
+    let mut conn = Some(conn);
+    for (i, slot) in self.slots.iter().enumerate() {
+      slot.strikes.store(0, Ordering::Release);
+      let mut s = lock(&slot.state);
+      if self.closed.load(Ordering::Acquire) {
+        return;
+      }
+      s.conn = conn.take();
+      s.generation += 1;
+      s.dial_due = None;
+      s.last_error = None;
+      if s.conn.is_none() {
+        self.schedule_dial(i, &mut s);
+      }
+      drop(s);
+      slot.dialled.notify_waiters();
+      slot.hurry.notify_waiters();
+    }
+  }
+
+  /// Dials every empty slot and waits for them until `deadline` (best effort).
+  async fn fill(self: &Arc<Self>, deadline: Deadline) {
+    join_all((0..self.slots.len()).map(|i| self.acquire(i, deadline))).await;
+  }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+  // A panic while holding the lock leaves plain data behind; keep going.
+  m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn read<T: Clone>(l: &RwLock<Option<T>>) -> Option<T> {
+  l.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
+}
+
+fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+  l.write().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 fn outcome(v: Value) -> Outcome {
   match v {
     Value::ServerError(e) => Err(match e.details() {
@@ -277,12 +846,23 @@ fn outcome(v: Value) -> Outcome {
   }
 }
 
+/// A server error reply as `CODE detail`.
+fn server_error_code(v: &Value) -> Option<String> {
+  match v {
+    Value::ServerError(_) => outcome(v.clone()).err(),
+    _ => None,
+  }
+}
+
+fn code_of(error: &str) -> &str {
+  error.split_whitespace().next().unwrap_or("")
+}
+
 /// Server error codes that say Redis cannot serve now, whatever the command.
 fn is_unavailability(error: &str) -> bool {
   const CODES: [&str; 9] =
     ["LOADING", "BUSY", "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN", "READONLY", "OOM", "NOREPLICAS", "MISCONF"];
-  let code = error.split_whitespace().next().unwrap_or("");
-  CODES.contains(&code)
+  CODES.contains(&code_of(error))
 }
 
 fn is_server_error(e: &RedisError) -> bool {
@@ -292,6 +872,75 @@ fn is_server_error(e: &RedisError) -> bool {
     || e.is_connection_refusal()
     || e.is_unrecoverable_error())
     && e.kind() != redis::ErrorKind::Client
+}
+
+#[cfg(test)]
+mod pool_tests {
+  use super::*;
+
+  #[test]
+  fn a_key_always_takes_the_same_connection_and_keys_spread() {
+    let pool =
+      Pool::new(Err("none".into()), AsyncConnectionConfig::new(), 4, Duration::from_secs(1), Duration::from_secs(1));
+    let mut used = [0; 4];
+    for k in 0..1000 {
+      let key = format!("p:kv:key-{k}");
+      let slot = pool.slot_of(&key);
+      assert_eq!(slot, pool.slot_of(&key));
+      used[slot] += 1;
+    }
+    assert!(used.iter().all(|&n| n > 150), "keys spread over the slots: {used:?}");
+  }
+
+  #[test]
+  fn backoff_starts_at_once_and_is_capped() {
+    assert_eq!(backoff(1), Duration::ZERO);
+    assert_eq!(backoff(2), Duration::from_millis(25));
+    assert_eq!(backoff(3), Duration::from_millis(50));
+    assert_eq!(backoff(40), Duration::from_secs(1));
+  }
+
+  #[test]
+  fn replies_report_failures_per_span() {
+    let spans = [
+      Span { key: "a", commands: 1, retry: true },
+      Span { key: "b", commands: 2, retry: true },
+      Span { key: "c", commands: 1, retry: false },
+    ];
+    let mut r = Replies::new(&spans);
+    r.outcomes[1] = Ok(Value::Int(1));
+    r.fail([2], Unavailable("gone".into()));
+    assert_eq!(r.span(1).map(|o| o.len()).ok(), Some(2));
+    assert!(matches!(r.span(1).unwrap()[0], Ok(Value::Int(1))));
+    assert_eq!(r.span(2).err().map(|e| e.0.as_str()), Some("gone"));
+    assert_eq!(r.failure().map(|e| e.0.as_str()), Some("gone"));
+    assert!(r.into_result().is_err());
+  }
+
+  #[tokio::test]
+  async fn a_dead_port_fails_within_the_budget_and_backs_off() {
+    // A port nothing listens on: bound, then closed.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap();
+    let target = RedisTarget {
+      host: "127.0.0.1".into(),
+      port,
+      username: None,
+      password: None,
+      db: 0,
+      tls: None,
+      cluster_nodes: Vec::new(),
+    };
+    let tier = RedisTier::new(target, 2, Duration::from_millis(100), Duration::from_millis(200));
+    let mut pipe = Pipeline::new();
+    pipe.cmd("GET").arg("k");
+    let t0 = Instant::now();
+    let replies = tier.run(&pipe, &[Span { key: "k", commands: 1, retry: true }]).await;
+    assert!(replies.span(0).is_err());
+    // Bounded by the command timeout (with room for a busy machine).
+    assert!(t0.elapsed() < Duration::from_millis(600), "bounded: {:?}", t0.elapsed());
+    assert!(tier.probe().await.is_err());
+    assert_eq!(tier.connections(), 0);
+  }
 }
 
 /// A redis-rs error as a reason; URL credentials masked at once, in case
