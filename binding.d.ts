@@ -29,6 +29,19 @@ export declare class NativeCache {
    * `undefined` (which is not cached).
    */
   getOrLoad(key: string, ttlSeconds: number, loader: (key: string) => Promise<string | null>): Promise<string | null>
+  /**
+   * Removes (or, `soft`, marks stale) every entry carrying any of `tags`,
+   * in Redis and in the memory tier; resolves to `{ entries, reachedRedis }`.
+   */
+  invalidateTags(tags: Array<string>, soft: boolean): Promise<{ entries: number; reachedRedis: boolean }>
+  /**
+   * Takes the distributed lock of generic key `key` for `ttl_ms`: `true`
+   * taken, `false` held by another instance, `null` Redis not in use now
+   * (disabled, down, or the breaker open).
+   */
+  lockAcquire(key: string, token: string, ttlMs: number): Promise<boolean | null>
+  /** Releases the lock if `token` still holds it; resolves to whether it did. */
+  lockRelease(key: string, token: string): Promise<boolean>
   /** The memory tier's value (JSON) of a process-local fallback-map entry. */
   fallbackGet(map: string, key: string): string | null
   fallbackSet(map: string, key: string, json: string): void

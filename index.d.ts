@@ -84,6 +84,7 @@ export interface CacheAdapterOptions {
    * dropped). Env: `CACHE_REPLAY_MAX_BYTES`. Default half of `memoryMaxBytes`.
    */
   replayMaxBytes?: number
+  /**
    * Largest value a call may store, in bytes of its JSON text (UTF-8); a larger one is a `RangeError` and nothing
    * is written. 1 to 512 MiB (Redis's own limit). Env: `CACHE_MAX_VALUE_BYTES`. Default 8 MiB.
    */
@@ -92,6 +93,106 @@ export interface CacheAdapterOptions {
   onModeChange?: (event: ModeChangeEvent) => void
   /** Alert rules and their webhook; `false` turns them off. Env: `REDIS_MONITORING_ENABLED=false`. */
   alerts?: false | true | AlertOptions
+  /**
+   * After a fail-safe activation (a loader failed or timed out and a fallback was served), how long callers of
+   * that key get the fallback without the loader being called again, so a down database is not hammered.
+   * 0 to 86400000. Env: `CACHE_FAILSAFE_THROTTLE_MS`. Default 5000.
+   */
+  failSafeThrottleMs?: number
+  /**
+   * Read-through loads take a per-key Redis lock (`SET NX PX`), so N instances call a key's loader once; a
+   * call's `distributedLock` option overrides it. Env: `CACHE_DISTRIBUTED_LOCK=true`. Default false.
+   */
+  distributedLock?: boolean
+  /** How long a distributed lock lives if its holder never releases it (it died). 10 to 86400000. Env: `CACHE_LOCK_TTL_MS`. Default 10000. */
+  lockTtlMs?: number
+  /**
+   * How long an instance that did not get the lock polls for the holder's value before loading itself.
+   * 0 to 86400000. Env: `CACHE_LOCK_WAIT_MS`. Default 2000.
+   */
+  lockWaitMs?: number
+}
+
+/** Options of a read-through call (`getOrLoad`, `getOrLoadMany`, `wrap`); see README, Read-through. */
+export interface ReadThroughOptions {
+  /** Seconds the loaded value is fresh. Default: the generic default TTL (`CACHE_DEFAULT_TTL`, else 7200). */
+  ttl?: number
+  /**
+   * Seconds the value is kept after `ttl` as a fallback: when the loader throws, rejects or times out, callers
+   * get it instead of an error (fail-safe). Default 0 (no fallback).
+   */
+  grace?: number
+  /**
+   * With a fallback at hand, callers wait at most this long for the loader, then get the fallback; the loader
+   * goes on in the background and its result, when it comes (within `hardTimeoutMs`), updates the cache.
+   * Default: none.
+   */
+  softTimeoutMs?: number
+  /**
+   * Bound on a load: past it the load is abandoned (a late result is dropped); callers get the fallback if one
+   * exists, else an `Error` with code `ERR_CACHE_LOADER`. Default `loaderTimeoutMs`.
+   */
+  hardTimeoutMs?: number
+  /**
+   * A fraction of `ttl` (0 to 1, e.g. 0.8): a hit after that point returns the cached value and starts one
+   * background refresh of the key (one per key, across concurrent callers). Default: off.
+   */
+  eagerRefresh?: number
+  /** Tags of the stored value, for `invalidateTags`. */
+  tags?: string[]
+  /** Take the per-key Redis lock for the load (N instances, one loader call). Default: the adapter's `distributedLock`. Not for `getOrLoadMany`. */
+  distributedLock?: boolean
+}
+
+/** What a loader may change about the value it returns. */
+export interface LoaderContext {
+  readonly key: string
+  /** Seconds the value will be fresh; set it to change that for this value. */
+  ttl: number
+  /** Tags of the value; push to or replace them. */
+  tags: string[]
+  /** Whether a fallback value exists (the loader may, say, use a shorter timeout of its own). */
+  readonly hasFallback: boolean
+}
+
+/** `getOrLoadMany`'s loader context: like `LoaderContext`, for every key of the batch. */
+export interface BatchLoaderContext {
+  readonly keys: string[]
+  ttl: number
+  tags: string[]
+}
+
+export interface WrapOptions<A extends unknown[]> extends ReadThroughOptions {
+  /** The cache key of a call: a function of its arguments, or a prefix (then `prefix:<JSON of the arguments>`). Default `<fn.name>:<JSON of the arguments>`. */
+  key?: string | ((...args: A) => string)
+}
+
+/** `getStats().cache.readThrough`: counted in JavaScript, also in `metrics()`. */
+export interface ReadThroughStats {
+  /** Loads that failed or hit the hard timeout while a fallback existed (`cache_failsafe_activations_total`). */
+  failsafeActivations: number
+  /** Fallback values served instead of an error or a wait (`cache_fallback_served_total`). */
+  fallbackServed: number
+  /** Calls answered with the fallback at the soft timeout (`cache_soft_timeouts_total`). */
+  softTimeouts: number
+  /** Loads abandoned at the hard timeout (`cache_hard_timeouts_total`). */
+  hardTimeouts: number
+  /** Loads that went on in the background: eager refreshes, and loads past a soft timeout (`cache_background_refreshes_total`). */
+  backgroundRefreshes: number
+  /** Loader calls skipped within `failSafeThrottleMs` of a failure (`cache_throttled_loads_total`). */
+  throttledLoads: number
+  /** Loads that waited for another instance's distributed lock (`cache_lock_waits_total`). */
+  lockWaits: number
+  /** Tags invalidated (`cache_tag_invalidations_total`). */
+  tagInvalidations: number
+  /** Entries those invalidations removed or marked stale. */
+  tagInvalidatedEntries: number
+  /** Loader (and `loadMany`) calls made by the read-through options path. */
+  loaderCalls: number
+  loaderFailures: number
+  locksAcquired: number
+  /** `cache_loader_duration_seconds` is the histogram. */
+  loaderDuration: { count: number; meanMs: number }
 }
 
 /** Thresholds of the alerts (see README, Alerts). */
@@ -237,8 +338,16 @@ export interface CacheCounters {
   inflight: { reads: number; loads: number }
   /** Times the adapter dialled Redis or probed it after an outage. */
   connectionAttempts: number
-  /** The old adapter's `cache.config` (`keyPrefix` written as it wrote it, ending in `:`), plus `maxValueBytes`. */
-  config: LegacyCacheConfig & { maxValueBytes: number }
+  /** The old adapter's `cache.config` (`keyPrefix` written as it wrote it, ending in `:`), plus the resolved settings below. */
+  config: LegacyCacheConfig & {
+    maxValueBytes: number
+    loaderTimeoutMs: number
+    readThrough: { failSafeThrottleMs: number; distributedLock: boolean; lockTtlMs: number; lockWaitMs: number }
+  }
+  /** The read-through's counters. */
+  readThrough: ReadThroughStats
+  /** Tags this instance's memory-tier index knows. */
+  taggedSets: number
   /** `null` when alerts are off or Redis is disabled. */
   redisWatch: RedisWatchStats | null
 }
@@ -370,6 +479,12 @@ export interface CloseResult {
 
 type MapLike<V> = Map<string, V> | Record<string, V> | Array<[string, V]>
 
+/** The optional last argument of the domain setters. */
+export interface TagOptions {
+  /** Tags of the entry (both keys of a mapping), for `invalidateTags`. */
+  tags?: string[]
+}
+
 export declare class CacheAdapter extends EventEmitter {
   /** Never throws because Redis is down: it connects in the background and serves from memory until Redis answers. */
   constructor(options?: CacheAdapterOptions)
@@ -383,33 +498,36 @@ export declare class CacheAdapter extends EventEmitter {
 
   // Domain methods
   getConversationContext(orgId: string | null | undefined, phone: string): Promise<JsonValue[] | null>
-  setConversationContext(orgId: string | null | undefined, phone: string, messages: JsonValue): Promise<true>
+  setConversationContext(orgId: string | null | undefined, phone: string, messages: JsonValue, options?: TagOptions): Promise<true>
   getConversationSummary(orgId: string | null | undefined, phone: string): Promise<JsonValue | null>
-  setConversationSummary(orgId: string | null | undefined, phone: string, summary: JsonValue): Promise<true>
+  setConversationSummary(orgId: string | null | undefined, phone: string, summary: JsonValue, options?: TagOptions): Promise<true>
   getConversationHistoryCache(orgId: string | null | undefined, phone: string): Promise<JsonValue[] | null>
-  setConversationHistoryCache(orgId: string | null | undefined, phone: string, messages: JsonValue): Promise<true>
+  setConversationHistoryCache(orgId: string | null | undefined, phone: string, messages: JsonValue, options?: TagOptions): Promise<true>
   getPhoneToLeadMapping(phone: string): Promise<string | null>
   /** Writes both phone→lead and lead→phone, in one round trip. */
-  setPhoneToLeadMapping(phone: string, leadId: string): Promise<true>
+  setPhoneToLeadMapping(phone: string, leadId: string, options?: TagOptions): Promise<true>
   /** The phone exactly as it was given to `setPhoneToLeadMapping`. */
   getLeadToPhoneMapping(leadId: string): Promise<string | null>
   getDynamicLead(leadId: string): Promise<JsonValue | null>
-  setDynamicLead(leadId: string, lead: JsonValue): Promise<true>
+  setDynamicLead(leadId: string, lead: JsonValue, options?: TagOptions): Promise<true>
   /** The organisation's name. */
   getOrganizationData(orgId: string | null | undefined): Promise<JsonValue | null>
   /** Stores `{name, timestamp}`. */
-  setOrganizationData(orgId: string | null | undefined, name: JsonValue): Promise<true>
+  setOrganizationData(orgId: string | null | undefined, name: JsonValue, options?: TagOptions): Promise<true>
   getAgentConfig(agentId: string, agentPhone: string): Promise<JsonValue | null>
-  setAgentConfig(agentId: string, agentPhone: string, configured?: JsonValue): Promise<true>
+  setAgentConfig(agentId: string, agentPhone: string, configured?: JsonValue, options?: TagOptions): Promise<true>
   getSSEResponseCache(leadId: string, phone: string): Promise<JsonValue | null>
-  setSSEResponseCache(leadId: string, phone: string, data: JsonValue): Promise<true>
+  setSSEResponseCache(leadId: string, phone: string, data: JsonValue, options?: TagOptions): Promise<true>
   /** Removes every entry of that org in Redis (SCAN + UNLINK, never KEYS) and in memory; resolves to the number removed. */
   clearOrganizationCache(orgId: string): Promise<number>
 
   // Generic methods
   get<T = JsonValue>(key: string): Promise<T | null>
-  /** `ttlSeconds` defaults to `CACHE_DEFAULT_TTL`, else 7200; at most 2147483647 (RangeError above). */
-  set(key: string, value: JsonValue, ttlSeconds?: number): Promise<true>
+  /**
+   * `ttlOrOptions`: the TTL in seconds (default `CACHE_DEFAULT_TTL`, else 7200; at most 2147483647, RangeError
+   * above), or `{ ttl, tags }` to tag the entry for `invalidateTags`.
+   */
+  set(key: string, value: JsonValue, ttlOrOptions?: number | { ttl?: number; tags?: string[] }): Promise<true>
   /** Whether something was removed. */
   delete(key: string): Promise<boolean>
   exists(key: string): Promise<boolean>
@@ -435,8 +553,43 @@ export declare class CacheAdapter extends EventEmitter {
    * caller whose loader ran gets the very value thrown); one that outlasts
    * `loaderTimeoutMs` rejects them with code `ERR_CACHE_LOADER`; a result
    * above `maxValueBytes` with a `RangeError`. Nothing is cached then.
+   *
+   * The third argument is the TTL in seconds, or `ReadThroughOptions`: with `grace` the value outlives its TTL
+   * as a fail-safe fallback (served when the loader fails or times out, and at `softTimeoutMs`), `eagerRefresh`
+   * refreshes hot keys before they expire, `tags` tags the value, `distributedLock` makes N instances call the
+   * loader once. The loader gets `(key, ctx)`: it may change `ctx.ttl` and `ctx.tags` of what it returns.
+   * A hit is one batched read whatever the options.
    */
-  getOrLoad<T = JsonValue>(key: string, loader: (key: string) => T | Promise<T>, ttlSeconds?: number): Promise<T>
+  getOrLoad<T = JsonValue>(
+    key: string,
+    loader: (key: string, ctx: LoaderContext) => T | Promise<T>,
+    ttlOrOptions?: number | ReadThroughOptions,
+  ): Promise<T>
+  /**
+   * Read-through for many keys: the hits in one batched read; every missing key not already being loaded by
+   * another caller goes to ONE `loadMany(missingKeys, ctx)` call (resolving to a `Map` or an object keyed by
+   * key), whose values are stored in one batch; concurrent callers of any of those keys share that call. Resolves
+   * to the values in the order of `keys` (`undefined` for a key `loadMany` left out; it is not cached).
+   * Fail-safe, soft/hard timeouts, eager refresh and tags apply per key, as in `getOrLoad`.
+   */
+  getOrLoadMany<T = JsonValue>(
+    keys: string[],
+    loadMany: (keys: string[], ctx: BatchLoaderContext) => Promise<Map<string, T> | Record<string, T>> | Map<string, T> | Record<string, T>,
+    ttlOrOptions?: number | Omit<ReadThroughOptions, 'distributedLock'>,
+  ): Promise<Array<T | undefined>>
+  /**
+   * A memoised async `fn`: each call is `getOrLoad(key(...args), () => fn(...args), options)`, the seeds'
+   * `@cached` decorator. Bad options throw here, not at the first call.
+   */
+  wrap<A extends unknown[], T>(fn: (...args: A) => T | Promise<T>, options?: WrapOptions<A>): (...args: A) => Promise<T>
+  /**
+   * Removes every entry carrying any of the tags: in Redis (the tag's set read with `SSCAN`, each key deleted on
+   * its own node, never `KEYS`; cluster-safe) and in this instance's memory tier; other instances read Redis.
+   * With `{ soft: true }` the entries are marked stale instead: still read by `get`, and still fail-safe
+   * fallbacks, but the next read-through reloads them. Resolves to how many entries it removed (or marked).
+   * With Redis down it reaches this instance's entries, and is redone in Redis once the adapter is back on Redis.
+   */
+  invalidateTags(tags: string | string[], options?: { soft?: boolean }): Promise<number>
 
   // Synchronous, process-local (never in Redis)
   getInflightRequest<T = unknown>(key: string): Promise<T> | null
@@ -463,7 +616,10 @@ export declare class CacheAdapter extends EventEmitter {
   healthCheck(): Promise<HealthReport>
   /** The active alerts, critical first. */
   getAlerts(): Promise<Alert[]>
-  /** Prometheus text exposition (version 0.0.4), with `cache_alert_active{alert,severity}` while alerts are on. */
+  /**
+   * Prometheus text exposition (version 0.0.4), with `cache_alert_active{alert,severity}` while alerts are on,
+   * and the read-through's counters and `cache_loader_duration_seconds` histogram.
+   */
   metrics(): Promise<string>
   /**
    * Waits for calls in flight, then stops. With writes journaled during an outage, first makes one attempt to

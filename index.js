@@ -12,6 +12,8 @@
 const { EventEmitter } = require('node:events')
 const { NativeCache, domainMethods, protocol, createOrgKey } = require('./binding.js')
 const { Alerts } = require('./lib/alerts.js')
+const { ReadThrough } = require('./lib/read-through/index.js')
+const { Tags, checkTags } = require('./lib/tags.js')
 
 const OP = protocol()
 const ORG_NULL = OP.ORG_NULL
@@ -50,6 +52,16 @@ function ttlSeconds(name, v) {
   if (!(v > 0) || !Number.isFinite(v)) throw new RangeError(`${name} must be a positive finite number of seconds, got ${v}`)
   if (v > MAX_TTL_SECONDS) throw new RangeError(`${name} must be at most ${MAX_TTL_SECONDS} seconds (about 68 years), got ${v}`)
   return v
+}
+
+/** `set`'s third argument: a TTL in seconds, or `{ ttl, tags }` → the batch's TTL and the tags' JSON (or null). */
+function setOptions(ttlOrOptions) {
+  if (ttlOrOptions === null || typeof ttlOrOptions !== 'object') return { num: ttlSeconds('ttl', ttlOrOptions), tags: null }
+  for (const k of Object.keys(ttlOrOptions)) {
+    if (k !== 'ttl' && k !== 'tags') throw new TypeError(`options.${k} is not a set option (ttl, tags)`)
+  }
+  const tags = checkTags('options.tags', ttlOrOptions.tags)
+  return { num: ttlSeconds('options.ttl', ttlOrOptions.ttl), tags: tags.length > 0 ? JSON.stringify(tags) : null }
 }
 
 function toJson(name, value) {
@@ -282,8 +294,11 @@ class CacheAdapter extends EventEmitter {
     this._native = new NativeCache(json, wakeUp(this))
     keepAliveOfCollected.register(this, this._keepAlive)
     this._batch.native = this._native
-    // The resolved limit (option, CACHE_MAX_VALUE_BYTES or the default), read once.
-    this._maxValueBytes = this._native.stats().config.maxValueBytes
+    // The resolved settings (options, environment, defaults), read once.
+    const config = this._native.stats().config
+    this._maxValueBytes = config.maxValueBytes
+    this._readThrough = new ReadThrough(this, config, parse, OP)
+    this._tags = new Tags(this._native, this._readThrough.stats, this._native.redisEnabled())
     this._onModeChange = onModeChange
     this._inflightRequests = new Map()
     this._humanControl = new Map()
@@ -347,6 +362,7 @@ class CacheAdapter extends EventEmitter {
 
   /** Tells `onModeChange` and every `modeChange` listener; one that throws is a warning, never the adapter's end. */
   _modeChanged(mode, reason) {
+    this._tags.modeChanged(mode)
     const event = { mode, reason, at: new Date().toISOString() }
     if (this._onModeChange) {
       try {
@@ -400,9 +416,13 @@ class CacheAdapter extends EventEmitter {
     return this._generic(OP.Get, 'key', key, NaN, null, parse)
   }
 
-  set(key, value, ttl) {
+  /** `ttlOrOptions`: a TTL in seconds, or `{ ttl, tags }`. */
+  set(key, value, ttlOrOptions) {
     try {
-      return this._generic(OP.Set, 'key', key, ttlSeconds('ttl', ttl), [this._json('value', value)], null)
+      const { num, tags } = setOptions(ttlOrOptions)
+      const strs = [this._json('value', value)]
+      if (tags !== null) strs.push(tags)
+      return this._generic(tags === null ? OP.Set : OP.Set | OP.TAGGED, 'key', key, num, strs, null)
     } catch (e) {
       return Promise.reject(e)
     }
@@ -490,21 +510,59 @@ class CacheAdapter extends EventEmitter {
   }
 
   /**
-   * Read-through: the cached value, or `loader(key)`'s (cached for `ttl`).
-   * Concurrent callers of one key share one loader call.
+   * Read-through: the cached value, or `loader(key, ctx)`'s (cached for the
+   * TTL). The third argument is a TTL in seconds or the read-through options
+   * (see lib/read-through/ and README, Read-through).
    */
-  getOrLoad(key, loader, ttl) {
+  getOrLoad(key, loader, ttlOrOptions) {
+    return this._readThrough.getOrLoad(key, loader, ttlOrOptions)
+  }
+
+  /** The hits in one batched read, the misses loaded by one `loadMany(missingKeys)` call; an array in key order. */
+  getOrLoadMany(keys, loadMany, options) {
+    return this._readThrough.getOrLoadMany(keys, loadMany, options)
+  }
+
+  /** A memoised async `fn`, cached under `key(...args)` with the read-through's options. */
+  wrap(fn, options) {
+    return this._readThrough.wrap(fn, options)
+  }
+
+  /** Removes (or, with `{ soft: true }`, marks stale) every entry carrying any of the tags; resolves to how many. */
+  invalidateTags(tags, options) {
+    if (this._closed) return Promise.reject(Object.assign(new Error('the cache adapter is closed'), { code: 'ERR_CACHE_CLOSED' }))
     try {
-      requireString('key', key)
-      if (typeof loader !== 'function') throw new TypeError(`loader must be a function, got ${describe(loader)}`)
-      const num = ttlSeconds('ttl', ttl)
-      // A hit, a stored null included (a remembered "not found"), costs one
-      // batched read; only a miss takes the native single-flight path, which
-      // reads again under its lock (without counting a second miss).
-      return this._call(OP.Get, NaN, [key], parseOrMiss).then((hit) => (hit !== MISS ? hit : this._load(key, loader, num)))
+      return this._tags.invalidate(tags, options)
     } catch (e) {
       return Promise.reject(e)
     }
+  }
+
+  /**
+   * getOrLoad with a TTL only: the native single-flight path. A loader that
+   * changes `ctx.ttl` or `ctx.tags` has its value stored again with them,
+   * after the native store (so the later write wins).
+   */
+  _plainGetOrLoad(key, loader, num) {
+    const ctx = { key, ttl: Number.isNaN(num) ? this._readThrough.defaults.defaultTtl : num, tags: [], hasFallback: false }
+    const initialTtl = ctx.ttl
+    let ran = false
+    let loaded
+    const load = (k) =>
+      new Promise((resolve) => resolve(loader(k, ctx))).then((v) => {
+        ran = true
+        loaded = v
+        return v
+      })
+    // A hit, a stored null included (a remembered "not found"), costs one
+    // batched read; only a miss takes the native single-flight path, which
+    // reads again under its lock (without counting a second miss).
+    return this._call(OP.Get, NaN, [key], parseOrMiss)
+      .then((hit) => (hit !== MISS ? hit : this._load(key, load, num)))
+      .then((v) => {
+        if (!ran || loaded === undefined || (ctx.ttl === initialTtl && (!Array.isArray(ctx.tags) || ctx.tags.length === 0))) return v
+        return this.set(key, loaded, { ttl: ctx.ttl, tags: ctx.tags }).then(() => v)
+      })
   }
 
   _load(key, loader, num) {
@@ -644,6 +702,7 @@ class CacheAdapter extends EventEmitter {
     const stats = this._native.stats()
     const cache = {
       ...stats,
+      readThrough: this._readThrough.stats.toJSON(),
       // The old adapter's fields, next to the new ones (`config` comes from Rust).
       redis: {
         hits: stats.hits,
@@ -702,7 +761,7 @@ class CacheAdapter extends EventEmitter {
 
   /** Prometheus text exposition of the counters, gauges and latency histogram. */
   async metrics() {
-    return this._native.metrics() + this._alerts.metricsText()
+    return this._native.metrics() + this._alerts.metricsText() + this._readThrough.stats.metricsText()
   }
 
   get mode() {
@@ -770,14 +829,26 @@ for (const spec of DOMAIN) {
     }
   }
   if (spec.setter) {
-    CacheAdapter.prototype[spec.setter] = function (a, b, c) {
+    CacheAdapter.prototype[spec.setter] = function (a, b, c, d) {
       try {
         const strs = []
         const flags = keyStrings(a, b, strs)
         let value = arity === 1 ? b : c
         if (value === undefined) value = fallback
         strs.push(this._json(spec.valueArg, value))
-        return this._call(setCode | flags, NaN, strs, null)
+        // An optional last argument `{ tags }` tags the entry (both keys of a mapping).
+        const options = arity === 1 ? c : d
+        let tagged = 0
+        if (options !== undefined && options !== null) {
+          if (typeof options !== 'object') throw new TypeError(`options must be an object, got ${describe(options)}`)
+          for (const k of Object.keys(options)) if (k !== 'tags') throw new TypeError(`options.${k} is not an option of ${spec.setter} (tags)`)
+          const tags = checkTags('options.tags', options.tags)
+          if (tags.length > 0) {
+            strs.push(JSON.stringify(tags))
+            tagged = OP.TAGGED
+          }
+        }
+        return this._call(setCode | flags | tagged, NaN, strs, null)
       } catch (e) {
         return Promise.reject(e)
       }

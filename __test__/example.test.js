@@ -314,6 +314,70 @@ describe('example server with Redis', () => {
   })
 })
 
+describe('example server: the webhook on a slow or down database (read-through)', () => {
+  let redis
+  let srv
+  before(async () => {
+    redis = await startRedis()
+    // Rows count as fresh for 0.3 s here (30 s in the example), so a test sees them go stale quickly.
+    srv = await startServer({ port: 0, adapterOptions: { url: redis.url, alerts: false }, log: () => {}, readThrough: { freshS: 0.3 } })
+  })
+  after(async () => {
+    fakeDb.setMode('normal')
+    if (srv) await srv.close()
+    if (redis) await redis.stop()
+  })
+
+  test('with a warm cache the webhook answers within 100 ms from fallback values, the database slow or down', async () => {
+    const caller = { caller_id: '+16045559876', called_number: '+17786528784' }
+    await webhook(srv.url, caller) // miss: loads and stores
+    await webhook(srv.url, caller) // warm: the mapping path too
+    for (const mode of ['slow', 'down']) {
+      const set = await fetch(`${srv.url}/api/fake-db/mode?mode=${mode}`, { method: 'POST' })
+      assert.equal((await set.json()).mode, mode)
+      await sleep(400) // every looked-up row is now stale: only a fallback
+      const answers = []
+      for (let i = 0; i < 5; i++) answers.push((await webhook(srv.url, caller)).body)
+      for (const a of answers) {
+        assert.ok(a.responseTimeMs < 100, `database ${mode}: answered in ${a.responseTimeMs} ms`)
+        assert.equal(a.dynamic_variables.caller_phone, caller.caller_id)
+      }
+      assert.ok(answers[0].fallback, `database ${mode}: the first answer came from fallback values`)
+    }
+    const stats = (await getJson(srv.url, '/api/cache/stats')).body.cache.readThrough
+    assert.ok(stats.fallbackServed >= 2, JSON.stringify(stats))
+    assert.ok(stats.softTimeouts >= 1, 'the slow database hit the soft timeout')
+    assert.ok(stats.failsafeActivations >= 1, 'the down database activated the fail-safe')
+    const bad = await fetch(`${srv.url}/api/fake-db/mode?mode=sideways`, { method: 'POST' })
+    assert.equal(bad.status, 400)
+    const back = await fetch(`${srv.url}/api/fake-db/mode?mode=normal`, { method: 'POST' })
+    assert.equal((await back.json()).mode, 'normal')
+  })
+
+  test('the dashboard switches the database and shows fallback values served', {
+    skip: fs.existsSync(CHROMIUM) ? false : `${CHROMIUM} is absent: browser part skipped (apt-get install -y chromium)`,
+    timeout: 60_000,
+  }, async (t) => {
+    const { chromium } = require('playwright-core')
+    const browser = await chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS, timeout: 30_000 })
+    t.after(() => browser.close())
+    const page = await browser.newPage({ viewport: { width: 1360, height: 1000 } })
+    await page.goto(srv.url + '/', { waitUntil: 'load', timeout: 15_000 })
+    const served = () => page.evaluate(() => Number(document.getElementById('t-fallback').textContent.replace(/,/g, '')))
+    await page.waitForFunction(() => /\d/.test(document.getElementById('t-fallback').textContent), null, { timeout: 10_000 })
+    await page.check('#simulate') // warms the regular callers' entries
+    await sleep(3000)
+    const before = await served()
+    await page.click('[data-db="down"]')
+    await page.waitForFunction(() => document.getElementById('db-mode').textContent === 'down', null, { timeout: 10_000 })
+    await page.waitForFunction((n) => Number(document.getElementById('t-fallback').textContent.replace(/,/g, '')) > n, before, { timeout: 20_000 })
+    await page.uncheck('#simulate')
+    await page.screenshot({ path: path.join(SCREENSHOT_DIR, 'dashboard-db-down.png') })
+    await page.click('[data-db="normal"]')
+    await page.waitForFunction(() => document.getElementById('db-mode').textContent === 'normal', null, { timeout: 10_000 })
+  })
+})
+
 describe('example server with an unreachable Redis', () => {
   let srv
   const logs = []

@@ -4,6 +4,10 @@
  * example server. Every query answers after a random 50 to 100 ms, like a
  * round trip to a hosted Postgres, so the difference between a cache hit and
  * a miss is visible. Data lives in process memory; `stats()` counts queries.
+ *
+ * `setMode('slow')` makes every query take 300 ms, `setMode('down')` makes
+ * every query fail at once (as a refused connection does): the dashboard's
+ * database buttons, to show the read-through's fail-safe and soft timeouts.
  */
 
 const MIN_LATENCY_MS = 50
@@ -26,7 +30,19 @@ const leadsById = new Map()
 const conversations = new Map()
 
 let queries = 0
+let failures = 0
 let nextLead = 1
+
+const MODES = ['normal', 'slow', 'down']
+const SLOW_LATENCY_MS = 300
+let mode = 'normal'
+
+/** 'normal' (50-100 ms), 'slow' (300 ms) or 'down' (every query fails). */
+function setMode(next) {
+  if (!MODES.includes(next)) throw new TypeError(`mode must be one of ${MODES.join(', ')}, got ${String(next).slice(0, 40)}`)
+  mode = next
+  return mode
+}
 
 const FIRST_NAMES = ['Alex', 'Sam', 'Jordan', 'Taylor', 'Morgan', 'Casey', 'Riley', 'Jamie', 'Avery', 'Quinn']
 const TOPICS = ['e-bike test ride', 'brake service', 'tune-up booking', 'road bike sizing', 'warranty claim', 'kids bikes']
@@ -35,7 +51,13 @@ const digits = (phone) => String(phone).replace(/\D/g, '')
 
 function query(fn) {
   queries++
-  const delay = MIN_LATENCY_MS + Math.random() * (MAX_LATENCY_MS - MIN_LATENCY_MS)
+  if (mode === 'down') {
+    failures++
+    return new Promise((_, reject) => {
+      setTimeout(() => reject(Object.assign(new Error('fake database is down (connection refused)'), { code: 'ECONNREFUSED' })), 2)
+    })
+  }
+  const delay = mode === 'slow' ? SLOW_LATENCY_MS : MIN_LATENCY_MS + Math.random() * (MAX_LATENCY_MS - MIN_LATENCY_MS)
   return new Promise((resolve, reject) => {
     setTimeout(() => {
       try {
@@ -106,7 +128,7 @@ function getConversationContext(orgId, leadId) {
 }
 
 function stats() {
-  return { queries, leads: leads.size, minLatencyMs: MIN_LATENCY_MS, maxLatencyMs: MAX_LATENCY_MS }
+  return { queries, failures, mode, leads: leads.size, minLatencyMs: MIN_LATENCY_MS, maxLatencyMs: MAX_LATENCY_MS }
 }
 
 module.exports = {
@@ -118,4 +140,7 @@ module.exports = {
   getLeadById,
   getConversationContext,
   stats,
+  setMode,
+  MODES,
+  SLOW_LATENCY_MS,
 }

@@ -6,6 +6,12 @@
 //! the call's strings in order in `strs`: the key arguments (one for generic
 //! calls, the table's arguments for domain calls; a null org takes no string
 //! and sets `ORG_NULL`), then the hash field, then the value's JSON.
+//!
+//! Two flags serve the read-through (`lib/read-through/`): `RAW` on a generic
+//! `Get` answers a read-through envelope as stored instead of its bare value
+//! (see `envelope`), and `TAGGED` on a `Set` (generic or domain) means one more
+//! string follows the value: the tags, as a JSON array of strings. Each key
+//! the call writes then also gets an [`Op::Tag`], in the same pipeline.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -63,6 +69,10 @@ impl Opcode {
 
 /// Flag: the call's org argument is null (global scope).
 pub const ORG_NULL: u32 = 1 << 16;
+/// Flag on a `Set`: a JSON array of tags follows the value.
+pub const TAGGED: u32 = 1 << 17;
+/// Flag on a generic `Get`: answer a read-through envelope as stored.
+pub const RAW: u32 = 1 << 18;
 
 /// One storage operation, keys built.
 #[derive(Debug, Clone, PartialEq)]
@@ -116,6 +126,12 @@ pub enum Op {
     scope: String,
     pattern: String,
   },
+  /// `key` carries these tags (their sets' Redis keys, see `tags`), for `ttl`.
+  Tag {
+    key: String,
+    tag_keys: Vec<String>,
+    ttl: Duration,
+  },
 }
 
 impl Op {
@@ -130,7 +146,8 @@ impl Op {
       | Op::HGet { key, .. }
       | Op::HSet { key, .. }
       | Op::HDel { key, .. }
-      | Op::HGetAll { key } => key,
+      | Op::HGetAll { key }
+      | Op::Tag { key, .. } => key,
       Op::ClearOrg { scope, .. } => scope,
     }
   }
@@ -144,7 +161,8 @@ impl Op {
   }
 
   pub fn is_write(&self) -> bool {
-    !matches!(self, Op::Get { .. } | Op::Exists { .. } | Op::HGet { .. } | Op::HGetAll { .. })
+    // A tag is bookkeeping next to a write, not a write of its own.
+    !matches!(self, Op::Get { .. } | Op::Exists { .. } | Op::HGet { .. } | Op::HGetAll { .. } | Op::Tag { .. })
   }
 }
 
@@ -179,6 +197,33 @@ fn decode_call(
   keys: &KeySpace,
   now_ms: u64,
 ) -> Call {
+  let mut tags = None;
+  let mut ops = decode_ops(code, num, strs, cfg, keys, now_ms, &mut tags)?;
+  if let Some(tags) = tags {
+    let tags: Vec<String> =
+      serde_json::from_str(&tags).map_err(|_| CacheError::new(ErrorKind::Type, "tags must be an array of strings"))?;
+    let tag_keys: Vec<String> = tags.iter().map(|t| crate::tags::tag_key(keys, t)).collect();
+    let tagged: Vec<Op> = ops
+      .iter()
+      .filter_map(|op| match op {
+        Op::Set { key, ttl, .. } => Some(Op::Tag { key: key.clone(), tag_keys: tag_keys.clone(), ttl: *ttl }),
+        _ => None,
+      })
+      .collect();
+    ops.extend(tagged);
+  }
+  Ok(ops)
+}
+
+fn decode_ops(
+  code: u32,
+  num: f64,
+  strs: &mut impl Iterator<Item = String>,
+  cfg: &Config,
+  keys: &KeySpace,
+  now_ms: u64,
+  tags: &mut Option<String>,
+) -> Call {
   let malformed = || CacheError::new(ErrorKind::Internal, format!("malformed call code {code:#x}"));
   let opcode = Opcode::from_u8(code as u8).ok_or_else(malformed)?;
   let kind = Kind::from_u8((code >> 8) as u8).ok_or_else(malformed)?;
@@ -200,6 +245,9 @@ fn decode_call(
   }
   let field = if opcode.takes_field() { Some(next()?) } else { None };
   let value = if opcode.takes_value() { Some(next()?) } else { None };
+  if opcode == Opcode::Set && code & TAGGED != 0 {
+    *tags = Some(next()?);
+  }
 
   let ttl_secs = |default: f64| -> Result<Duration, CacheError> {
     let secs = if num.is_nan() { default } else { check_ttl(num, "ttl")? };
@@ -220,7 +268,7 @@ fn decode_call(
     };
     let default = cfg.default_ttl_secs;
     return Ok(vec![match opcode {
-      Opcode::Get => Op::Get { key, unwrap: None },
+      Opcode::Get => Op::Get { key, unwrap: (code & RAW != 0).then_some(crate::envelope::RAW) },
       Opcode::Set => Op::Set { key, kind: 0, json: value.unwrap().into(), ttl: ttl_secs(default)? },
       Opcode::Delete => Op::Delete { key },
       Opcode::Exists => Op::Exists { key },
@@ -361,6 +409,36 @@ mod tests {
     assert_eq!(*ttl, Duration::from_secs(120));
     assert_eq!(&*unwrap_field(json, "name"), "\"Acme\"");
     assert_eq!(&*unwrap_field("\"legacy\"", "name"), "\"legacy\"");
+  }
+
+  #[test]
+  fn tagged_sets_tag_every_key_they_write_and_raw_gets_keep_the_envelope() {
+    let (cfg, keys) = (cfg(), KeySpace::new("p"));
+    let codes = [
+      code(Opcode::Set, Kind::Generic) | TAGGED,
+      code(Opcode::Set, Kind::PhoneToLead) | TAGGED,
+      code(Opcode::Get, Kind::Generic) | RAW,
+      code(Opcode::Set, Kind::Generic) | TAGGED,
+      code(Opcode::Get, Kind::Generic),
+    ];
+    let strs = ["k", "1", "[\"a\",\"b c\"]", "+1 555", "\"L\"", "[\"lead:L\"]", "k", "x", "2", "not json", "k"];
+    let calls =
+      decode(&codes, &[60.0, f64::NAN, f64::NAN, 60.0, f64::NAN], strs.map(String::from).to_vec(), &cfg, &keys, 0);
+    let ops = calls[0].as_ref().unwrap();
+    assert_eq!(ops.len(), 2);
+    assert_eq!(
+      ops[1],
+      Op::Tag {
+        key: "p:kv:k".into(),
+        tag_keys: vec!["p:tag:a".into(), "p:tag:b%20c".into()],
+        ttl: Duration::from_secs(60)
+      }
+    );
+    let mapping = calls[1].as_ref().unwrap();
+    assert_eq!(mapping.iter().filter(|op| matches!(op, Op::Tag { .. })).count(), 2, "both keys of a mapping");
+    assert_eq!(calls[2], Ok(vec![Op::Get { key: "p:kv:k".into(), unwrap: Some(crate::envelope::RAW) }]));
+    assert_eq!(calls[3].as_ref().unwrap_err().kind, ErrorKind::Type, "tags that are not JSON");
+    assert_eq!(calls[4], Ok(vec![Op::Get { key: "p:kv:k".into(), unwrap: None }]), "the next call is not shifted");
   }
 
   #[test]

@@ -57,6 +57,22 @@ pub struct Config {
   /// Largest value (bytes of its JSON text) a call may store; index.js checks it before queuing.
   pub max_value_bytes: u64,
   pub alerts: AlertsConfig,
+  /// The read-through's settings (the policy itself runs in `lib/read-through/`).
+  pub read_through: ReadThroughConfig,
+}
+
+/// Adapter-wide settings of the read-through (`getOrLoad`, `getOrLoadMany`, `wrap`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReadThroughConfig {
+  /// After a fail-safe activation, how long callers of that key get the
+  /// fallback without the loader being called again.
+  pub fail_safe_throttle: Duration,
+  /// Whether loads take a per-key Redis lock by default (one loader call across instances).
+  pub distributed_lock: bool,
+  /// How long a distributed lock lives if its holder never releases it (it died).
+  pub lock_ttl: Duration,
+  /// How long an instance that did not get the lock waits for the holder's value.
+  pub lock_wait: Duration,
 }
 
 impl Config {
@@ -131,6 +147,10 @@ fn resolve_unredacted(options: &Value, env: &dyn Fn(&str) -> Option<String>) -> 
     "maxValueBytes",
     "onModeChange",
     "alerts",
+    "failSafeThrottleMs",
+    "distributedLock",
+    "lockTtlMs",
+    "lockWaitMs",
   ];
   if let Some(unknown) = opts.keys().find(|k| !known.contains(&k.as_str())) {
     return Err(CacheError::new(ErrorKind::Type, format!("options.{unknown} is not a known option")));
@@ -210,6 +230,21 @@ fn resolve_unredacted(options: &Value, env: &dyn Fn(&str) -> Option<String>) -> 
       DEFAULT_MAX_VALUE_BYTES,
     )?,
     alerts: resolve_alerts(opts.get("alerts"), env)?,
+    read_through: ReadThroughConfig {
+      fail_safe_throttle: Duration::from_millis(o.int(
+        "failSafeThrottleMs",
+        Some("CACHE_FAILSAFE_THROTTLE_MS"),
+        0,
+        86_400_000,
+        5000,
+      )?),
+      distributed_lock: match o.get("distributedLock") {
+        Some(v) => v.as_bool().ok_or_else(|| type_err("options.distributedLock", "a boolean"))?,
+        None => env("CACHE_DISTRIBUTED_LOCK").is_some_and(|v| v.trim().eq_ignore_ascii_case("true") || v.trim() == "1"),
+      },
+      lock_ttl: Duration::from_millis(o.int("lockTtlMs", Some("CACHE_LOCK_TTL_MS"), 10, 86_400_000, 10_000)?),
+      lock_wait: Duration::from_millis(o.int("lockWaitMs", Some("CACHE_LOCK_WAIT_MS"), 0, 86_400_000, 2000)?),
+    },
   })
 }
 

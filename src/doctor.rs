@@ -940,7 +940,9 @@ pub fn foreign_segment<'k>(prefix: &str, key: &'k str) -> Option<&'k str> {
   let rest = key.strip_prefix(prefix)?.strip_prefix(':')?;
   let segment = rest.split(':').next().unwrap_or(rest);
   let ours =
-    ["kv", "org", "global", "doctor", "fallback"].contains(&segment) || domain::TABLE.iter().any(|e| e.tag == segment);
+    // `tag` and `lock`: the read-through's tag sets and distributed locks.
+    ["kv", "org", "global", "doctor", "fallback", "tag", "lock"].contains(&segment)
+      || domain::TABLE.iter().any(|e| e.tag == segment);
   (!ours).then_some(segment)
 }
 

@@ -23,6 +23,7 @@ use crate::breaker::{CircuitBreaker, State};
 use crate::codec;
 use crate::config::Config;
 use crate::domain::{TtlName, TABLE};
+use crate::envelope;
 use crate::error::{CacheError, ErrorKind};
 use crate::flight::{Join, SingleFlight};
 use crate::journal::{Journal, Limits};
@@ -33,6 +34,7 @@ use crate::redact::Secrets;
 use crate::replay;
 use crate::scripts;
 use crate::send_order::SendOrder;
+use crate::tags::TagIndex;
 use crate::tiers;
 use crate::tiers::memory::MemoryTier;
 use crate::tiers::redis::{Outcome, RedisTier, Span, Unavailable};
@@ -91,6 +93,8 @@ struct Inner {
   connection_attempts: AtomicU64,
   runtime: Handle,
   watch: RedisWatch,
+  /// Which entries this instance wrote carry which tags (see `tags`).
+  tags: TagIndex,
 }
 
 impl Drop for Inner {
@@ -127,6 +131,7 @@ impl Cache {
       connection_attempts: AtomicU64::new(0),
       runtime: runtime.clone(),
       watch: RedisWatch::default(),
+      tags: TagIndex::default(),
       redis,
       cfg,
     });
@@ -253,6 +258,48 @@ impl Cache {
     }
   }
 
+  /// The tag membership of this instance's entries.
+  pub fn tag_index(&self) -> &TagIndex {
+    &self.inner.tags
+  }
+
+  pub fn memory(&self) -> &MemoryTier {
+    &self.inner.memory
+  }
+
+  /// Redis, if it is configured and the breaker lets traffic through now.
+  pub fn redis_if_up(&self) -> Option<&RedisTier> {
+    let inner = &self.inner;
+    inner.redis.as_ref().filter(|_| inner.breaker.allows_traffic() && !inner.closed.load(Ordering::Acquire))
+  }
+
+  /// Counts a failed round trip against the breaker (for the maintenance
+  /// paths outside a batch: tags, locks).
+  pub fn redis_failed(&self, e: Unavailable) {
+    self.inner.redis_failed(e)
+  }
+
+  /// The distributed lock of generic key `key` (see `lock`): `None` when
+  /// Redis is not in use now, so the caller loads on its own.
+  pub async fn lock_acquire(&self, key: &str, token: &str, ttl: Duration) -> Option<bool> {
+    let redis = self.redis_if_up()?;
+    let lock_key = format!("{}:lock:{key}", self.inner.keys.prefix());
+    match crate::lock::acquire(redis, &lock_key, token, ttl).await {
+      Ok(taken) => Some(taken),
+      Err(e) => {
+        self.redis_failed(e);
+        None
+      }
+    }
+  }
+
+  pub async fn lock_release(&self, key: &str, token: &str) -> bool {
+    let Some(redis) = self.redis_if_up() else { return false };
+    let lock_key = format!("{}:lock:{key}", self.inner.keys.prefix());
+    // A failed release is harmless: the lock expires by itself.
+    crate::lock::release(redis, &lock_key, token).await.unwrap_or(false)
+  }
+
   /// Synchronous memory-tier access for the process-local fallback maps.
   pub fn memory_get(&self, key: &str) -> Result<Option<Arc<str>>, CacheError> {
     self.inner.memory.get_json(key)
@@ -338,7 +385,15 @@ impl Cache {
         "defaultTTL": inner.cfg.default_ttl_secs,
         "compressionThreshold": inner.cfg.compression_threshold,
         "maxValueBytes": inner.cfg.max_value_bytes,
+        "loaderTimeoutMs": inner.cfg.loader_timeout.as_millis() as u64,
+        "readThrough": {
+          "failSafeThrottleMs": inner.cfg.read_through.fail_safe_throttle.as_millis() as u64,
+          "distributedLock": inner.cfg.read_through.distributed_lock,
+          "lockTtlMs": inner.cfg.read_through.lock_ttl.as_millis() as u64,
+          "lockWaitMs": inner.cfg.read_through.lock_wait.as_millis() as u64,
+        },
       },
+      "taggedSets": inner.tags.len(),
       "redisWatch": inner.redis.as_ref().filter(|_| inner.cfg.alerts.enabled).map(|_| inner.watch.stats()),
     })
   }
@@ -610,13 +665,20 @@ impl Inner {
     out.into_iter().map(|r| r.unwrap_or(Reply::Null)).collect()
   }
 
+  fn index_tags(&self, key: &str, tag_keys: &[String]) {
+    let bound = self.cfg.memory_max_entries as usize;
+    self.tags.add(key, tag_keys, bound, |k| self.memory.exists(k));
+  }
+
   fn read_reply(&self, json: Option<Arc<str>>, unwrap: Option<&'static str>) -> Reply {
     match json {
       Some(json) => {
         self.metrics.hits.fetch_add(1, Relaxed);
         Reply::Json(match unwrap {
+          // The read-through reads its envelope; every other read, the bare value.
+          Some(envelope::RAW) => json,
           Some(field) => unwrap_field(&json, field),
-          None => json,
+          None => envelope::value_of(json),
         })
       }
       None => {
@@ -739,6 +801,10 @@ impl Inner {
         Err(e) => Reply::Error(CacheError::new(ErrorKind::Internal, e.to_string())),
       },
       Op::ClearOrg { .. } => unreachable!("clears do not go through the pipeline"),
+      Op::Tag { key, tag_keys, .. } => {
+        self.index_tags(key, tag_keys);
+        Reply::Bool(true)
+      }
     };
     // Secondary commands (the expiry of a hash or counter) must not fail silently.
     if let Some(Err(e)) = outcomes.get(1) {
@@ -783,6 +849,10 @@ impl Inner {
             self.journal.record_clear(scope, pattern, at);
           }
           Reply::Int(n as i64)
+        }
+        Op::Tag { key, tag_keys, .. } => {
+          self.index_tags(key, tag_keys);
+          Reply::Bool(true)
         }
       })
     })();

@@ -219,7 +219,12 @@ impl Journal {
           }
         }
       }
-      Op::Get { .. } | Op::Exists { .. } | Op::HGet { .. } | Op::HGetAll { .. } | Op::ClearOrg { .. } => {}
+      Op::Get { .. }
+      | Op::Exists { .. }
+      | Op::HGet { .. }
+      | Op::HGetAll { .. }
+      | Op::ClearOrg { .. }
+      | Op::Tag { .. } => {}
     }
   }
 

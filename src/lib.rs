@@ -26,15 +26,18 @@ pub mod config;
 pub mod doctor;
 pub mod domain;
 pub mod engine;
+pub mod envelope;
 pub mod error;
 pub mod flight;
 pub mod journal;
 pub mod keys;
+pub mod lock;
 pub mod metrics;
 pub mod redact;
 pub mod replay;
 pub mod scripts;
 pub mod send_order;
+pub mod tags;
 pub mod tiers;
 pub mod watch;
 
@@ -212,6 +215,35 @@ impl NativeCache {
     .await
   }
 
+  /// Removes (or, `soft`, marks stale) every entry carrying any of `tags`,
+  /// in Redis and in the memory tier; resolves to `{ entries, reachedRedis }`.
+  #[napi(ts_return_type = "Promise<{ entries: number; reachedRedis: boolean }>")]
+  pub async fn invalidate_tags(&self, tags: Vec<String>, soft: bool) -> Result<serde_json::Value> {
+    let cache = self.cache.clone();
+    let done = self.cache.runtime().spawn(async move { tags::invalidate(&cache, &tags, soft).await }).await;
+    let done = done.map_err(|e| to_napi(CacheError::new(ErrorKind::Internal, e.to_string())))?;
+    Ok(serde_json::json!({ "entries": done.entries, "reachedRedis": done.reached_redis }))
+  }
+
+  /// Takes the distributed lock of generic key `key` for `ttl_ms`: `true`
+  /// taken, `false` held by another instance, `null` Redis not in use now
+  /// (disabled, down, or the breaker open).
+  #[napi]
+  pub async fn lock_acquire(&self, key: String, token: String, ttl_ms: f64) -> Result<Option<bool>> {
+    let cache = self.cache.clone();
+    let ttl = std::time::Duration::from_millis(ttl_ms.clamp(1.0, 86_400_000.0) as u64);
+    let run = async move { cache.lock_acquire(&key, &token, ttl).await };
+    self.cache.runtime().spawn(run).await.map_err(|e| to_napi(CacheError::new(ErrorKind::Internal, e.to_string())))
+  }
+
+  /// Releases the lock if `token` still holds it; resolves to whether it did.
+  #[napi]
+  pub async fn lock_release(&self, key: String, token: String) -> Result<bool> {
+    let cache = self.cache.clone();
+    let run = async move { cache.lock_release(&key, &token).await };
+    self.cache.runtime().spawn(run).await.map_err(|e| to_napi(CacheError::new(ErrorKind::Internal, e.to_string())))
+  }
+
   /// The memory tier's value (JSON) of a process-local fallback-map entry.
   #[napi]
   pub fn fallback_get(&self, map: String, key: String) -> Result<Option<String>> {
@@ -379,6 +411,8 @@ fn protocol_table() -> serde_json::Value {
     map.insert(name.as_str().unwrap_or_default().to_string(), serde_json::json!(op as u8));
   }
   map.insert("ORG_NULL".into(), serde_json::json!(batch::ORG_NULL));
+  map.insert("TAGGED".into(), serde_json::json!(batch::TAGGED));
+  map.insert("RAW".into(), serde_json::json!(batch::RAW));
   serde_json::Value::Object(map)
 }
 

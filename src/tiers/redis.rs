@@ -1006,6 +1006,11 @@ pub fn push_op(op: &Op, pipe: &mut Pipeline, encoded: Option<Vec<u8>>, threshold
       pipe.cmd("HGETALL").arg(key);
     }
     Op::ClearOrg { .. } => {}
+    Op::Tag { key, tag_keys, ttl } => {
+      for tag in tag_keys {
+        pipe.cmd("EVAL").arg(crate::tags::TAG_SCRIPT).arg(1).arg(tag).arg(key).arg(px(ttl));
+      }
+    }
   }
 }
 
