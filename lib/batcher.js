@@ -1,0 +1,100 @@
+'use strict'
+// The batcher: every call made in one tick goes to Rust in ONE native call
+// (`submit`), and each reply settles its caller's Promise. Measured in
+// NOTES.md ("What a call across N-API costs"): this costs the main thread
+// about a third of what one native call per operation does.
+
+/** Native errors carry their kind as a `CODE: ` prefix (see src/lib.rs). */
+function fromNative(e) {
+  const m = /^(ERR_[A-Z_]+): ([\s\S]*)$/.exec(e && e.message)
+  if (!m) return e
+  const Class = m[1] === 'ERR_INVALID_ARG_TYPE' ? TypeError : m[1] === 'ERR_OUT_OF_RANGE' ? RangeError : Error
+  return Object.assign(new Class(m[2]), { code: m[1] })
+}
+
+/** Collects one tick's calls and submits them as one batch. */
+class Batcher {
+  constructor(onIdleChange) {
+    this.native = null
+    this.onIdleChange = onIdleChange
+    this.nextId = 1
+    this.inflight = new Map()
+    this.reset()
+  }
+
+  reset() {
+    this.codes = []
+    this.nums = []
+    this.strs = []
+    this.settle = []
+  }
+
+  /** Queues one call; `strs` are its strings in wire order, `map` turns the reply into the result. */
+  call(code, num, strs, map) {
+    return new Promise((resolve, reject) => {
+      if (this.codes.length === 0) process.nextTick(() => this.flush())
+      this.codes.push(code)
+      this.nums.push(num)
+      for (let i = 0; i < strs.length; i++) this.strs.push(strs[i])
+      this.settle.push(resolve, reject, map)
+    })
+  }
+
+  flush() {
+    if (this.codes.length === 0) return
+    const id = this.nextId
+    this.nextId = id >= 0xfffffffe ? 1 : id + 1
+    const { codes, nums, strs, settle } = this
+    this.reset()
+    if (this.inflight.size === 0) this.onIdleChange(false)
+    this.inflight.set(id, { settle, remaining: codes.length })
+    try {
+      this.native.submit(id, codes, nums, strs)
+    } catch (e) {
+      this.complete([id, 0, ...codes.map(() => e)], 2, Infinity)
+    }
+  }
+
+  /**
+   * Settles Promises from `done` (`[id, first, ...replies]` from Rust: the
+   * replies to calls `first`, `first + 1`, ... of batch `id`), from index
+   * `from` on, until `budget` characters of reply text are spent. Returns
+   * where it stopped (`done.length`: all of `done` is settled) and what it spent.
+   */
+  complete(done, from, budget) {
+    const batch = this.inflight.get(done[0])
+    if (batch === undefined) return [done.length, 0]
+    const { settle } = batch
+    let i = from
+    let spent = 0
+    for (let j = (done[1] + i - 2) * 3; i < done.length && spent < budget; i++, j += 3) {
+      const v = done[i]
+      if (v instanceof Error) settle[j + 1](fromNative(v))
+      else {
+        if (typeof v === 'string') spent += v.length
+        const map = settle[j + 2]
+        if (map === null) settle[j](v)
+        else {
+          try {
+            settle[j](map(v))
+          } catch (e) {
+            settle[j + 1](e)
+          }
+        }
+      }
+    }
+    batch.remaining -= i - from
+    if (batch.remaining === 0) {
+      batch.settle = null
+      this.inflight.delete(done[0])
+      if (this.inflight.size === 0) this.onIdleChange(true)
+    }
+    return [i, spent]
+  }
+
+  get pending() {
+    return this.inflight.size + (this.codes.length > 0 ? 1 : 0)
+  }
+}
+
+module.exports = { Batcher, fromNative }
