@@ -11,12 +11,12 @@
  */
 const { test } = require('node:test')
 const assert = require('node:assert/strict')
-const net = require('node:net')
 const { spawn } = require('node:child_process')
 const crypto = require('node:crypto')
 const { performance } = require('node:perf_hooks')
-const { startRedis, freePort, HOST } = require('./helpers/redis')
+const { startRedis, HOST } = require('./helpers/redis')
 const { sleep, guard, until } = require('./helpers/wait')
+const { startProxy } = require('./helpers/proxy')
 
 require('./helpers/env').isolateFromEnvironment()
 
@@ -62,68 +62,6 @@ async function redisPayloads(server, prefix, keys) {
 async function closeAll(adapters, closers) {
   for (const a of adapters) await guard(a.close(), 10000, 'adapter.close()').catch(() => {})
   for (const c of closers) await c.stop().catch(() => {})
-}
-
-/**
- * A TCP proxy on 127.0.0.1 in front of a redis-server. `silence()` makes the
- * connections open at that moment go quiet in both directions (their sockets
- * stay open, nothing is reset) while new connections still work, as when a
- * middlebox forgets a flow. `retarget(port)` sends new connections elsewhere
- * (a failover behind a stable address).
- */
-async function startProxy(targetPort) {
-  const pairs = new Set()
-  const state = { target: targetPort, accepted: 0 }
-  const server = net.createServer((client) => {
-    state.accepted++
-    const upstream = net.connect({ host: HOST, port: state.target })
-    const pair = { client, upstream, silent: false, n: state.accepted }
-    pairs.add(pair)
-    client.on('data', (d) => {
-      if (!pair.silent) upstream.write(d)
-    })
-    upstream.on('data', (d) => {
-      if (!pair.silent) client.write(d)
-    })
-    const end = () => {
-      pairs.delete(pair)
-      client.destroy()
-      upstream.destroy()
-    }
-    for (const s of [client, upstream]) {
-      s.on('error', end)
-      s.on('close', end)
-    }
-  })
-  const port = await freePort()
-  await new Promise((resolve, reject) => {
-    server.once('error', reject)
-    server.listen({ host: HOST, port, exclusive: true }, resolve)
-  })
-  return {
-    url: `redis://${HOST}:${port}`,
-    get accepted() {
-      return state.accepted
-    },
-    /** Connections open now (not yet closed by either side). */
-    open: () => [...pairs].filter((p) => !p.silent).length,
-    /** Silences every open connection, or only the first `n` of them (oldest first). */
-    silence(n = Infinity) {
-      const open = [...pairs].filter((p) => !p.silent).sort((a, b) => a.n - b.n)
-      for (const p of open.slice(0, n)) p.silent = true
-      return Math.min(n, open.length)
-    },
-    retarget(p) {
-      state.target = p
-    },
-    async stop() {
-      for (const p of pairs) {
-        p.client.destroy()
-        p.upstream.destroy()
-      }
-      await new Promise((resolve) => server.close(resolve))
-    },
-  }
 }
 
 // ---------------------------------------------------------------- tests
@@ -182,7 +120,7 @@ test('a silent path (connections stop answering, new ones work): the adapter dia
     assert.equal(await adapter.set('before', 1), true)
     await until(() => proxy.open() >= 2, 3000, 'both pooled connections open')
     const acceptedBefore = proxy.accepted
-    assert.equal(proxy.silence(), 2, 'both pooled connections silenced')
+    assert.equal(proxy.hold(), 2, 'both pooled connections silenced')
     const silencedAt = performance.now()
     // Traffic goes on; the adapter must notice and replace the silent connections.
     const written = new Map()
@@ -221,7 +159,7 @@ test('one of two pooled connections goes silent: that connection is replaced and
     await waitConverged(adapter, 10000, 'initial connect')
     await until(() => proxy.open() >= 2, 3000, 'both pooled connections open')
     const acceptedBefore = proxy.accepted
-    assert.equal(proxy.silence(1), 1)
+    assert.equal(proxy.hold(1), 1)
     const silencedAt = performance.now()
     // Batches of many keys use both connections.
     let round = 0

@@ -33,14 +33,14 @@ return v`
 
 test('a write that reaches Redis late (held by the path) never overwrites a newer acknowledged write', async (t) => {
   const server = await startRedis()
-  const proxy = await startProxy({ port: server.port })
+  const proxy = await startProxy(server.port)
   const prefix = uniquePrefix()
   const common = { keyPrefix: prefix, commandTimeoutMs: 200, connectTimeoutMs: 500, breakerFailures: 1 }
   const a = new CacheAdapter({ ...common, url: proxy.url, poolSize: 1, breakerCooldownMs: 60000 })
   const b = new CacheAdapter({ ...common, url: server.url })
   t.after(async () => {
     await Promise.all([a.close(), b.close()])
-    await proxy.close()
+    await proxy.stop()
     await server.stop()
   })
   await Promise.all([redisReady(a), redisReady(b)])

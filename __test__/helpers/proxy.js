@@ -1,82 +1,75 @@
 'use strict'
 /**
- * A TCP proxy on loopback between an adapter and a redis-server, for faults
- * that a server cannot make by itself: a path that goes silent while the
- * server is fine (a NAT or load-balancer timeout), and bytes that arrive long
- * after the client gave up on them (a middlebox that held them).
+ * A TCP proxy on loopback between adapters and a redis-server, for faults a
+ * server cannot make by itself: a path that goes silent while the server is
+ * fine (a NAT or load-balancer timeout, a dead VM: sockets stay open, nothing
+ * is reset), bytes that arrive long after the client gave up on them (a
+ * middlebox that held them), and a failover behind a stable address.
  *
- * `hold()` stops forwarding on every connection open now, in both directions,
- * keeping what arrives in a buffer (the sockets stay open, as a dead path's do);
- * new connections are forwarded as usual. `release()` delivers what was held
- * and forwards again.
+ * `hold(n)` stops forwarding on the connections open now (all, or the oldest
+ * `n`), in both directions, keeping what arrives; new connections are
+ * forwarded as usual. `release()` delivers what was held, in order, and
+ * forwards again. `retarget(port)` sends new connections to another server.
  */
 const net = require('node:net')
+const { freePort, HOST } = require('./redis')
 
-const HOST = '127.0.0.1'
-
-class Proxy {
-  constructor(target) {
-    this.target = target
-    this.links = new Set()
-    this.accepted = 0
-    this.server = net.createServer((client) => this._link(client))
-  }
-
-  _link(client) {
-    this.accepted++
-    const upstream = net.connect(this.target.port, this.target.host || HOST)
-    const link = { client, upstream, held: false, toServer: [], toClient: [] }
-    this.links.add(link)
+async function startProxy(targetPort) {
+  const links = new Set()
+  const state = { target: targetPort, accepted: 0 }
+  const server = net.createServer((client) => {
+    const n = ++state.accepted
+    const upstream = net.connect({ host: HOST, port: state.target })
+    const link = { client, upstream, n, held: false, toServer: [], toClient: [] }
+    links.add(link)
+    client.on('data', (d) => (link.held ? link.toServer.push(d) : upstream.write(d)))
+    upstream.on('data', (d) => (link.held ? link.toClient.push(d) : client.write(d)))
     const end = () => {
-      this.links.delete(link)
+      links.delete(link)
       client.destroy()
       upstream.destroy()
     }
-    client.on('data', (d) => (link.held ? link.toServer.push(d) : upstream.write(d)))
-    upstream.on('data', (d) => (link.held ? link.toClient.push(d) : client.write(d)))
-    client.on('error', end).on('close', end)
-    upstream.on('error', end).on('close', end)
+    for (const s of [client, upstream]) s.on('error', end).on('close', end)
+  })
+  const port = await freePort()
+  await new Promise((resolve, reject) => {
+    server.once('error', reject)
+    server.listen({ host: HOST, port, exclusive: true }, resolve)
+  })
+  return {
+    url: `redis://${HOST}:${port}`,
+    /** Connections accepted so far. */
+    get accepted() {
+      return state.accepted
+    },
+    /** Connections open and forwarding now. */
+    open: () => [...links].filter((l) => !l.held).length,
+    /** Silences the open connections (oldest first, at most `n`); returns how many. */
+    hold(n = Infinity) {
+      const open = [...links].filter((l) => !l.held).sort((a, b) => a.n - b.n).slice(0, n)
+      for (const l of open) l.held = true
+      return open.length
+    },
+    /** Delivers what was held, in order, and forwards again. */
+    release() {
+      for (const l of links) {
+        if (!l.held) continue
+        l.held = false
+        for (const d of l.toServer.splice(0)) l.upstream.write(d)
+        for (const d of l.toClient.splice(0)) l.client.write(d)
+      }
+    },
+    retarget(p) {
+      state.target = p
+    },
+    async stop() {
+      for (const l of links) {
+        l.client.destroy()
+        l.upstream.destroy()
+      }
+      await new Promise((resolve) => server.close(resolve))
+    },
   }
-
-  listen() {
-    return new Promise((resolve, reject) => {
-      this.server.once('error', reject)
-      this.server.listen({ port: 0, host: HOST }, () => {
-        this.port = this.server.address().port
-        this.url = `redis://${HOST}:${this.port}`
-        resolve(this)
-      })
-    })
-  }
-
-  /** Silences every connection open now; returns how many. */
-  hold() {
-    for (const link of this.links) link.held = true
-    return this.links.size
-  }
-
-  /** Delivers what was held, in order, and forwards again. */
-  release() {
-    for (const link of this.links) {
-      if (!link.held) continue
-      link.held = false
-      for (const d of link.toServer.splice(0)) link.upstream.write(d)
-      for (const d of link.toClient.splice(0)) link.client.write(d)
-    }
-  }
-
-  close() {
-    for (const link of this.links) {
-      link.client.destroy()
-      link.upstream.destroy()
-    }
-    return new Promise((resolve) => this.server.close(() => resolve()))
-  }
-}
-
-/** A started proxy to `target` (`{port, host?}`). */
-function startProxy(target) {
-  return new Proxy(target).listen()
 }
 
 module.exports = { startProxy }
