@@ -15,6 +15,7 @@ use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
 use redis::io::tcp::{socket2::TcpKeepalive, TcpSettings};
+use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
 use redis::{
   AsyncConnectionConfig, Client, Cmd, ConnectionAddr, ConnectionInfo, IntoConnectionInfo, Pipeline, RedisError, Value,
 };
@@ -24,6 +25,7 @@ use tokio::time::Instant as Deadline;
 use crate::batch::Op;
 use crate::codec;
 use crate::config::{RedisTarget, TlsFiles};
+use crate::tiers::cluster::{self, NodeHealth};
 
 /// Why a round trip to Redis failed as a whole (the breaker counts these).
 #[derive(Debug, Clone)]
@@ -141,21 +143,43 @@ pub struct RedisTier {
   pool: Option<Arc<Pool>>,
   /// Redis Cluster: one cluster connection (it keeps one connection per node).
   cluster: RwLock<Option<ClusterConnection>>,
+  /// Redis Cluster: the slot map and a breaker per master.
+  nodes: Option<Arc<NodeHealth>>,
   /// Set by `disconnect`: no connection is opened again.
   closed: AtomicBool,
 }
 
 impl RedisTier {
-  pub fn new(target: RedisTarget, pool_size: usize, command_timeout: Duration, connect_timeout: Duration) -> Self {
+  /// `breaker`: the failure threshold and cooldown of each cluster node's
+  /// breaker (the adapter's own breaker settings).
+  pub fn new(
+    target: RedisTarget,
+    pool_size: usize,
+    command_timeout: Duration,
+    connect_timeout: Duration,
+    breaker: (u32, Duration),
+  ) -> Self {
     let pool = target.cluster_nodes.is_empty().then(|| {
-      let client = client(&target);
+      let dialer = match &target.sentinel {
+        Some(_) => sentinel_client(&target).map(|c| Dialer::Sentinel(tokio::sync::Mutex::new(c))),
+        None => client(&target).map(Dialer::Direct),
+      };
       let config = AsyncConnectionConfig::new()
         .set_connection_timeout(Some(connect_timeout))
         // Our own deadline bounds each round trip (see `run`).
         .set_response_timeout(None);
-      Arc::new(Pool::new(client, config, pool_size.max(1), command_timeout, connect_timeout))
+      Arc::new(Pool::new(dialer, config, pool_size.max(1), command_timeout, connect_timeout))
     });
-    Self { target, command_timeout, connect_timeout, pool, cluster: RwLock::new(None), closed: AtomicBool::new(false) }
+    let nodes = pool.is_none().then(|| Arc::new(NodeHealth::new(breaker.0, breaker.1)));
+    Self {
+      target,
+      command_timeout,
+      connect_timeout,
+      pool,
+      cluster: RwLock::new(None),
+      nodes,
+      closed: AtomicBool::new(false),
+    }
   }
 
   pub fn is_cluster(&self) -> bool {
@@ -214,17 +238,91 @@ impl RedisTier {
       }
       cluster.get_or_insert(conn);
     }
-    let mut last = Unavailable("no attempt".into());
-    for attempt in 0..3 {
-      if attempt > 0 {
-        tokio::time::sleep(Duration::from_millis(25)).await;
-      }
-      match self.run_one(redis::cmd("PING")).await {
-        Ok(_) => return Ok(()),
-        Err(e) => last = e,
+    // Some node answers with the slot map: the cluster is reachable (a node
+    // that is down is the business of its own breaker).
+    self.refresh_slots().await
+  }
+
+  /// Reads the slot map (`CLUSTER SLOTS`) from any node that answers, up to
+  /// three attempts, each bounded by the command timeout.
+  async fn refresh_slots(&self) -> Result<(), Unavailable> {
+    let (Some(conn), Some(nodes)) = (read(&self.cluster), &self.nodes) else {
+      return Err(Unavailable("not connected".into()));
+    };
+    refresh_slots(conn, Arc::clone(nodes), self.command_timeout, self.seed_host()).await
+  }
+
+  /// The host of the first seed: what an unnamed host in `CLUSTER SLOTS` is
+  /// (a node announces its host as empty when it does not know its own).
+  fn seed_host(&self) -> String {
+    let seed = self.target.cluster_nodes.first().and_then(|url| {
+      let authority = url.split_once("://")?.1.split('/').next()?;
+      let hostport = authority.rsplit('@').next()?;
+      let host = hostport.rsplit_once(':').map_or(hostport, |(h, _)| h);
+      Some(host.trim_matches(['[', ']']).to_string())
+    });
+    seed.unwrap_or_else(|| self.target.host.clone())
+  }
+
+  /// Cluster upkeep, run by the supervisor while the adapter's breaker is
+  /// closed: the slot map is refreshed (every 250 ms while a master is down,
+  /// so that a promoted replica is found at once; otherwise every 5 s), and
+  /// each down master whose cooldown is over gets a `PING` on a fresh
+  /// connection, whose answer closes its breaker.
+  pub async fn tend(&self) {
+    let Some(nodes) = &self.nodes else { return };
+    if self.closed.load(Ordering::Acquire) {
+      return;
+    }
+    let down = nodes.down();
+    let gap = if down.is_empty() { Duration::from_secs(5) } else { Duration::from_millis(250) };
+    if nodes.claim_refresh(gap) {
+      let _ = self.refresh_slots().await;
+    }
+    for (node, breaker) in nodes.down() {
+      if breaker.try_begin_probe() {
+        match self.ping_node(&node).await {
+          Ok(()) => {
+            breaker.record_probe_success();
+          }
+          Err(_) => {
+            breaker.record_failure();
+          }
+        }
       }
     }
-    Err(last)
+  }
+
+  /// A `PING` to one cluster node on a fresh connection, each step bounded.
+  async fn ping_node(&self, node: &str) -> Result<(), Unavailable> {
+    let (host, port) = node.rsplit_once(':').ok_or_else(|| Unavailable(format!("bad node address {node}")))?;
+    let mut target = self.target.clone();
+    target.host = host.trim_matches(['[', ']']).to_string();
+    target.port = port.parse().map_err(|_| Unavailable(format!("bad node address {node}")))?;
+    target.db = 0;
+    let client = client(&target).map_err(Unavailable)?;
+    let config = AsyncConnectionConfig::new().set_connection_timeout(Some(self.connect_timeout));
+    let mut conn = tokio::time::timeout(self.connect_timeout, client.get_multiplexed_async_connection_with_config(&config))
+      .await
+      .map_err(|_| Unavailable(format!("{node}: connect timed out")))?
+      .map_err(unavailable)?;
+    let pong = tokio::time::timeout(self.command_timeout, conn.req_packed_command(&redis::cmd("PING")))
+      .await
+      .map_err(|_| Unavailable(format!("{node}: PING timed out")))?
+      .map_err(unavailable)?;
+    outcome(pong).map(|_| ()).map_err(Unavailable)
+  }
+
+  /// On a cluster: may a failure be left to the failing node's breaker?
+  /// Yes while the slot map is known and some master is up; no when the
+  /// cluster as a whole is unreachable (then the adapter's breaker decides).
+  pub fn isolates_failures(&self) -> bool {
+    self.nodes.as_ref().is_some_and(|n| read(&self.cluster).is_some() && n.has_map() && !n.all_down())
+  }
+
+  /// Cluster masters whose breaker is open or half-open (empty otherwise).
+  pub fn nodes_down(&self) -> Vec<String> {
+    self.nodes.as_ref().map_or_else(Vec::new, |n| n.down().into_iter().map(|(node, _)| node.to_string()).collect())
   }
 
   async fn open_cluster(&self) -> Result<ClusterConnection, Unavailable> {
@@ -237,7 +335,10 @@ impl RedisTier {
       .connection_timeout(self.connect_timeout)
       .response_timeout(self.command_timeout)
       .tcp_settings(tcp_settings())
-      .retries(1);
+      // A command is redirected at most a few times during a resharding
+      // (MOVED to the new owner, then ASK while its slot migrates on);
+      // every attempt still fits in our own command timeout.
+      .retries(3);
     if let Some(u) = &self.target.username {
       b = b.username(u);
     }
@@ -260,12 +361,7 @@ impl RedisTier {
   /// node, concurrently, all or nothing, as redis-rs routes them.)
   pub async fn run(&self, pipe: &Pipeline, spans: &[Span<'_>]) -> Replies {
     debug_assert_eq!(spans.iter().map(|s| s.commands).sum::<usize>(), pipe.len());
-    let Some(pool) = &self.pool else {
-      return match self.run_cluster(pipe).await {
-        Ok(outcomes) => Replies { outcomes, ..Replies::new(spans) },
-        Err(why) => Replies::all_failed(spans, why),
-      };
-    };
+    let Some(pool) = &self.pool else { return self.run_cluster(pipe, spans).await };
     let deadline = Deadline::now() + self.command_timeout;
     let mut replies = Replies::new(spans);
     let mut groups: Vec<Vec<usize>> = vec![Vec::new(); pool.slots.len()];
@@ -347,33 +443,104 @@ impl RedisTier {
     }
   }
 
-  async fn run_cluster(&self, pipe: &Pipeline) -> Result<Vec<Outcome>, Unavailable> {
-    let conn = read(&self.cluster).clone().ok_or_else(|| Unavailable("not connected".into()))?;
-    let work = async move {
-      let sends = pipe.cmd_iter().map(|cmd| {
-        let mut c = conn.clone();
-        async move { c.req_packed_command(cmd).await }
+  /// A cluster's share of `run`: each span goes to the master of its slot
+  /// (redis-rs routes it and follows redirections), all concurrently, each
+  /// command bounded by the command timeout. A span fails alone: at once
+  /// when its master's breaker is open, else when its master fails, which
+  /// counts against that master's breaker only.
+  async fn run_cluster(&self, pipe: &Pipeline, spans: &[Span<'_>]) -> Replies {
+    let (Some(conn), Some(nodes)) = (read(&self.cluster), &self.nodes) else {
+      return Replies::all_failed(spans, Unavailable("not connected".into()));
+    };
+    let started = Instant::now();
+    let timeout = self.command_timeout;
+    let mut replies = Replies::new(spans);
+    let commands: Vec<&Cmd> = pipe.cmd_iter().collect();
+    let owners: Vec<Option<cluster::Node>> = spans.iter().map(|s| nodes.node_of(s.key)).collect();
+    let mut skipped = Vec::new();
+    let mut sends = Vec::with_capacity(spans.len());
+    for (j, owner) in owners.iter().enumerate() {
+      if let Some(node) = owner.as_ref().filter(|n| !nodes.allows(n)) {
+        skipped.push((j, Unavailable(format!("node {node} is down (its circuit breaker is open)"))));
+        continue;
+      }
+      let (first, count) = replies.ranges[j];
+      let (conn, commands) = (&conn, &commands);
+      sends.push(async move {
+        let each = commands[first..first + count].iter().map(|cmd| {
+          let mut c = conn.clone();
+          async move { tokio::time::timeout(timeout, c.req_packed_command(cmd)).await }
+        });
+        (j, join_all(each).await)
       });
-      let mut out = Vec::with_capacity(pipe.len());
-      for r in join_all(sends).await {
-        match r {
-          Ok(v) => out.push(outcome(v)),
-          Err(e) if is_server_error(&e) => out.push(Err(match (e.code(), e.detail()) {
+    }
+    let mut failed = false;
+    for (j, results) in join_all(sends).await {
+      let mut trouble: Option<(Unavailable, bool)> = None;
+      let mut values = Vec::with_capacity(results.len());
+      for result in results {
+        let text = match result {
+          Err(_) => {
+            trouble = Some((Unavailable(format!("command timed out after {} ms", timeout.as_millis())), true));
+            continue;
+          }
+          Ok(Ok(v)) => match outcome(v) {
+            Ok(v) => {
+              values.push(Ok(v));
+              continue;
+            }
+            Err(text) => text,
+          },
+          Ok(Err(e)) if is_server_error(&e) => match (e.code(), e.detail()) {
             (Some(code), Some(detail)) => format!("{code} {detail}"),
             _ => e.to_string(),
-          })),
-          Err(e) => return Err(unavailable(e)),
+          },
+          Ok(Err(e)) => {
+            trouble = Some((unavailable(e), true));
+            continue;
+          }
+        };
+        if is_unavailability(&text) {
+          // A redirection left over after redis-rs's retries says the slot
+          // map moved, not that the node failed: not held against it.
+          let counts = !is_redirection(&text);
+          trouble = Some((Unavailable(text), counts));
+        } else {
+          values.push(Err(text));
         }
       }
-      Ok(out)
-    };
-    let outcomes = tokio::time::timeout(self.command_timeout, work)
-      .await
-      .map_err(|_| Unavailable(format!("command timed out after {} ms", self.command_timeout.as_millis())))??;
-    if let Some(Err(e)) = outcomes.iter().find(|o| matches!(o, Err(e) if is_unavailability(e))) {
-      return Err(Unavailable(e.clone()));
+      let breaker = owners[j].as_ref().map(|node| nodes.breaker(node));
+      match trouble {
+        None => {
+          let (first, _) = replies.ranges[j];
+          for (slot, value) in replies.outcomes[first..].iter_mut().zip(values) {
+            *slot = value;
+          }
+          if let Some(b) = breaker {
+            b.record_success();
+          }
+        }
+        Some((why, counts)) => {
+          failed = true;
+          if let (true, Some(b)) = (counts, breaker) {
+            b.record_failure_of(started);
+          }
+          let why = match &owners[j] {
+            Some(node) => Unavailable(format!("node {node}: {}", why.0)),
+            None => why,
+          };
+          replies.fail([j], why);
+        }
+      }
     }
-    Ok(outcomes)
+    for (j, why) in skipped {
+      replies.fail([j], why);
+    }
+    // A failure may mean the slot map changed (a failover, a resharding).
+    if (failed || !nodes.has_map()) && nodes.claim_refresh(Duration::from_millis(100)) {
+      tokio::spawn(refresh_slots(conn, Arc::clone(nodes), timeout, self.seed_host()));
+    }
+    replies
   }
 
   /// One command, for the maintenance paths; a server error is an `Err` too.
@@ -484,6 +651,41 @@ fn client(target: &RedisTarget) -> Result<Client, String> {
   .map_err(|e| e.to_string())
 }
 
+/// The sentinel client of a Sentinel target: it asks the sentinels for the
+/// master (and checks that the node it names says it is one) at every dial.
+fn sentinel_client(target: &RedisTarget) -> Result<SentinelClient, String> {
+  let sentinel = target.sentinel.as_ref().ok_or("no sentinels configured")?;
+  let addrs = sentinel.sentinels.iter().map(|(host, port)| ConnectionAddr::Tcp(host.clone(), *port));
+  let mut b = SentinelClientBuilder::new(addrs, &sentinel.master_name, SentinelServerType::Master)
+    .map_err(|e| e.to_string())?
+    .set_client_to_redis_db(target.db)
+    .set_client_to_redis_tcp_settings(tcp_settings())
+    .set_client_to_sentinel_tcp_settings(tcp_settings());
+  if let Some(u) = &target.username {
+    b = b.set_client_to_redis_username(u);
+  }
+  if let Some(p) = &target.password {
+    b = b.set_client_to_redis_password(p);
+  }
+  if target.tls.is_some() {
+    // Another library in the process may have chosen one already; either is fine.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    b = b.set_client_to_redis_tls_mode(redis::TlsMode::Secure);
+    if let Some(certs) = load_certs(target.tls.as_ref())? {
+      b = b.set_client_to_redis_certificates(certs);
+    }
+  }
+  b.build().map_err(|e| crate::redact::mask_userinfo(&e.to_string()))
+}
+
+/// How the pool reaches its server.
+enum Dialer {
+  Direct(Client),
+  /// Through Redis Sentinel: each dial asks for the current master, so a
+  /// connection replaced after a failover reaches the new one.
+  Sentinel(tokio::sync::Mutex<SentinelClient>),
+}
+
 /// A pipeline of the commands of `members` (span indexes), in order.
 fn sub_pipeline(commands: &[&Cmd], ranges: &[(usize, usize)], members: &[usize]) -> Pipeline {
   let mut pipe = Pipeline::with_capacity(members.iter().map(|&j| ranges[j].1).sum());
@@ -513,7 +715,7 @@ const REPLACE_ON: [&str; 3] = ["READONLY", "LOADING", "MASTERDOWN"];
 
 /// The pooled connections of a single-node Redis, each in a slot of its own.
 struct Pool {
-  client: Result<Client, String>,
+  dialer: Result<Dialer, String>,
   config: AsyncConnectionConfig,
   command_timeout: Duration,
   connect_timeout: Duration,
@@ -560,14 +762,14 @@ fn backoff(strikes: u32) -> Duration {
 
 impl Pool {
   fn new(
-    client: Result<Client, String>,
+    dialer: Result<Dialer, String>,
     config: AsyncConnectionConfig,
     size: usize,
     command_timeout: Duration,
     connect_timeout: Duration,
   ) -> Self {
     Pool {
-      client,
+      dialer,
       config,
       command_timeout,
       connect_timeout,
@@ -597,10 +799,17 @@ impl Pool {
 
   /// One new connection, bounded by the connect timeout.
   async fn dial(&self) -> Result<MultiplexedConnection, Unavailable> {
-    let client = self.client.as_ref().map_err(|e| Unavailable(e.clone()))?;
-    match tokio::time::timeout(self.connect_timeout, client.get_multiplexed_async_connection_with_config(&self.config))
-      .await
-    {
+    let dialer = self.dialer.as_ref().map_err(|e| Unavailable(e.clone()))?;
+    let connect = async {
+      match dialer {
+        Dialer::Direct(client) => client.get_multiplexed_async_connection_with_config(&self.config).await,
+        Dialer::Sentinel(sentinel) => {
+          let master = sentinel.lock().await.async_get_client().await?;
+          master.get_multiplexed_async_connection_with_config(&self.config).await
+        }
+      }
+    };
+    match tokio::time::timeout(self.connect_timeout, connect).await {
       Ok(Ok(conn)) => Ok(conn),
       Ok(Err(e)) => Err(unavailable(e)),
       Err(_) => Err(Unavailable(format!("connect timed out after {} ms", self.connect_timeout.as_millis()))),
@@ -860,9 +1069,58 @@ fn code_of(error: &str) -> &str {
 
 /// Server error codes that say Redis cannot serve now, whatever the command.
 fn is_unavailability(error: &str) -> bool {
-  const CODES: [&str; 9] =
-    ["LOADING", "BUSY", "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN", "READONLY", "OOM", "NOREPLICAS", "MISCONF"];
+  const CODES: [&str; 11] = [
+    "LOADING",
+    "BUSY",
+    "MASTERDOWN",
+    "CLUSTERDOWN",
+    "TRYAGAIN",
+    "READONLY",
+    "OOM",
+    "NOREPLICAS",
+    "MISCONF",
+    "MOVED",
+    "ASK",
+  ];
   CODES.contains(&code_of(error))
+}
+
+/// A cluster redirection (`MOVED`/`ASK`): the key is served elsewhere now.
+fn is_redirection(error: &str) -> bool {
+  matches!(code_of(error), "MOVED" | "ASK")
+}
+
+/// Reads `CLUSTER SLOTS` from any node that answers (three attempts, each
+/// bounded by `timeout`) into `nodes`' map.
+async fn refresh_slots(
+  conn: ClusterConnection,
+  nodes: Arc<NodeHealth>,
+  timeout: Duration,
+  default_host: String,
+) -> Result<(), Unavailable> {
+  let mut last = Unavailable("no attempt".into());
+  for attempt in 0..3 {
+    if attempt > 0 {
+      tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let mut c = conn.clone();
+    let mut slots = redis::cmd("CLUSTER");
+    slots.arg("SLOTS");
+    let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random);
+    match tokio::time::timeout(timeout, c.route_command(slots, route)).await {
+      Ok(Ok(reply)) => match cluster::parse_slots(&reply, &default_host) {
+        Ok(map) if !map.is_empty() => {
+          nodes.set_map(map);
+          return Ok(());
+        }
+        Ok(_) => last = Unavailable("CLUSTER SLOTS: no slot is served".into()),
+        Err(e) => last = Unavailable(e),
+      },
+      Ok(Err(e)) => last = unavailable(e),
+      Err(_) => last = Unavailable(format!("CLUSTER SLOTS timed out after {} ms", timeout.as_millis())),
+    }
+  }
+  Err(last)
 }
 
 fn is_server_error(e: &RedisError) -> bool {
@@ -929,8 +1187,9 @@ mod pool_tests {
       db: 0,
       tls: None,
       cluster_nodes: Vec::new(),
+      sentinel: None,
     };
-    let tier = RedisTier::new(target, 2, Duration::from_millis(100), Duration::from_millis(200));
+    let tier = RedisTier::new(target, 2, Duration::from_millis(100), Duration::from_millis(200), (5, Duration::ZERO));
     let mut pipe = Pipeline::new();
     pipe.cmd("GET").arg("k");
     let t0 = Instant::now();
