@@ -269,7 +269,8 @@ describe('three masters with a replica each', () => {
     traffic.acked.set(liveKey, { during: 9 })
     await until(() => holds(liveMaster, liveKey, { during: 9 }), 3000, 'the live master has the last write')
     const atOnce = probes.filter((p) => p.atOnce).length
-    assert.ok(atOnce >= 5, `writes to a live master went to Redis during the failover: ${JSON.stringify(probes)}`)
+    // One may meet a stall of this loaded machine past commandTimeoutMs (it then replays within a second).
+    assert.ok(atOnce >= 9, `writes to a live master went to Redis during the failover: ${JSON.stringify(probes)}`)
 
     await until(
       async () => (await cluster.masterOf(redisKey(deadKeys[0])))?.port === replicaPort,

@@ -4,7 +4,7 @@
 //! masters keep serving theirs.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -50,6 +50,8 @@ pub struct NodeHealth {
   /// When a refresh of the map was last started, in ms since `epoch` (+1,
   /// so that 0 means never).
   refreshed_ms: AtomicU64,
+  /// A command was redirected or failed: the map may be out of date.
+  stale: AtomicBool,
   epoch: Instant,
 }
 
@@ -61,6 +63,7 @@ impl NodeHealth {
       threshold,
       cooldown,
       refreshed_ms: AtomicU64::new(0),
+      stale: AtomicBool::new(false),
       epoch: Instant::now(),
     }
   }
@@ -78,7 +81,10 @@ impl NodeHealth {
   /// The breaker of `node` (a new one starts closed).
   pub fn breaker(&self, node: &Node) -> Arc<CircuitBreaker> {
     let mut breakers = self.breakers.lock().unwrap_or_else(|p| p.into_inner());
-    breakers.entry(node.clone()).or_insert_with(|| Arc::new(CircuitBreaker::closed(self.threshold, self.cooldown))).clone()
+    breakers
+      .entry(node.clone())
+      .or_insert_with(|| Arc::new(CircuitBreaker::closed(self.threshold, self.cooldown)))
+      .clone()
   }
 
   /// May commands for `node`'s slots go to Redis now?
@@ -94,6 +100,15 @@ impl NodeHealth {
       breakers.iter().filter(|(_, b)| b.state() != State::Closed).map(|(n, b)| (n.clone(), b.clone())).collect();
     down.sort_by(|a, b| a.0.cmp(&b.0));
     down
+  }
+
+  /// The masters of the map.
+  pub fn masters(&self) -> Vec<Node> {
+    let map = self.map.read().unwrap_or_else(|p| p.into_inner());
+    let mut masters: Vec<Node> = map.iter().map(|(_, _, n)| n.clone()).collect();
+    masters.sort();
+    masters.dedup();
+    masters
   }
 
   pub fn has_map(&self) -> bool {
@@ -114,6 +129,15 @@ impl NodeHealth {
     let mut breakers = self.breakers.lock().unwrap_or_else(|p| p.into_inner());
     breakers.retain(|node, _| ranges.iter().any(|(_, _, n)| n == node));
     *self.map.write().unwrap_or_else(|p| p.into_inner()) = ranges;
+  }
+
+  pub fn mark_stale(&self) {
+    self.stale.store(true, Ordering::Release);
+  }
+
+  /// Was the map marked out of date since the last call?
+  pub fn take_stale(&self) -> bool {
+    self.stale.swap(false, Ordering::AcqRel)
   }
 
   /// Claims a refresh of the map if none started within `gap`.
@@ -186,7 +210,9 @@ mod tests {
     assert_eq!(health.node_of("foo"), None, "no map yet");
     health.set_map(parse_slots(&ranges(), "10.0.0.9").unwrap());
     assert_eq!(health.node_of("foo").as_deref(), Some("10.0.0.3:7002"));
-    assert_eq!(health.node_of("123456789").as_deref(), Some("10.0.0.9:7001"), "slot 12739 → the unnamed host");
+    let middle = (0..).map(|i| format!("k{i}")).find(|k| (5461..=10922).contains(&slot_of(k.as_bytes()))).unwrap();
+    assert_eq!(health.node_of(&middle).as_deref(), Some("10.0.0.9:7001"), "the unnamed host");
+    assert_eq!(health.masters().len(), 3);
     let node = health.node_of("foo").unwrap();
     assert!(health.allows(&node));
     health.breaker(&node).record_failure();
@@ -195,9 +221,10 @@ mod tests {
     assert!(!health.all_down());
     assert_eq!(health.down().len(), 1);
     // A replica took over: the old master's breaker goes with it.
-    let moved = parse_slots(&ranges(), "10.0.0.9").unwrap().into_iter().map(|(a, b, n)| {
-      (a, b, if &*n == "10.0.0.3:7002" { Node::from("10.0.0.4:7005") } else { n })
-    });
+    let moved = parse_slots(&ranges(), "10.0.0.9")
+      .unwrap()
+      .into_iter()
+      .map(|(a, b, n)| (a, b, if &*n == "10.0.0.3:7002" { Node::from("10.0.0.4:7005") } else { n }));
     health.set_map(moved.collect());
     assert_eq!(health.node_of("foo").as_deref(), Some("10.0.0.4:7005"));
     assert!(health.down().is_empty());

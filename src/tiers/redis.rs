@@ -1,19 +1,18 @@
-//! The Redis tier: a pool of replaceable multiplexed connections (or one
-//! cluster connection). Each operation travels on the connection its key
-//! hashes to, every wait is bounded, and a connection that fails is dropped
-//! and re-dialled in the background.
+//! The Redis tier: a pool of replaceable multiplexed connections (on a
+//! cluster, one per master, found through our own slot map; with Sentinel,
+//! dialled to the master the sentinels name). Each operation travels on the
+//! connection its key hashes to, every wait is bounded, and a connection
+//! that fails is dropped and re-dialled in the background.
 
 use std::borrow::Cow;
+use std::collections::HashMap;
 use std::hash::{BuildHasher, BuildHasherDefault};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
 use redis::aio::{ConnectionLike, MultiplexedConnection};
-use redis::cluster::ClusterClientBuilder;
-use redis::cluster_async::ClusterConnection;
-use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
 use redis::io::tcp::{socket2::TcpKeepalive, TcpSettings};
 use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
 use redis::{
@@ -25,7 +24,7 @@ use tokio::time::Instant as Deadline;
 use crate::batch::Op;
 use crate::codec;
 use crate::config::{RedisTarget, TlsFiles};
-use crate::tiers::cluster::{self, NodeHealth};
+use crate::tiers::cluster::{self, Node, NodeHealth};
 
 /// Why a round trip to Redis failed as a whole (the breaker counts these).
 #[derive(Debug, Clone)]
@@ -141,10 +140,8 @@ pub struct RedisTier {
   connect_timeout: Duration,
   /// Single-node Redis: the pool.
   pool: Option<Arc<Pool>>,
-  /// Redis Cluster: one cluster connection (it keeps one connection per node).
-  cluster: RwLock<Option<ClusterConnection>>,
-  /// Redis Cluster: the slot map and a breaker per master.
-  nodes: Option<Arc<NodeHealth>>,
+  /// Redis Cluster: a pool per master, the slot map and a breaker per master.
+  cluster: Option<Cluster>,
   /// Set by `disconnect`: no connection is opened again.
   closed: AtomicBool,
 }
@@ -170,16 +167,12 @@ impl RedisTier {
         .set_response_timeout(None);
       Arc::new(Pool::new(dialer, config, pool_size.max(1), command_timeout, connect_timeout))
     });
-    let nodes = pool.is_none().then(|| Arc::new(NodeHealth::new(breaker.0, breaker.1)));
-    Self {
-      target,
-      command_timeout,
-      connect_timeout,
-      pool,
-      cluster: RwLock::new(None),
-      nodes,
-      closed: AtomicBool::new(false),
-    }
+    let cluster = pool.is_none().then(|| Cluster {
+      nodes: NodeHealth::new(breaker.0, breaker.1),
+      pools: Mutex::new(HashMap::new()),
+      pool_size: pool_size.max(1),
+    });
+    Self { target, command_timeout, connect_timeout, pool, cluster, closed: AtomicBool::new(false) }
   }
 
   pub fn is_cluster(&self) -> bool {
@@ -190,7 +183,7 @@ impl RedisTier {
   pub fn connections(&self) -> usize {
     match &self.pool {
       Some(pool) => pool.live(),
-      None => read(&self.cluster).is_some() as usize,
+      None => self.cluster.as_ref().map_or(0, |c| lock(&c.pools).values().map(|p| p.live()).sum()),
     }
   }
 
@@ -200,7 +193,11 @@ impl RedisTier {
     if let Some(pool) = &self.pool {
       pool.close();
     }
-    *write(&self.cluster) = None;
+    if let Some(cluster) = &self.cluster {
+      for pool in lock(&cluster.pools).drain().map(|(_, p)| p) {
+        pool.close();
+      }
+    }
   }
 
   /// The breaker's probe: dials a fresh connection (never one of the pool's,
@@ -224,58 +221,99 @@ impl RedisTier {
     Ok(())
   }
 
-  /// Connects the cluster if needed and `PING`s; a connection that survived
-  /// a restart of Redis fails its first command, so a second attempt follows.
+  /// Some node (a known master, else a seed) answers with the slot map: the
+  /// cluster is reachable (a master that is down is its own breaker's business).
   async fn probe_cluster(&self) -> Result<(), Unavailable> {
-    if read(&self.cluster).is_none() {
-      let budget = self.connect_timeout + self.connect_timeout / 2;
-      let conn = tokio::time::timeout(budget, self.open_cluster())
-        .await
-        .map_err(|_| Unavailable(format!("connect timed out after {} ms", budget.as_millis())))??;
-      let mut cluster = write(&self.cluster);
-      if self.closed.load(Ordering::Acquire) {
-        return Err(Unavailable("the adapter is closed".into()));
-      }
-      cluster.get_or_insert(conn);
-    }
-    // Some node answers with the slot map: the cluster is reachable (a node
-    // that is down is the business of its own breaker).
     self.refresh_slots().await
   }
 
-  /// Reads the slot map (`CLUSTER SLOTS`) from any node that answers, up to
-  /// three attempts, each bounded by the command timeout.
+  /// Reads the slot map (`CLUSTER SLOTS`) from the first node that answers:
+  /// known masters whose breaker is closed, then the seeds, each bounded by
+  /// the command timeout. Pools of nodes that left the map are closed.
   async fn refresh_slots(&self) -> Result<(), Unavailable> {
-    let (Some(conn), Some(nodes)) = (read(&self.cluster), &self.nodes) else {
-      return Err(Unavailable("not connected".into()));
-    };
-    refresh_slots(conn, Arc::clone(nodes), self.command_timeout, self.seed_host()).await
+    let Some(cluster) = &self.cluster else { return Err(Unavailable("not a cluster".into())) };
+    let mut candidates: Vec<Node> = cluster.nodes.masters().into_iter().filter(|n| cluster.nodes.allows(n)).collect();
+    for seed in &self.target.cluster_nodes {
+      if let Some(node) = seed_address(seed).filter(|n| !candidates.contains(n)) {
+        candidates.push(node);
+      }
+    }
+    let mut last = Unavailable("no cluster node to ask".into());
+    for node in candidates.into_iter().take(8) {
+      let mut pipe = Pipeline::with_capacity(1);
+      pipe.cmd("CLUSTER").arg("SLOTS");
+      let pool = self.pool_for(&node);
+      let reply = self.run_pool(&pool, &pipe, &[Span { key: "", commands: 1, retry: true }]).await.into_result();
+      let host = node.rsplit_once(':').map_or("", |(h, _)| h).trim_matches(['[', ']']).to_string();
+      match reply.map(|mut r| r.pop()) {
+        Ok(Some(Ok(value))) => match cluster::parse_slots(&value, &host) {
+          Ok(map) if !map.is_empty() => {
+            cluster.nodes.set_map(map);
+            let masters = cluster.nodes.masters();
+            let mut pools = lock(&cluster.pools);
+            let gone: Vec<Node> = pools.keys().filter(|n| !masters.contains(n)).cloned().collect();
+            for node in gone {
+              if let Some(pool) = pools.remove(&node) {
+                pool.close();
+              }
+            }
+            return Ok(());
+          }
+          Ok(_) => last = Unavailable(format!("{node}: CLUSTER SLOTS: no slot is served")),
+          Err(e) => last = Unavailable(format!("{node}: {e}")),
+        },
+        Ok(Some(Err(e))) => last = Unavailable(format!("{node}: {e}")),
+        Ok(None) => last = Unavailable(format!("{node}: no reply")),
+        Err(e) => last = Unavailable(format!("{node}: {}", e.0)),
+      }
+    }
+    Err(last)
   }
 
-  /// The host of the first seed: what an unnamed host in `CLUSTER SLOTS` is
-  /// (a node announces its host as empty when it does not know its own).
-  fn seed_host(&self) -> String {
-    let seed = self.target.cluster_nodes.first().and_then(|url| {
-      let authority = url.split_once("://")?.1.split('/').next()?;
-      let hostport = authority.rsplit('@').next()?;
-      let host = hostport.rsplit_once(':').map_or(hostport, |(h, _)| h);
-      Some(host.trim_matches(['[', ']']).to_string())
+  /// The pool of one cluster node (made on first use).
+  fn pool_for(&self, node: &Node) -> Arc<Pool> {
+    let cluster = self.cluster.as_ref().expect("cluster pools are asked for on a cluster only");
+    let mut pools = lock(&cluster.pools);
+    let pool = pools.entry(node.clone()).or_insert_with(|| {
+      let mut target = self.target.clone();
+      match node.rsplit_once(':').map(|(h, p)| (h.trim_matches(['[', ']']).to_string(), p.parse::<u16>())) {
+        Some((host, Ok(port))) => {
+          target.host = host;
+          target.port = port;
+        }
+        _ => target.host = String::new(),
+      }
+      target.db = 0;
+      let client = if target.host.is_empty() { Err(format!("bad node address {node}")) } else { client(&target) };
+      let config =
+        AsyncConnectionConfig::new().set_connection_timeout(Some(self.connect_timeout)).set_response_timeout(None);
+      Arc::new(Pool::new(
+        client.map(Dialer::Direct),
+        config,
+        cluster.pool_size,
+        self.command_timeout,
+        self.connect_timeout,
+      ))
     });
-    seed.unwrap_or_else(|| self.target.host.clone())
+    if self.closed.load(Ordering::Acquire) {
+      pool.close();
+    }
+    Arc::clone(pool)
   }
 
   /// Cluster upkeep, run by the supervisor while the adapter's breaker is
-  /// closed: the slot map is refreshed (every 250 ms while a master is down,
-  /// so that a promoted replica is found at once; otherwise every 5 s), and
+  /// closed (about every 500 ms): the slot map is refreshed when a master is
+  /// down (so that a promoted replica is found at once) or a command was
+  /// redirected or failed, and every 5 s otherwise; and
   /// each down master whose cooldown is over gets a `PING` on a fresh
   /// connection, whose answer closes its breaker.
   pub async fn tend(&self) {
-    let Some(nodes) = &self.nodes else { return };
+    let Some(Cluster { nodes, .. }) = &self.cluster else { return };
     if self.closed.load(Ordering::Acquire) {
       return;
     }
-    let down = nodes.down();
-    let gap = if down.is_empty() { Duration::from_secs(5) } else { Duration::from_millis(250) };
+    let urgent = nodes.take_stale() || !nodes.down().is_empty();
+    let gap = if urgent { Duration::from_millis(100) } else { Duration::from_secs(5) };
     if nodes.claim_refresh(gap) {
       let _ = self.refresh_slots().await;
     }
@@ -302,10 +340,11 @@ impl RedisTier {
     target.db = 0;
     let client = client(&target).map_err(Unavailable)?;
     let config = AsyncConnectionConfig::new().set_connection_timeout(Some(self.connect_timeout));
-    let mut conn = tokio::time::timeout(self.connect_timeout, client.get_multiplexed_async_connection_with_config(&config))
-      .await
-      .map_err(|_| Unavailable(format!("{node}: connect timed out")))?
-      .map_err(unavailable)?;
+    let mut conn =
+      tokio::time::timeout(self.connect_timeout, client.get_multiplexed_async_connection_with_config(&config))
+        .await
+        .map_err(|_| Unavailable(format!("{node}: connect timed out")))?
+        .map_err(unavailable)?;
     let pong = tokio::time::timeout(self.command_timeout, conn.req_packed_command(&redis::cmd("PING")))
       .await
       .map_err(|_| Unavailable(format!("{node}: PING timed out")))?
@@ -317,39 +356,15 @@ impl RedisTier {
   /// Yes while the slot map is known and some master is up; no when the
   /// cluster as a whole is unreachable (then the adapter's breaker decides).
   pub fn isolates_failures(&self) -> bool {
-    self.nodes.as_ref().is_some_and(|n| read(&self.cluster).is_some() && n.has_map() && !n.all_down())
+    self.cluster.as_ref().is_some_and(|c| c.nodes.has_map() && !c.nodes.all_down())
   }
 
   /// Cluster masters whose breaker is open or half-open (empty otherwise).
   pub fn nodes_down(&self) -> Vec<String> {
-    self.nodes.as_ref().map_or_else(Vec::new, |n| n.down().into_iter().map(|(node, _)| node.to_string()).collect())
-  }
-
-  async fn open_cluster(&self) -> Result<ClusterConnection, Unavailable> {
-    let certs = load_certs(self.target.tls.as_ref()).map_err(Unavailable)?;
-    if certs.is_some() {
-      // Another library in the process may have chosen one already; either is fine.
-      let _ = rustls::crypto::ring::default_provider().install_default();
-    }
-    let mut b = ClusterClientBuilder::new(self.target.cluster_nodes.clone())
-      .connection_timeout(self.connect_timeout)
-      .response_timeout(self.command_timeout)
-      .tcp_settings(tcp_settings())
-      // A command is redirected at most a few times during a resharding
-      // (MOVED to the new owner, then ASK while its slot migrates on);
-      // every attempt still fits in our own command timeout.
-      .retries(3);
-    if let Some(u) = &self.target.username {
-      b = b.username(u);
-    }
-    if let Some(p) = &self.target.password {
-      b = b.password(p);
-    }
-    if let Some(certs) = certs {
-      b = b.tls(redis::cluster::TlsMode::Secure).certs(certs);
-    }
-    let client = b.build().map_err(unavailable)?;
-    client.get_async_connection().await.map_err(unavailable)
+    self
+      .cluster
+      .as_ref()
+      .map_or_else(Vec::new, |c| c.nodes.down().into_iter().map(|(node, _)| node.to_string()).collect())
   }
 
   /// Sends the pipeline, each span on the connection its key hashes to: one
@@ -357,11 +372,18 @@ impl RedisTier {
   /// A span whose connection broke before it answered is re-sent once (if it
   /// may be) on a fresh connection, within the same budget; a span whose
   /// connection timed out, or failed again, is reported failed, alone with
-  /// the other spans of that connection. (On a cluster: one command per
-  /// node, concurrently, all or nothing, as redis-rs routes them.)
+  /// the other spans of that connection. (On a cluster: each master's spans
+  /// on that master's own pool, the same way; see `run_cluster`.)
   pub async fn run(&self, pipe: &Pipeline, spans: &[Span<'_>]) -> Replies {
     debug_assert_eq!(spans.iter().map(|s| s.commands).sum::<usize>(), pipe.len());
-    let Some(pool) = &self.pool else { return self.run_cluster(pipe, spans).await };
+    match &self.pool {
+      Some(pool) => self.run_pool(pool, pipe, spans).await,
+      None => self.run_cluster(pipe, spans).await,
+    }
+  }
+
+  /// [`run`](Self::run) on one pool (the single node's, or a cluster master's).
+  async fn run_pool(&self, pool: &Arc<Pool>, pipe: &Pipeline, spans: &[Span<'_>]) -> Replies {
     let deadline = Deadline::now() + self.command_timeout;
     let mut replies = Replies::new(spans);
     let mut groups: Vec<Vec<usize>> = vec![Vec::new(); pool.slots.len()];
@@ -436,109 +458,111 @@ impl RedisTier {
 
   /// A Redis that is loading, out of memory, read-only or without its
   /// cluster is unavailable, not refusing this data: the spans go to memory.
+  /// (A redirection is left to `run_cluster`, which follows it.)
   fn check_available(&self, values: Vec<Value>) -> Result<Vec<Value>, Unavailable> {
-    match values.iter().find_map(server_error_code).filter(|e| is_unavailability(e)) {
+    match values.iter().find_map(server_error_code).filter(|e| is_unavailability(e) && !is_redirection(e)) {
       Some(e) => Err(Unavailable(e)),
       None => Ok(values),
     }
   }
 
-  /// A cluster's share of `run`: each span goes to the master of its slot
-  /// (redis-rs routes it and follows redirections), all concurrently, each
-  /// command bounded by the command timeout. A span fails alone: at once
-  /// when its master's breaker is open, else when its master fails, which
-  /// counts against that master's breaker only.
+  /// A cluster's share of `run`: each master's spans go to that master's
+  /// pool (as `run_pool` sends them), all masters concurrently. A span fails
+  /// alone: at once when its master's breaker is open, else when its master
+  /// fails, which counts against that master's breaker only. A `MOVED` or
+  /// `ASK` is followed once (to the node it names, `ASK` with `ASKING`); a
+  /// `MOVED` also refreshes the slot map.
   async fn run_cluster(&self, pipe: &Pipeline, spans: &[Span<'_>]) -> Replies {
-    let (Some(conn), Some(nodes)) = (read(&self.cluster), &self.nodes) else {
-      return Replies::all_failed(spans, Unavailable("not connected".into()));
-    };
+    let Some(cluster) = &self.cluster else { return Replies::all_failed(spans, Unavailable("not a cluster".into())) };
+    let nodes = &cluster.nodes;
     let started = Instant::now();
-    let timeout = self.command_timeout;
     let mut replies = Replies::new(spans);
     let commands: Vec<&Cmd> = pipe.cmd_iter().collect();
-    let owners: Vec<Option<cluster::Node>> = spans.iter().map(|s| nodes.node_of(s.key)).collect();
-    let mut skipped = Vec::new();
-    let mut sends = Vec::with_capacity(spans.len());
-    for (j, owner) in owners.iter().enumerate() {
-      if let Some(node) = owner.as_ref().filter(|n| !nodes.allows(n)) {
-        skipped.push((j, Unavailable(format!("node {node} is down (its circuit breaker is open)"))));
-        continue;
+    let mut groups: HashMap<Node, Vec<usize>> = HashMap::new();
+    let mut refresh = false;
+    for (j, span) in spans.iter().enumerate() {
+      match nodes.node_of(span.key) {
+        Some(node) if nodes.allows(&node) => groups.entry(node).or_default().push(j),
+        Some(node) => replies.fail([j], Unavailable(format!("node {node} is down (its circuit breaker is open)"))),
+        None => {
+          refresh = true;
+          replies.fail([j], Unavailable("no node serves this slot (slot map not known yet)".into()));
+        }
       }
-      let (first, count) = replies.ranges[j];
-      let (conn, commands) = (&conn, &commands);
-      sends.push(async move {
-        let each = commands[first..first + count].iter().map(|cmd| {
-          let mut c = conn.clone();
-          async move { tokio::time::timeout(timeout, c.req_packed_command(cmd)).await }
-        });
-        (j, join_all(each).await)
-      });
     }
-    let mut failed = false;
-    for (j, results) in join_all(sends).await {
-      let mut trouble: Option<(Unavailable, bool)> = None;
-      let mut values = Vec::with_capacity(results.len());
-      for result in results {
-        let text = match result {
-          Err(_) => {
-            trouble = Some((Unavailable(format!("command timed out after {} ms", timeout.as_millis())), true));
-            continue;
-          }
-          Ok(Ok(v)) => match outcome(v) {
-            Ok(v) => {
-              values.push(Ok(v));
+    let sends = groups.into_iter().map(|(node, members)| {
+      let sub = sub_pipeline(&commands, &replies.ranges, &members);
+      let sub_spans: Vec<Span> = members.iter().map(|&j| spans[j]).collect();
+      async move {
+        let pool = self.pool_for(&node);
+        let result = self.run_pool(&pool, &sub, &sub_spans).await;
+        (node, members, result)
+      }
+    });
+    let mut redirects = Vec::new();
+    for (node, members, result) in join_all(sends).await {
+      let breaker = nodes.breaker(&node);
+      let mut node_failed = false;
+      for (k, &j) in members.iter().enumerate() {
+        match result.span(k) {
+          Ok(outcomes) => {
+            if let Some(to) = outcomes.iter().find_map(|o| o.as_ref().err().and_then(|e| redirection(e, &node))) {
+              redirects.push((j, to));
               continue;
             }
-            Err(text) => text,
-          },
-          Ok(Err(e)) if is_server_error(&e) => match (e.code(), e.detail()) {
-            (Some(code), Some(detail)) => format!("{code} {detail}"),
-            _ => e.to_string(),
-          },
-          Ok(Err(e)) => {
-            trouble = Some((unavailable(e), true));
-            continue;
+            let (first, count) = replies.ranges[j];
+            replies.outcomes[first..first + count].clone_from_slice(outcomes);
           }
-        };
-        if is_unavailability(&text) {
-          // A redirection left over after redis-rs's retries says the slot
-          // map moved, not that the node failed: not held against it.
-          let counts = !is_redirection(&text);
-          trouble = Some((Unavailable(text), counts));
-        } else {
-          values.push(Err(text));
+          Err(why) => {
+            node_failed = true;
+            replies.fail([j], Unavailable(format!("node {node}: {}", why.0)));
+          }
         }
       }
-      let breaker = owners[j].as_ref().map(|node| nodes.breaker(node));
-      match trouble {
-        None => {
-          let (first, _) = replies.ranges[j];
-          for (slot, value) in replies.outcomes[first..].iter_mut().zip(values) {
-            *slot = value;
-          }
-          if let Some(b) = breaker {
-            b.record_success();
-          }
-        }
-        Some((why, counts)) => {
-          failed = true;
-          if let (true, Some(b)) = (counts, breaker) {
-            b.record_failure_of(started);
-          }
-          let why = match &owners[j] {
-            Some(node) => Unavailable(format!("node {node}: {}", why.0)),
-            None => why,
-          };
-          replies.fail([j], why);
-        }
+      if node_failed {
+        breaker.record_failure_of(started);
+        refresh = true;
+      } else {
+        breaker.record_success();
       }
     }
-    for (j, why) in skipped {
-      replies.fail([j], why);
+    // Redirections: one more attempt each, on the node named.
+    let follow = redirects.into_iter().map(|(j, (to, ask))| {
+      let (first, count) = replies.ranges[j];
+      let mut sub = Pipeline::with_capacity(count + 1);
+      if ask {
+        sub.cmd("ASKING");
+      }
+      for cmd in &commands[first..first + count] {
+        sub.add_command((*cmd).clone());
+      }
+      let span = Span { commands: count + ask as usize, ..spans[j] };
+      async move {
+        let pool = self.pool_for(&to);
+        let result = self.run_pool(&pool, &sub, &[span]).await;
+        (j, to, ask, result)
+      }
+    });
+    for (j, to, ask, result) in join_all(follow).await {
+      refresh |= !ask;
+      match result.span(0) {
+        Ok(outcomes) => {
+          let outcomes = &outcomes[ask as usize..];
+          match outcomes.iter().find_map(|o| o.as_ref().err().filter(|e| is_redirection(e))) {
+            // Redirected again (the slot moved on): to memory, replayed later.
+            Some(e) => replies.fail([j], Unavailable(format!("node {to}: {e}"))),
+            None => {
+              let (first, count) = replies.ranges[j];
+              replies.outcomes[first..first + count].clone_from_slice(outcomes);
+            }
+          }
+        }
+        Err(why) => replies.fail([j], Unavailable(format!("node {to}: {}", why.0))),
+      }
     }
-    // A failure may mean the slot map changed (a failover, a resharding).
-    if (failed || !nodes.has_map()) && nodes.claim_refresh(Duration::from_millis(100)) {
-      tokio::spawn(refresh_slots(conn, Arc::clone(nodes), timeout, self.seed_host()));
+    if refresh {
+      // Refreshed by the supervisor (`tend`), not on the callers' time.
+      nodes.mark_stale();
     }
     replies
   }
@@ -590,16 +614,7 @@ impl RedisTier {
   /// One command on the node that owns `route_key`'s slot (on a single
   /// node: on the connection `route_key` hashes to).
   pub async fn run_routed(&self, cmd: Cmd, route_key: &str) -> Result<Value, Unavailable> {
-    if !self.is_cluster() {
-      return self.run_keyed(cmd, route_key).await;
-    }
-    let mut c = read(&self.cluster).clone().ok_or_else(|| Unavailable("not connected".into()))?;
-    let route =
-      RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(Route::with_key(route_key, SlotAddr::Master)));
-    tokio::time::timeout(self.command_timeout, c.route_command(cmd, route))
-      .await
-      .map_err(|_| Unavailable("command timed out".into()))?
-      .map_err(unavailable)
+    self.run_keyed(cmd, route_key).await
   }
 
   /// `PING` round trip time and the server's version.
@@ -676,6 +691,37 @@ fn sentinel_client(target: &RedisTarget) -> Result<SentinelClient, String> {
     }
   }
   b.build().map_err(|e| crate::redact::mask_userinfo(&e.to_string()))
+}
+
+/// A Redis Cluster as the tier sees it.
+struct Cluster {
+  nodes: NodeHealth,
+  /// A pool per node (masters, and the seeds asked for the slot map).
+  pools: Mutex<HashMap<Node, Arc<Pool>>>,
+  pool_size: usize,
+}
+
+/// `host:port` of a seed URL.
+fn seed_address(url: &str) -> Option<Node> {
+  let authority = url.split_once("://")?.1.split('/').next()?;
+  let hostport = authority.rsplit('@').next()?;
+  let (host, port) = hostport.rsplit_once(':').unwrap_or((hostport, "6379"));
+  Some(Node::from(format!("{}:{port}", host.trim_matches(['[', ']']))))
+}
+
+/// Where a `MOVED`/`ASK` reply sends a command: (`host:port`, is `ASK`).
+/// An empty host is the host of `from`, the node that answered.
+fn redirection(error: &str, from: &str) -> Option<(Node, bool)> {
+  let mut words = error.split_whitespace();
+  let ask = match words.next()? {
+    "MOVED" => false,
+    "ASK" => true,
+    _ => return None,
+  };
+  let addr = words.nth(1)?;
+  let (host, port) = addr.rsplit_once(':')?;
+  let host = if host.is_empty() { from.rsplit_once(':').map_or("", |(h, _)| h) } else { host };
+  Some((Node::from(format!("{host}:{port}")), ask))
 }
 
 /// How the pool reaches its server.
@@ -1037,14 +1083,6 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
   m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-fn read<T: Clone>(l: &RwLock<Option<T>>) -> Option<T> {
-  l.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
-}
-
-fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
-  l.write().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
 fn outcome(v: Value) -> Outcome {
   match v {
     Value::ServerError(e) => Err(match e.details() {
@@ -1088,48 +1126,6 @@ fn is_unavailability(error: &str) -> bool {
 /// A cluster redirection (`MOVED`/`ASK`): the key is served elsewhere now.
 fn is_redirection(error: &str) -> bool {
   matches!(code_of(error), "MOVED" | "ASK")
-}
-
-/// Reads `CLUSTER SLOTS` from any node that answers (three attempts, each
-/// bounded by `timeout`) into `nodes`' map.
-async fn refresh_slots(
-  conn: ClusterConnection,
-  nodes: Arc<NodeHealth>,
-  timeout: Duration,
-  default_host: String,
-) -> Result<(), Unavailable> {
-  let mut last = Unavailable("no attempt".into());
-  for attempt in 0..3 {
-    if attempt > 0 {
-      tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    let mut c = conn.clone();
-    let mut slots = redis::cmd("CLUSTER");
-    slots.arg("SLOTS");
-    let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random);
-    match tokio::time::timeout(timeout, c.route_command(slots, route)).await {
-      Ok(Ok(reply)) => match cluster::parse_slots(&reply, &default_host) {
-        Ok(map) if !map.is_empty() => {
-          nodes.set_map(map);
-          return Ok(());
-        }
-        Ok(_) => last = Unavailable("CLUSTER SLOTS: no slot is served".into()),
-        Err(e) => last = Unavailable(e),
-      },
-      Ok(Err(e)) => last = unavailable(e),
-      Err(_) => last = Unavailable(format!("CLUSTER SLOTS timed out after {} ms", timeout.as_millis())),
-    }
-  }
-  Err(last)
-}
-
-fn is_server_error(e: &RedisError) -> bool {
-  !(e.is_io_error()
-    || e.is_timeout()
-    || e.is_connection_dropped()
-    || e.is_connection_refusal()
-    || e.is_unrecoverable_error())
-    && e.kind() != redis::ErrorKind::Client
 }
 
 #[cfg(test)]
