@@ -668,7 +668,7 @@ fn client(target: &RedisTarget) -> Result<Client, String> {
 
 /// The sentinel client of a Sentinel target: it asks the sentinels for the
 /// master (and checks that the node it names says it is one) at every dial.
-fn sentinel_client(target: &RedisTarget) -> Result<SentinelClient, String> {
+pub(crate) fn sentinel_client(target: &RedisTarget) -> Result<SentinelClient, String> {
   let sentinel = target.sentinel.as_ref().ok_or("no sentinels configured")?;
   let addrs = sentinel.sentinels.iter().map(|(host, port)| ConnectionAddr::Tcp(host.clone(), *port));
   let mut b = SentinelClientBuilder::new(addrs, &sentinel.master_name, SentinelServerType::Master)
