@@ -317,7 +317,7 @@ async function startRedis(opts = {}) {
 
 /**
  * Start a Redis Cluster of `n` masters, each with `replicas` replicas, and wait until every node says
- * cluster_state:ok (and, with replicas, until every master has its replicas attached).
+ * cluster_state:ok (and, with replicas, until every master has its replicas attached and synced).
  * opts: { replicas?: number (default 0), args?: string[] (extra server args for every node),
  *         nodeTimeoutMs?: number (default 2000) }
  * Returns { nodes, seeds: ['redis://127.0.0.1:p', ...], stop(), masterOf(key), shards() }.
@@ -362,6 +362,8 @@ async function startCluster(n = 3, opts = {}) {
           '--cluster-enabled', 'yes',
           '--cluster-config-file', path.join(dir, 'nodes.conf'),
           '--cluster-node-timeout', String(opts.nodeTimeoutMs || 2000),
+          // A replica starts syncing at once (the default waits 5 s for more replicas to join).
+          '--repl-diskless-sync-delay', '0',
           ...(opts.args || []),
         ],
       })
@@ -379,7 +381,14 @@ async function startCluster(n = 3, opts = {}) {
       const infos = await Promise.all(nodes.map((s) => s.cli('cluster', 'info').catch((e) => e.message)))
       const ok = infos.every((info) => /cluster_state:ok/.test(info))
       const attached = ok && (replicas === 0 || (await shards()).every((sh) => sh.replicas.length >= replicas))
-      if (attached) break
+      // A replica that never finished its first sync cannot be promoted (its data counts as too old).
+      const synced =
+        attached &&
+        (replicas === 0 ||
+          (await Promise.all(nodes.map((s) => s.cli('info', 'replication').catch(() => '')))).every(
+            (info) => !/role:slave/.test(info) || /master_link_status:up/.test(info),
+          ))
+      if (synced) break
       if (Date.now() > deadline) {
         throw new Error(`redis cluster not ok within ${CLUSTER_OK_TIMEOUT_MS} ms:\n${infos.join('\n---\n')}`)
       }
@@ -433,11 +442,11 @@ async function startSentinel(opts = {}) {
     await Promise.all(servers.map((s) => s.stop().catch(() => {})))
   }
   try {
-    const master = await startRedis()
+    const master = await startRedis({ args: ['--repl-diskless-sync-delay', '0'] })
     servers.push(master)
     const replicas = []
     for (let i = 0; i < (opts.replicas ?? 1); i++) {
-      const r = await startRedis({ args: ['--replicaof', HOST, String(master.port)] })
+      const r = await startRedis({ args: ['--replicaof', HOST, String(master.port), '--repl-diskless-sync-delay', '0'] })
       servers.push(r)
       replicas.push(r)
     }
