@@ -53,8 +53,18 @@ export interface CacheAdapterOptions {
   tls?: boolean | TlsOptions
   /** `false`: memory tier only, Redis never contacted. Env: `REDIS_ENABLED` / `USE_REDIS` = `false`. */
   enabled?: boolean
-  /** `redis://host:port` seeds: talk to a Redis Cluster (an org's keys share one hash slot). */
+  /**
+   * `redis://host:port` seeds: talk to a Redis Cluster (an org's keys share one hash slot). A master that fails sends
+   * only its own slots to memory; redirections are followed. Env: `REDIS_CLUSTER_NODES` (comma-separated URLs).
+   */
   clusterNodes?: string[]
+  /**
+   * `host:port` of each Redis Sentinel: the adapter asks them for the master named `sentinelMasterName` and asks again
+   * after a failover. Credentials, `db` and `tls` apply to the master. Env: `REDIS_SENTINELS` (comma-separated).
+   */
+  sentinels?: string[]
+  /** The name the sentinels monitor the master under (required with `sentinels`). Env: `REDIS_SENTINEL_MASTER`. */
+  sentinelMasterName?: string
   /** Namespace of every key. Default `${CACHE_NAMESPACE || 'jack'}:${NODE_ENV === 'production' ? 'prod' : 'dev'}`. */
   keyPrefix?: string
   /** Multiplexed connections kept open to Redis. Env: `REDIS_POOL_SIZE`. Default 2. */
@@ -317,6 +327,11 @@ export interface CacheCounters {
   breaker: { state: 'closed' | 'open' | 'half-open' | 'disabled'; consecutiveFailures: number; threshold: number; cooldownMs: number }
   /** Times the breaker opened. */
   outages: number
+  /**
+   * On a Redis Cluster: the masters (`host:port`) whose own breaker is open or half-open, whose slots are being
+   * answered from memory (and journaled); `null` when not a cluster.
+   */
+  clusterNodesDown: string[] | null
   lastError: string | null
   replay: {
     /** Values, deltas, deletes and tenant clears waiting for replay. */

@@ -52,6 +52,14 @@ impl CircuitBreaker {
     }
   }
 
+  /// Starts closed: for a part of Redis (a cluster node) found while the
+  /// whole was reachable.
+  pub fn closed(threshold: u32, cooldown: Duration) -> Self {
+    let breaker = Self::new(threshold, cooldown);
+    breaker.state.store(State::Closed as u8, Ordering::Release);
+    breaker
+  }
+
   pub fn state(&self) -> State {
     match self.state.load(Ordering::Acquire) {
       0 => State::Closed,

@@ -23,6 +23,15 @@ pub struct RedisTarget {
   pub tls: Option<TlsFiles>,
   /// Non-empty: talk to a Redis Cluster through these seeds instead.
   pub cluster_nodes: Vec<String>,
+  /// `Some`: find the master through Redis Sentinel instead of `host`/`port`.
+  pub sentinel: Option<SentinelTarget>,
+}
+
+/// The sentinels to ask, and the name of the master they watch.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SentinelTarget {
+  pub sentinels: Vec<(String, u16)>,
+  pub master_name: String,
 }
 
 /// PEM files for TLS; all optional (system roots are used when `ca_file` is absent).
@@ -111,6 +120,9 @@ fn credentials(options: &Value, env: &dyn Fn(&str) -> Option<String>) -> Secrets
   if let Some(Value::Array(nodes)) = options.get("clusterNodes") {
     nodes.iter().filter_map(Value::as_str).for_each(|n| secrets.add_url(n));
   }
+  if let Some(nodes) = env("REDIS_CLUSTER_NODES") {
+    nodes.split(',').for_each(|n| secrets.add_url(n.trim()));
+  }
   secrets
 }
 
@@ -131,6 +143,8 @@ fn resolve_unredacted(options: &Value, env: &dyn Fn(&str) -> Option<String>) -> 
     "tls",
     "enabled",
     "clusterNodes",
+    "sentinels",
+    "sentinelMasterName",
     "keyPrefix",
     "poolSize",
     "ttl",
@@ -257,6 +271,7 @@ fn resolve_target(o: &Opts) -> Result<RedisTarget, CacheError> {
     db: 0,
     tls: None,
     cluster_nodes: Vec::new(),
+    sentinel: None,
   };
   // A URL first (option, then REDIS_URL); the piece-by-piece names then override it.
   if let Some(url) = o.string("url", Some("REDIS_URL"))? {
@@ -300,20 +315,90 @@ fn resolve_target(o: &Opts) -> Result<RedisTarget, CacheError> {
       }
     }
   }
-  match o.opts.get("clusterNodes") {
-    None | Some(Value::Null) => {}
-    Some(Value::Array(nodes)) => {
-      for (i, n) in nodes.iter().enumerate() {
-        let s = n.as_str().ok_or_else(|| type_err(&format!("options.clusterNodes[{i}]"), "a redis:// URL string"))?;
-        let mut probe = target.clone();
-        apply_url(&mut probe, s)
-          .map_err(|why| CacheError::new(ErrorKind::Type, format!("options.clusterNodes[{i}] {why}")))?;
-        target.cluster_nodes.push(s.to_string());
-      }
-    }
+  // Seeds of a cluster: the option (an array), or REDIS_CLUSTER_NODES (comma-separated).
+  let seeds: Vec<(String, String)> = match o.opts.get("clusterNodes") {
+    None | Some(Value::Null) => match (o.env)("REDIS_CLUSTER_NODES").filter(|s| !s.trim().is_empty()) {
+      Some(list) => list
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .enumerate()
+        .map(|(i, s)| (format!("REDIS_CLUSTER_NODES entry {}", i + 1), s.to_string()))
+        .collect(),
+      None => Vec::new(),
+    },
+    Some(Value::Array(nodes)) => nodes
+      .iter()
+      .enumerate()
+      .map(|(i, n)| {
+        let name = format!("options.clusterNodes[{i}]");
+        n.as_str().map(|s| (name.clone(), s.to_string())).ok_or_else(|| type_err(&name, "a redis:// URL string"))
+      })
+      .collect::<Result<_, _>>()?,
     Some(_) => return Err(type_err("options.clusterNodes", "an array of redis:// URLs")),
+  };
+  for (name, s) in seeds {
+    let mut probe = target.clone();
+    apply_url(&mut probe, &s).map_err(|why| CacheError::new(ErrorKind::Type, format!("{name} {why}")))?;
+    target.cluster_nodes.push(s);
+  }
+  target.sentinel = resolve_sentinel(o)?;
+  if target.sentinel.is_some() && !target.cluster_nodes.is_empty() {
+    return Err(CacheError::new(
+      ErrorKind::Type,
+      "options.sentinels and options.clusterNodes (or their environment names) exclude each other: \
+       Sentinel watches a single master, a cluster finds its own",
+    ));
   }
   Ok(target)
+}
+
+/// `sentinels` (`["host:port", ...]`, or `REDIS_SENTINELS` comma-separated)
+/// and `sentinelMasterName` (or `REDIS_SENTINEL_MASTER`): both or neither.
+fn resolve_sentinel(o: &Opts) -> Result<Option<SentinelTarget>, CacheError> {
+  let listed: Vec<(String, String)> = match o.opts.get("sentinels") {
+    None | Some(Value::Null) => match (o.env)("REDIS_SENTINELS").filter(|s| !s.trim().is_empty()) {
+      Some(list) => list
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .enumerate()
+        .map(|(i, s)| (format!("REDIS_SENTINELS entry {}", i + 1), s.to_string()))
+        .collect(),
+      None => Vec::new(),
+    },
+    Some(Value::Array(items)) if !items.is_empty() => items
+      .iter()
+      .enumerate()
+      .map(|(i, n)| {
+        let name = format!("options.sentinels[{i}]");
+        n.as_str().map(|s| (name.clone(), s.to_string())).ok_or_else(|| type_err(&name, "a \"host:port\" string"))
+      })
+      .collect::<Result<_, _>>()?,
+    Some(_) => return Err(type_err("options.sentinels", "a non-empty array of \"host:port\" strings")),
+  };
+  let master_name = o.string("sentinelMasterName", Some("REDIS_SENTINEL_MASTER"))?.filter(|s| !s.trim().is_empty());
+  let mut sentinels = Vec::with_capacity(listed.len());
+  for (name, s) in listed {
+    let parsed = s.rsplit_once(':').and_then(|(host, port)| {
+      let host = host.trim_start_matches('[').trim_end_matches(']');
+      let port = port.parse::<u16>().ok().filter(|p| *p > 0)?;
+      (!host.is_empty()).then(|| (host.to_string(), port))
+    });
+    sentinels.push(parsed.ok_or_else(|| type_err(&name, "\"host:port\" with a port from 1 to 65535"))?);
+  }
+  match (sentinels.is_empty(), master_name) {
+    (true, None) => Ok(None),
+    (false, Some(master_name)) => Ok(Some(SentinelTarget { sentinels, master_name })),
+    (false, None) => Err(type_err(
+      "options.sentinelMasterName (or REDIS_SENTINEL_MASTER)",
+      "the name the sentinels monitor the master under, with options.sentinels",
+    )),
+    (true, Some(_)) => Err(type_err(
+      "options.sentinels (or REDIS_SENTINELS)",
+      "given with options.sentinelMasterName: the sentinels' \"host:port\" addresses",
+    )),
+  }
 }
 
 /// `redis://[user:pass@]host:port/db` or `rediss://…` (TLS). Errors quote
@@ -790,5 +875,45 @@ mod tests {
     assert!(resolve(&json!({"alerts": {"nope": 1}}), &no_env).unwrap_err().message.contains("options.alerts.nope"));
     assert!(resolve(&json!({"alerts": {"forMs": 1.5}}), &no_env).unwrap_err().message.contains("options.alerts.forMs"));
     assert_eq!(resolve(&json!({"alerts": "on"}), &no_env).unwrap_err().kind, ErrorKind::Type);
+  }
+
+  #[test]
+  fn cluster_seeds_and_sentinels_come_from_options_or_environment() {
+    let env = |pairs: &'static [(&'static str, &'static str)]| {
+      move |name: &str| pairs.iter().find(|(n, _)| *n == name).map(|(_, v)| v.to_string())
+    };
+    let seeds = env(&[("REDIS_CLUSTER_NODES", "redis://a:7000, redis://:pw@b:7001")]);
+    let t = resolve(&json!({}), &seeds).unwrap().redis.unwrap();
+    assert_eq!(t.cluster_nodes, vec!["redis://a:7000", "redis://:pw@b:7001"]);
+    // The option wins over the environment.
+    let t = resolve(&json!({"clusterNodes": ["redis://c:7002"]}), &seeds).unwrap().redis.unwrap();
+    assert_eq!(t.cluster_nodes, vec!["redis://c:7002"]);
+    let bad = env(&[("REDIS_CLUSTER_NODES", "redis://a:7000,http://b:1")]);
+    let e = resolve(&json!({}), &bad).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Type);
+    assert!(e.message.contains("REDIS_CLUSTER_NODES entry 2"), "{}", e.message);
+
+    let sentinels = env(&[("REDIS_SENTINELS", "10.0.0.1:26379,s2:26380"), ("REDIS_SENTINEL_MASTER", "mymaster")]);
+    let t = resolve(&json!({}), &sentinels).unwrap().redis.unwrap();
+    let s = t.sentinel.unwrap();
+    assert_eq!(s.sentinels, vec![("10.0.0.1".to_string(), 26379), ("s2".to_string(), 26380)]);
+    assert_eq!(s.master_name, "mymaster");
+    let t = resolve(&json!({"sentinels": ["h:1"], "sentinelMasterName": "m"}), &|_| None).unwrap().redis.unwrap();
+    assert_eq!(t.sentinel.unwrap().sentinels, vec![("h".to_string(), 1)]);
+
+    let no_env = |_: &str| None;
+    for (options, names) in [
+      (json!({"sentinels": ["h:1"]}), "options.sentinelMasterName"),
+      (json!({"sentinelMasterName": "m"}), "options.sentinels"),
+      (json!({"sentinels": ["h"], "sentinelMasterName": "m"}), "options.sentinels[0]"),
+      (json!({"sentinels": ["h:0"], "sentinelMasterName": "m"}), "options.sentinels[0]"),
+      (json!({"sentinels": [1], "sentinelMasterName": "m"}), "options.sentinels[0]"),
+      (json!({"sentinels": "h:1", "sentinelMasterName": "m"}), "options.sentinels"),
+      (json!({"sentinels": ["h:1"], "sentinelMasterName": "m", "clusterNodes": ["redis://a:1"]}), "exclude"),
+    ] {
+      let e = resolve(&options, &no_env).unwrap_err();
+      assert_eq!(e.kind, ErrorKind::Type, "{options}");
+      assert!(e.message.contains(names), "{options}: {}", e.message);
+    }
   }
 }

@@ -102,9 +102,35 @@ pub async fn run(cfg: &Config) -> Report {
       )],
     );
   };
+  // Behind Sentinel: the master the sentinels name now is the server checked.
+  let (found, sentinel_check) = match &target.sentinel {
+    Some(sentinel) => match sentinel_master(target, cfg.connect_timeout.max(PROBE_TIMEOUT_FLOOR)).await {
+      Ok(master) => {
+        let detail = format!(
+          "the sentinels ({}) name {master} as master {:?}; that server is checked below",
+          sentinel.sentinels.iter().map(|(h, p)| format!("{h}:{p}")).collect::<Vec<_>>().join(", "),
+          sentinel.master_name
+        );
+        let mut found = target.clone();
+        (found.host, found.port, found.sentinel) = (master.host, master.port, None);
+        (Some(found), Some(Check::new("sentinel", Status::Pass, detail)))
+      }
+      Err(why) => {
+        let detail = format!("no master {:?} found through the sentinels: {why}", sentinel.master_name);
+        let mut checks = vec![Check::new("sentinel", Status::Fail, detail)];
+        if let Some(password) = target.password.as_deref() {
+          checks[0].detail = redact(&checks[0].detail, password);
+        }
+        return Report::new(format!("sentinel {:?}", sentinel.master_name), checks);
+      }
+    },
+    None => (None, None),
+  };
+  let target = found.as_ref().unwrap_or(target);
   let seeds = addresses(target);
   let shown = seeds.iter().map(Node::to_string).collect::<Vec<_>>().join(", ");
   let mut checks = vec![Check::new("config", Status::Pass, describe_config(cfg, target, &shown))];
+  checks.extend(sentinel_check);
   Inspection { cfg, target, probe_timeout: cfg.command_timeout.max(PROBE_TIMEOUT_FLOOR), checks: &mut checks }
     .run(seeds)
     .await;
@@ -133,6 +159,21 @@ impl std::fmt::Display for Node {
       write!(f, "{}:{}", self.host, self.port)
     }
   }
+}
+
+/// The master the sentinels name (checked by redis-rs to say it is one).
+async fn sentinel_master(target: &RedisTarget, budget: Duration) -> Result<Node, String> {
+  let ask = async {
+    let mut sentinel = crate::tiers::redis::sentinel_client(target)?;
+    let client = sentinel.async_get_client().await.map_err(|e| crate::redact::mask_userinfo(&e.to_string()))?;
+    match client.get_connection_info().addr() {
+      ConnectionAddr::Tcp(host, port) | ConnectionAddr::TcpTls { host, port, .. } => {
+        Ok(Node { host: host.clone(), port: *port })
+      }
+      other => Err(format!("the sentinels name an address the adapter cannot dial: {other:?}")),
+    }
+  };
+  tokio::time::timeout(budget, ask).await.map_err(|_| format!("no answer within {} ms", budget.as_millis()))?
 }
 
 /// The servers the adapter would dial: the cluster seeds, or host:port.

@@ -108,7 +108,9 @@ impl Drop for Inner {
 impl Cache {
   /// Starts the cache; with Redis enabled, connects in the background.
   pub fn new(cfg: Config, runtime: Handle, observer: ModeObserver) -> Cache {
-    let redis = cfg.redis.clone().map(|t| RedisTier::new(t, cfg.pool_size, cfg.command_timeout, cfg.connect_timeout));
+    let breaker = (cfg.breaker_failures, cfg.breaker_cooldown);
+    let redis =
+      cfg.redis.clone().map(|t| RedisTier::new(t, cfg.pool_size, cfg.command_timeout, cfg.connect_timeout, breaker));
     let inner = Arc::new(Inner {
       keys: KeySpace::new(&cfg.key_prefix),
       memory: MemoryTier::new(cfg.memory_max_entries, cfg.memory_max_bytes),
@@ -364,6 +366,7 @@ impl Cache {
         "cooldownMs": inner.cfg.breaker_cooldown.as_millis() as u64,
       },
       "outages": inner.breaker.opens(),
+      "clusterNodesDown": inner.redis.as_ref().filter(|r| r.is_cluster()).map(|r| r.nodes_down()),
       "lastError": *inner.last_error.lock().unwrap(),
       "replay": {
         "pending": journal.pending,
@@ -516,6 +519,13 @@ impl Inner {
     }
   }
 
+  /// A cluster master failed while others serve: counted and reported, but
+  /// the adapter's breaker (all of Redis) stays as it is.
+  fn node_failed(&self, Unavailable(error): &Unavailable) {
+    self.metrics.redis_errors.fetch_add(1, Relaxed);
+    *self.last_error.lock().unwrap() = Some(self.secrets.redact(error));
+  }
+
   /// What the background watch of Redis needs; `None` once closed.
   fn watched(&self) -> Option<(&RedisTier, &RedisWatch)> {
     if self.closed.load(Ordering::Acquire) {
@@ -633,6 +643,8 @@ impl Inner {
       };
       match replies.failure() {
         None => self.breaker.record_success(),
+        // On a cluster with masters up, the failing master's breaker counted it.
+        Some(e) if redis.isolates_failures() => self.node_failed(e),
         Some(e) => self.redis_stalled(e, started),
       }
       for (j, (i, lead)) in sent.into_iter().enumerate() {
@@ -873,6 +885,10 @@ impl Inner {
     let keep_going = || self.breaker.allows_traffic() && !self.closed.load(Ordering::Acquire);
     match self.write_back(redis, keep_going).await {
       Ok(()) => true,
+      Err(e) if redis.isolates_failures() => {
+        self.node_failed(&e);
+        false
+      }
       Err(e) => {
         self.redis_failed(e);
         false
@@ -1006,6 +1022,7 @@ async fn supervise(weak: Weak<Inner>) {
     let redis = inner.redis.as_ref().expect("supervised caches have Redis");
     let wait = match inner.breaker.state() {
       State::Closed => {
+        redis.tend().await;
         if inner.journal.is_empty() {
           Duration::from_millis(500)
         } else if inner.replay(redis).await {

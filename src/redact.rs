@@ -187,6 +187,7 @@ mod tests {
       db: 0,
       tls: None,
       cluster_nodes: vec!["redis://:seedpass@n1:7000".into()],
+      sentinel: None,
     };
     let shown = format!("{target:?} {:#?}", Some(&target));
     assert!(!shown.contains("tok") && !shown.contains("seedpass"), "{shown}");

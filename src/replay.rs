@@ -9,7 +9,7 @@ use redis::Pipeline;
 
 use crate::batch::Op;
 use crate::codec;
-use crate::journal::{Clear, Journal, Pending};
+use crate::journal::{Clear, Entry, Journal, Pending};
 use crate::scripts::{CLEAR_SCRIPT, WRITE_SCRIPT};
 use crate::tiers::redis::{push_op, RedisTier, Span, Unavailable};
 
@@ -47,6 +47,10 @@ pub async fn write_back(
       }
     }
   }
+  // Entries whose part of Redis failed (one cluster master, one pooled
+  // connection) wait here while the others go on; put back at the end.
+  let mut deferred: Vec<Entry> = Vec::new();
+  let mut failure = None;
   while !journal.is_empty() && keep_going() {
     let entries = journal.take_batch(REPLAY_BATCH);
     if entries.is_empty() {
@@ -95,28 +99,36 @@ pub async fn write_back(
       .map(|e| Span { key: &e.slot.key, commands: 1, retry: !matches!(e.pending, Pending::Add { .. }) })
       .collect();
     let replies = redis.run(&pipe, &spans).await;
-    // Each connection's share succeeds or fails alone: what Redis answered is
-    // done (restoring it would replay a delta twice); the rest stays journaled.
-    let mut failed = Vec::new();
+    // Each connection's (or master's) share succeeds or fails alone: what
+    // Redis answered is done (restoring it would replay a delta twice); the
+    // rest stays journaled.
+    let mut answered = false;
     for (j, e) in sent.into_iter().enumerate() {
       match replies.span(j) {
         Ok(outcomes) => {
+          answered = true;
           match outcomes.first() {
             Some(Ok(_)) => done.replayed += 1,
             _ => done.refused += 1,
           }
           journal.complete(e);
         }
-        Err(_) => failed.push(e.clone()),
+        Err(_) => deferred.push(e.clone()),
       }
     }
     if let Some(e) = replies.failure() {
       // A round trip that timed out may still have been applied: the
       // values and deletes replay the same again; a delta may count twice.
-      journal.restore(&failed);
-      done.outcome = Err(e.clone());
-      return done;
+      failure = Some(e.clone());
+      // Nothing answered: Redis is down, not a part of it; stop here.
+      if !answered {
+        break;
+      }
     }
+  }
+  journal.restore(&deferred);
+  if let Some(e) = failure {
+    done.outcome = Err(e);
   }
   done
 }

@@ -316,23 +316,55 @@ async function startRedis(opts = {}) {
 }
 
 /**
- * Start an n-node Redis Cluster (no replicas) and wait until every node says cluster_state:ok.
- * Returns { nodes, seeds: ['redis://127.0.0.1:p', ...], stop() }.
+ * Start a Redis Cluster of `n` masters, each with `replicas` replicas, and wait until every node says
+ * cluster_state:ok (and, with replicas, until every master has its replicas attached and synced).
+ * opts: { replicas?: number (default 0), args?: string[] (extra server args for every node),
+ *         nodeTimeoutMs?: number (default 2000) }
+ * Returns { nodes, seeds: ['redis://127.0.0.1:p', ...], stop(), masterOf(key), shards() }.
  */
-async function startCluster(n = 3) {
+async function startCluster(n = 3, opts = {}) {
+  const replicas = opts.replicas || 0
   const nodes = []
   const stop = async () => {
     await Promise.all(nodes.map((s) => s.stop().catch(() => {})))
   }
+  const alive = () => nodes.filter((s) => s.child && !s.child.hasExited && !s.stopped)
+  /** The live node that serves `key`'s slot as master (asked of any live node). */
+  const masterOf = async (key) => {
+    for (const node of alive()) {
+      try {
+        const slot = Number(await node.cli('cluster', 'keyslot', key))
+        const owner = await shardOwner(node, slot)
+        if (owner) return nodes.find((s) => s.port === owner)
+      } catch {
+        /* try the next node */
+      }
+    }
+    return undefined
+  }
+  /** [{ master: port, replicas: [port], slots: [[from, to]] }] as a live node sees it (CLUSTER NODES). */
+  const shards = async () => {
+    for (const node of alive()) {
+      try {
+        return parseClusterNodes(await node.cli('cluster', 'nodes'))
+      } catch {
+        /* try the next node */
+      }
+    }
+    return []
+  }
   try {
-    for (let i = 0; i < n; i++) {
+    for (let i = 0; i < n * (1 + replicas); i++) {
       const port = await freePort({ bus: true })
       const dir = fs.mkdtempSync(path.join(os.tmpdir(), `redis-cluster-${port}-`))
       const server = new RedisServer(port, dir, {
         args: [
           '--cluster-enabled', 'yes',
           '--cluster-config-file', path.join(dir, 'nodes.conf'),
-          '--cluster-node-timeout', '2000',
+          '--cluster-node-timeout', String(opts.nodeTimeoutMs || 2000),
+          // A replica starts syncing at once (the default waits 5 s for more replicas to join).
+          '--repl-diskless-sync-delay', '0',
+          ...(opts.args || []),
         ],
       })
       live.add(server)
@@ -341,13 +373,22 @@ async function startCluster(n = 3) {
     }
     await run(
       'redis-cli',
-      ['--cluster', 'create', ...nodes.map((s) => `${HOST}:${s.port}`), '--cluster-replicas', '0', '--cluster-yes'],
+      ['--cluster', 'create', ...nodes.map((s) => `${HOST}:${s.port}`), '--cluster-replicas', String(replicas), '--cluster-yes'],
       30000,
     )
     const deadline = Date.now() + CLUSTER_OK_TIMEOUT_MS
     for (;;) {
       const infos = await Promise.all(nodes.map((s) => s.cli('cluster', 'info').catch((e) => e.message)))
-      if (infos.every((info) => /cluster_state:ok/.test(info))) break
+      const ok = infos.every((info) => /cluster_state:ok/.test(info))
+      const attached = ok && (replicas === 0 || (await shards()).every((sh) => sh.replicas.length >= replicas))
+      // A replica that never finished its first sync cannot be promoted (its data counts as too old).
+      const synced =
+        attached &&
+        (replicas === 0 ||
+          (await Promise.all(nodes.map((s) => s.cli('info', 'replication').catch(() => '')))).every(
+            (info) => !/role:slave/.test(info) || /master_link_status:up/.test(info),
+          ))
+      if (synced) break
       if (Date.now() > deadline) {
         throw new Error(`redis cluster not ok within ${CLUSTER_OK_TIMEOUT_MS} ms:\n${infos.join('\n---\n')}`)
       }
@@ -357,7 +398,127 @@ async function startCluster(n = 3) {
     await stop()
     throw err
   }
-  return { nodes, seeds: nodes.map((s) => s.url), stop }
+  const shardOwner = async (node, slot) => {
+    const found = parseClusterNodes(await node.cli('cluster', 'nodes'))
+    const shard = found.find((sh) => sh.slots.some(([a, b]) => slot >= a && slot <= b))
+    return shard && shard.master
+  }
+  return { nodes, seeds: nodes.map((s) => s.url), stop, masterOf, shards }
+}
+
+/** CLUSTER NODES text → [{ id, master: port, replicas: [port], slots: [[from, to]] }] for live masters with slots. */
+function parseClusterNodes(text) {
+  const rows = text.split('\n').filter(Boolean).map((line) => {
+    const [id, addr, flags, masterId, , , , , ...slots] = line.trim().split(' ')
+    const port = Number(addr.split('@')[0].split(':').pop())
+    return { id, port, flags: flags.split(','), masterId, slots }
+  })
+  const up = (r) => !r.flags.includes('fail') && !r.flags.includes('fail?')
+  return rows
+    .filter((r) => r.flags.includes('master') && up(r) && r.slots.length > 0)
+    .map((m) => ({
+      id: m.id,
+      master: m.port,
+      replicas: rows.filter((r) => r.masterId === m.id && up(r)).map((r) => r.port),
+      slots: m.slots
+        .filter((s) => !s.startsWith('['))
+        .map((s) => s.split('-').map(Number))
+        .map(([a, b]) => [a, b === undefined ? a : b]),
+    }))
+}
+
+/**
+ * Start Redis Sentinel: one master, `replicas` replicas (default 1) and `sentinels` sentinels (default 3),
+ * all on 127.0.0.1, watching the master under `name` (default 'm') with quorum 2,
+ * down-after-milliseconds `downAfterMs` (default 1000) and failover-timeout 3000.
+ * Resolves once every sentinel knows the master, its replicas and the other sentinels.
+ * Returns { master, replicas, sentinels, servers, name, sentinelAddrs: ['127.0.0.1:p', ...],
+ *           currentMaster(): port as the sentinels say, stop() }.
+ */
+async function startSentinel(opts = {}) {
+  const name = opts.name || 'm'
+  const servers = []
+  const stop = async () => {
+    await Promise.all(servers.map((s) => s.stop().catch(() => {})))
+  }
+  try {
+    const master = await startRedis({ args: ['--repl-diskless-sync-delay', '0'] })
+    servers.push(master)
+    const replicas = []
+    for (let i = 0; i < (opts.replicas ?? 1); i++) {
+      const r = await startRedis({ args: ['--replicaof', HOST, String(master.port), '--repl-diskless-sync-delay', '0'] })
+      servers.push(r)
+      replicas.push(r)
+    }
+    const sentinels = []
+    for (let i = 0; i < (opts.sentinels ?? 3); i++) {
+      const port = await freePort()
+      const dir = fs.mkdtempSync(path.join(os.tmpdir(), `redis-sentinel-${port}-`))
+      const conf = path.join(dir, 'sentinel.conf')
+      fs.writeFileSync(
+        conf,
+        [
+          `port ${port}`,
+          `bind ${HOST}`,
+          `dir ${dir}`,
+          `sentinel monitor ${name} ${HOST} ${master.port} 2`,
+          `sentinel down-after-milliseconds ${name} ${opts.downAfterMs || 1000}`,
+          `sentinel failover-timeout ${name} 3000`,
+          `sentinel parallel-syncs ${name} 1`,
+          '',
+        ].join('\n'),
+      )
+      const s = new RedisServer(port, dir, {})
+      // A sentinel runs from its (rewritable) config file; the server flags do not apply.
+      s._serverArgs = () => [conf, '--sentinel', '--logfile', s.logFile, '--daemonize', 'no']
+      live.add(s)
+      servers.push(s)
+      await s._launch()
+      sentinels.push(s)
+    }
+    const deadline = Date.now() + CLUSTER_OK_TIMEOUT_MS
+    for (;;) {
+      const views = await Promise.all(
+        sentinels.map((s) => s.cli('sentinel', 'master', name).catch((e) => e.message)),
+      )
+      const field = (view, key) => {
+        const lines = view.split('\n')
+        const i = lines.indexOf(key)
+        return i >= 0 ? Number(lines[i + 1]) : -1
+      }
+      const ready = views.every(
+        (v) => field(v, 'num-slaves') >= replicas.length && field(v, 'num-other-sentinels') >= sentinels.length - 1,
+      )
+      const synced = await Promise.all(replicas.map((r) => r.cli('info', 'replication').catch(() => '')))
+      if (ready && synced.every((info) => /master_link_status:up/.test(info))) break
+      if (Date.now() > deadline) throw new Error(`sentinels not ready within ${CLUSTER_OK_TIMEOUT_MS} ms:\n${views.join('\n---\n')}`)
+      await sleep(100)
+    }
+    const currentMaster = async () => {
+      for (const s of sentinels) {
+        try {
+          const [, port] = (await s.cli('sentinel', 'get-master-addr-by-name', name)).split('\n')
+          return Number(port)
+        } catch {
+          /* next sentinel */
+        }
+      }
+      return undefined
+    }
+    return {
+      master,
+      replicas,
+      sentinels,
+      servers,
+      name,
+      sentinelAddrs: sentinels.map((s) => `${HOST}:${s.port}`),
+      currentMaster,
+      stop,
+    }
+  } catch (err) {
+    await stop()
+    throw err
+  }
 }
 
 /** Stop every server this process started (for a global after hook). */
@@ -378,4 +539,4 @@ for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP']) {
   })
 }
 
-module.exports = { startRedis, startCluster, stopAll, freePort, HOST }
+module.exports = { startRedis, startCluster, startSentinel, parseClusterNodes, stopAll, freePort, HOST }

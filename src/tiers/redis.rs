@@ -1,20 +1,20 @@
-//! The Redis tier: a pool of replaceable multiplexed connections (or one
-//! cluster connection). Each operation travels on the connection its key
-//! hashes to, every wait is bounded, and a connection that fails is dropped
-//! and re-dialled in the background.
+//! The Redis tier: a pool of replaceable multiplexed connections (on a
+//! cluster, one per master, found through our own slot map; with Sentinel,
+//! dialled to the master the sentinels name). Each operation travels on the
+//! connection its key hashes to, every wait is bounded, and a connection
+//! that fails is dropped and re-dialled in the background.
 
 use std::borrow::Cow;
+use std::collections::HashMap;
 use std::hash::{BuildHasher, BuildHasherDefault};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
 use redis::aio::{ConnectionLike, MultiplexedConnection};
-use redis::cluster::ClusterClientBuilder;
-use redis::cluster_async::ClusterConnection;
-use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
 use redis::io::tcp::{socket2::TcpKeepalive, TcpSettings};
+use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
 use redis::{
   AsyncConnectionConfig, Client, Cmd, ConnectionAddr, ConnectionInfo, IntoConnectionInfo, Pipeline, RedisError, Value,
 };
@@ -25,6 +25,7 @@ use crate::batch::Op;
 use crate::codec;
 use crate::scripts;
 use crate::config::{RedisTarget, TlsFiles};
+use crate::tiers::cluster::{self, Node, NodeHealth};
 
 /// Why a round trip to Redis failed as a whole (the breaker counts these).
 #[derive(Debug, Clone)]
@@ -140,23 +141,39 @@ pub struct RedisTier {
   connect_timeout: Duration,
   /// Single-node Redis: the pool.
   pool: Option<Arc<Pool>>,
-  /// Redis Cluster: one cluster connection (it keeps one connection per node).
-  cluster: RwLock<Option<ClusterConnection>>,
+  /// Redis Cluster: a pool per master, the slot map and a breaker per master.
+  cluster: Option<Cluster>,
   /// Set by `disconnect`: no connection is opened again.
   closed: AtomicBool,
 }
 
 impl RedisTier {
-  pub fn new(target: RedisTarget, pool_size: usize, command_timeout: Duration, connect_timeout: Duration) -> Self {
+  /// `breaker`: the failure threshold and cooldown of each cluster node's
+  /// breaker (the adapter's own breaker settings).
+  pub fn new(
+    target: RedisTarget,
+    pool_size: usize,
+    command_timeout: Duration,
+    connect_timeout: Duration,
+    breaker: (u32, Duration),
+  ) -> Self {
     let pool = target.cluster_nodes.is_empty().then(|| {
-      let client = client(&target);
+      let dialer = match &target.sentinel {
+        Some(_) => sentinel_client(&target).map(|c| Dialer::Sentinel(tokio::sync::Mutex::new(c))),
+        None => client(&target).map(Dialer::Direct),
+      };
       let config = AsyncConnectionConfig::new()
         .set_connection_timeout(Some(connect_timeout))
         // Our own deadline bounds each round trip (see `run`).
         .set_response_timeout(None);
-      Arc::new(Pool::new(client, config, pool_size.max(1), command_timeout, connect_timeout))
+      Arc::new(Pool::new(dialer, config, pool_size.max(1), command_timeout, connect_timeout))
     });
-    Self { target, command_timeout, connect_timeout, pool, cluster: RwLock::new(None), closed: AtomicBool::new(false) }
+    let cluster = pool.is_none().then(|| Cluster {
+      nodes: NodeHealth::new(breaker.0, breaker.1),
+      pools: Mutex::new(HashMap::new()),
+      pool_size: pool_size.max(1),
+    });
+    Self { target, command_timeout, connect_timeout, pool, cluster, closed: AtomicBool::new(false) }
   }
 
   pub fn is_cluster(&self) -> bool {
@@ -167,7 +184,7 @@ impl RedisTier {
   pub fn connections(&self) -> usize {
     match &self.pool {
       Some(pool) => pool.live(),
-      None => read(&self.cluster).is_some() as usize,
+      None => self.cluster.as_ref().map_or(0, |c| lock(&c.pools).values().map(|p| p.live()).sum()),
     }
   }
 
@@ -177,7 +194,11 @@ impl RedisTier {
     if let Some(pool) = &self.pool {
       pool.close();
     }
-    *write(&self.cluster) = None;
+    if let Some(cluster) = &self.cluster {
+      for pool in lock(&cluster.pools).drain().map(|(_, p)| p) {
+        pool.close();
+      }
+    }
   }
 
   /// The breaker's probe: dials a fresh connection (never one of the pool's,
@@ -201,55 +222,150 @@ impl RedisTier {
     Ok(())
   }
 
-  /// Connects the cluster if needed and `PING`s; a connection that survived
-  /// a restart of Redis fails its first command, so a second attempt follows.
+  /// Some node (a known master, else a seed) answers with the slot map: the
+  /// cluster is reachable (a master that is down is its own breaker's business).
   async fn probe_cluster(&self) -> Result<(), Unavailable> {
-    if read(&self.cluster).is_none() {
-      let budget = self.connect_timeout + self.connect_timeout / 2;
-      let conn = tokio::time::timeout(budget, self.open_cluster())
-        .await
-        .map_err(|_| Unavailable(format!("connect timed out after {} ms", budget.as_millis())))??;
-      let mut cluster = write(&self.cluster);
-      if self.closed.load(Ordering::Acquire) {
-        return Err(Unavailable("the adapter is closed".into()));
+    self.refresh_slots().await
+  }
+
+  /// Reads the slot map (`CLUSTER SLOTS`) from the first node that answers:
+  /// known masters whose breaker is closed, then the seeds, each bounded by
+  /// the command timeout. Pools of nodes that left the map are closed.
+  async fn refresh_slots(&self) -> Result<(), Unavailable> {
+    let Some(cluster) = &self.cluster else { return Err(Unavailable("not a cluster".into())) };
+    let mut candidates: Vec<Node> = cluster.nodes.masters().into_iter().filter(|n| cluster.nodes.allows(n)).collect();
+    for seed in &self.target.cluster_nodes {
+      if let Some(node) = seed_address(seed).filter(|n| !candidates.contains(n)) {
+        candidates.push(node);
       }
-      cluster.get_or_insert(conn);
     }
-    let mut last = Unavailable("no attempt".into());
-    for attempt in 0..3 {
-      if attempt > 0 {
-        tokio::time::sleep(Duration::from_millis(25)).await;
-      }
-      match self.run_one(redis::cmd("PING")).await {
-        Ok(_) => return Ok(()),
-        Err(e) => last = e,
+    let mut last = Unavailable("no cluster node to ask".into());
+    for node in candidates.into_iter().take(8) {
+      let mut pipe = Pipeline::with_capacity(1);
+      pipe.cmd("CLUSTER").arg("SLOTS");
+      let pool = self.pool_for(&node);
+      let reply = self.run_pool(&pool, &pipe, &[Span { key: "", commands: 1, retry: true }]).await.into_result();
+      let host = node.rsplit_once(':').map_or("", |(h, _)| h).trim_matches(['[', ']']).to_string();
+      match reply.map(|mut r| r.pop()) {
+        Ok(Some(Ok(value))) => match cluster::parse_slots(&value, &host) {
+          Ok(map) if !map.is_empty() => {
+            cluster.nodes.set_map(map);
+            let masters = cluster.nodes.masters();
+            let mut pools = lock(&cluster.pools);
+            let gone: Vec<Node> = pools.keys().filter(|n| !masters.contains(n)).cloned().collect();
+            for node in gone {
+              if let Some(pool) = pools.remove(&node) {
+                pool.close();
+              }
+            }
+            return Ok(());
+          }
+          Ok(_) => last = Unavailable(format!("{node}: CLUSTER SLOTS: no slot is served")),
+          Err(e) => last = Unavailable(format!("{node}: {e}")),
+        },
+        Ok(Some(Err(e))) => last = Unavailable(format!("{node}: {e}")),
+        Ok(None) => last = Unavailable(format!("{node}: no reply")),
+        Err(e) => last = Unavailable(format!("{node}: {}", e.0)),
       }
     }
     Err(last)
   }
 
-  async fn open_cluster(&self) -> Result<ClusterConnection, Unavailable> {
-    let certs = load_certs(self.target.tls.as_ref()).map_err(Unavailable)?;
-    if certs.is_some() {
-      // Another library in the process may have chosen one already; either is fine.
-      let _ = rustls::crypto::ring::default_provider().install_default();
+  /// The pool of one cluster node (made on first use).
+  fn pool_for(&self, node: &Node) -> Arc<Pool> {
+    let cluster = self.cluster.as_ref().expect("cluster pools are asked for on a cluster only");
+    let mut pools = lock(&cluster.pools);
+    let pool = pools.entry(node.clone()).or_insert_with(|| {
+      let mut target = self.target.clone();
+      match node.rsplit_once(':').map(|(h, p)| (h.trim_matches(['[', ']']).to_string(), p.parse::<u16>())) {
+        Some((host, Ok(port))) => {
+          target.host = host;
+          target.port = port;
+        }
+        _ => target.host = String::new(),
+      }
+      target.db = 0;
+      let client = if target.host.is_empty() { Err(format!("bad node address {node}")) } else { client(&target) };
+      let config =
+        AsyncConnectionConfig::new().set_connection_timeout(Some(self.connect_timeout)).set_response_timeout(None);
+      Arc::new(Pool::new(
+        client.map(Dialer::Direct),
+        config,
+        cluster.pool_size,
+        self.command_timeout,
+        self.connect_timeout,
+      ))
+    });
+    if self.closed.load(Ordering::Acquire) {
+      pool.close();
     }
-    let mut b = ClusterClientBuilder::new(self.target.cluster_nodes.clone())
-      .connection_timeout(self.connect_timeout)
-      .response_timeout(self.command_timeout)
-      .tcp_settings(tcp_settings())
-      .retries(1);
-    if let Some(u) = &self.target.username {
-      b = b.username(u);
+    Arc::clone(pool)
+  }
+
+  /// Cluster upkeep, run by the supervisor while the adapter's breaker is
+  /// closed (about every 500 ms): the slot map is refreshed when a master is
+  /// down (so that a promoted replica is found at once) or a command was
+  /// redirected or failed, and every 5 s otherwise; and
+  /// each down master whose cooldown is over gets a `PING` on a fresh
+  /// connection, whose answer closes its breaker.
+  pub async fn tend(&self) {
+    let Some(Cluster { nodes, .. }) = &self.cluster else { return };
+    if self.closed.load(Ordering::Acquire) {
+      return;
     }
-    if let Some(p) = &self.target.password {
-      b = b.password(p);
+    let urgent = nodes.take_stale() || !nodes.down().is_empty();
+    let gap = if urgent { Duration::from_millis(100) } else { Duration::from_secs(5) };
+    if nodes.claim_refresh(gap) {
+      let _ = self.refresh_slots().await;
     }
-    if let Some(certs) = certs {
-      b = b.tls(redis::cluster::TlsMode::Secure).certs(certs);
+    for (node, breaker) in nodes.down() {
+      if breaker.try_begin_probe() {
+        match self.ping_node(&node).await {
+          Ok(()) => {
+            breaker.record_probe_success();
+          }
+          Err(_) => {
+            breaker.record_failure();
+          }
+        }
+      }
     }
-    let client = b.build().map_err(unavailable)?;
-    client.get_async_connection().await.map_err(unavailable)
+  }
+
+  /// A `PING` to one cluster node on a fresh connection, each step bounded.
+  async fn ping_node(&self, node: &str) -> Result<(), Unavailable> {
+    let (host, port) = node.rsplit_once(':').ok_or_else(|| Unavailable(format!("bad node address {node}")))?;
+    let mut target = self.target.clone();
+    target.host = host.trim_matches(['[', ']']).to_string();
+    target.port = port.parse().map_err(|_| Unavailable(format!("bad node address {node}")))?;
+    target.db = 0;
+    let client = client(&target).map_err(Unavailable)?;
+    let config = AsyncConnectionConfig::new().set_connection_timeout(Some(self.connect_timeout));
+    let mut conn =
+      tokio::time::timeout(self.connect_timeout, client.get_multiplexed_async_connection_with_config(&config))
+        .await
+        .map_err(|_| Unavailable(format!("{node}: connect timed out")))?
+        .map_err(unavailable)?;
+    let pong = tokio::time::timeout(self.command_timeout, conn.req_packed_command(&redis::cmd("PING")))
+      .await
+      .map_err(|_| Unavailable(format!("{node}: PING timed out")))?
+      .map_err(unavailable)?;
+    outcome(pong).map(|_| ()).map_err(Unavailable)
+  }
+
+  /// On a cluster: may a failure be left to the failing node's breaker?
+  /// Yes while the slot map is known and some master is up; no when the
+  /// cluster as a whole is unreachable (then the adapter's breaker decides).
+  pub fn isolates_failures(&self) -> bool {
+    self.cluster.as_ref().is_some_and(|c| c.nodes.has_map() && !c.nodes.all_down())
+  }
+
+  /// Cluster masters whose breaker is open or half-open (empty otherwise).
+  pub fn nodes_down(&self) -> Vec<String> {
+    self
+      .cluster
+      .as_ref()
+      .map_or_else(Vec::new, |c| c.nodes.down().into_iter().map(|(node, _)| node.to_string()).collect())
   }
 
   /// Sends the pipeline, each span on the connection its key hashes to: one
@@ -257,16 +373,18 @@ impl RedisTier {
   /// A span whose connection broke before it answered is re-sent once (if it
   /// may be) on a fresh connection, within the same budget; a span whose
   /// connection timed out, or failed again, is reported failed, alone with
-  /// the other spans of that connection. (On a cluster: one command per
-  /// node, concurrently, all or nothing, as redis-rs routes them.)
+  /// the other spans of that connection. (On a cluster: each master's spans
+  /// on that master's own pool, the same way; see `run_cluster`.)
   pub async fn run(&self, pipe: &Pipeline, spans: &[Span<'_>]) -> Replies {
     debug_assert_eq!(spans.iter().map(|s| s.commands).sum::<usize>(), pipe.len());
-    let Some(pool) = &self.pool else {
-      return match self.run_cluster(pipe).await {
-        Ok(outcomes) => Replies { outcomes, ..Replies::new(spans) },
-        Err(why) => Replies::all_failed(spans, why),
-      };
-    };
+    match &self.pool {
+      Some(pool) => self.run_pool(pool, pipe, spans).await,
+      None => self.run_cluster(pipe, spans).await,
+    }
+  }
+
+  /// [`run`](Self::run) on one pool (the single node's, or a cluster master's).
+  async fn run_pool(&self, pool: &Arc<Pool>, pipe: &Pipeline, spans: &[Span<'_>]) -> Replies {
     let deadline = Deadline::now() + self.command_timeout;
     let mut replies = Replies::new(spans);
     let mut groups: Vec<Vec<usize>> = vec![Vec::new(); pool.slots.len()];
@@ -341,40 +459,113 @@ impl RedisTier {
 
   /// A Redis that is loading, out of memory, read-only or without its
   /// cluster is unavailable, not refusing this data: the spans go to memory.
+  /// (A redirection is left to `run_cluster`, which follows it.)
   fn check_available(&self, values: Vec<Value>) -> Result<Vec<Value>, Unavailable> {
-    match values.iter().find_map(server_error_code).filter(|e| is_unavailability(e)) {
+    match values.iter().find_map(server_error_code).filter(|e| is_unavailability(e) && !is_redirection(e)) {
       Some(e) => Err(Unavailable(e)),
       None => Ok(values),
     }
   }
 
-  async fn run_cluster(&self, pipe: &Pipeline) -> Result<Vec<Outcome>, Unavailable> {
-    let conn = read(&self.cluster).clone().ok_or_else(|| Unavailable("not connected".into()))?;
-    let work = async move {
-      let sends = pipe.cmd_iter().map(|cmd| {
-        let mut c = conn.clone();
-        async move { c.req_packed_command(cmd).await }
-      });
-      let mut out = Vec::with_capacity(pipe.len());
-      for r in join_all(sends).await {
-        match r {
-          Ok(v) => out.push(outcome(v)),
-          Err(e) if is_server_error(&e) => out.push(Err(match (e.code(), e.detail()) {
-            (Some(code), Some(detail)) => format!("{code} {detail}"),
-            _ => e.to_string(),
-          })),
-          Err(e) => return Err(unavailable(e)),
+  /// A cluster's share of `run`: each master's spans go to that master's
+  /// pool (as `run_pool` sends them), all masters concurrently. A span fails
+  /// alone: at once when its master's breaker is open, else when its master
+  /// fails, which counts against that master's breaker only. A `MOVED` or
+  /// `ASK` is followed once (to the node it names, `ASK` with `ASKING`); a
+  /// `MOVED` also refreshes the slot map.
+  async fn run_cluster(&self, pipe: &Pipeline, spans: &[Span<'_>]) -> Replies {
+    let Some(cluster) = &self.cluster else { return Replies::all_failed(spans, Unavailable("not a cluster".into())) };
+    let nodes = &cluster.nodes;
+    let started = Instant::now();
+    let mut replies = Replies::new(spans);
+    let commands: Vec<&Cmd> = pipe.cmd_iter().collect();
+    let mut groups: HashMap<Node, Vec<usize>> = HashMap::new();
+    let mut refresh = false;
+    for (j, span) in spans.iter().enumerate() {
+      match nodes.node_of(span.key) {
+        Some(node) if nodes.allows(&node) => groups.entry(node).or_default().push(j),
+        Some(node) => replies.fail([j], Unavailable(format!("node {node} is down (its circuit breaker is open)"))),
+        None => {
+          refresh = true;
+          replies.fail([j], Unavailable("no node serves this slot (slot map not known yet)".into()));
         }
       }
-      Ok(out)
-    };
-    let outcomes = tokio::time::timeout(self.command_timeout, work)
-      .await
-      .map_err(|_| Unavailable(format!("command timed out after {} ms", self.command_timeout.as_millis())))??;
-    if let Some(Err(e)) = outcomes.iter().find(|o| matches!(o, Err(e) if is_unavailability(e))) {
-      return Err(Unavailable(e.clone()));
     }
-    Ok(outcomes)
+    let sends = groups.into_iter().map(|(node, members)| {
+      let sub = sub_pipeline(&commands, &replies.ranges, &members);
+      let sub_spans: Vec<Span> = members.iter().map(|&j| spans[j]).collect();
+      async move {
+        let pool = self.pool_for(&node);
+        let result = self.run_pool(&pool, &sub, &sub_spans).await;
+        (node, members, result)
+      }
+    });
+    let mut redirects = Vec::new();
+    for (node, members, result) in join_all(sends).await {
+      let breaker = nodes.breaker(&node);
+      let mut node_failed = false;
+      for (k, &j) in members.iter().enumerate() {
+        match result.span(k) {
+          Ok(outcomes) => {
+            if let Some(to) = outcomes.iter().find_map(|o| o.as_ref().err().and_then(|e| redirection(e, &node))) {
+              redirects.push((j, to));
+              continue;
+            }
+            let (first, count) = replies.ranges[j];
+            replies.outcomes[first..first + count].clone_from_slice(outcomes);
+          }
+          Err(why) => {
+            node_failed = true;
+            replies.fail([j], Unavailable(format!("node {node}: {}", why.0)));
+          }
+        }
+      }
+      if node_failed {
+        breaker.record_failure_of(started);
+        refresh = true;
+      } else {
+        breaker.record_success();
+      }
+    }
+    // Redirections: one more attempt each, on the node named.
+    let follow = redirects.into_iter().map(|(j, (to, ask))| {
+      let (first, count) = replies.ranges[j];
+      let mut sub = Pipeline::with_capacity(count + 1);
+      if ask {
+        sub.cmd("ASKING");
+      }
+      for cmd in &commands[first..first + count] {
+        sub.add_command((*cmd).clone());
+      }
+      let span = Span { commands: count + ask as usize, ..spans[j] };
+      async move {
+        let pool = self.pool_for(&to);
+        let result = self.run_pool(&pool, &sub, &[span]).await;
+        (j, to, ask, result)
+      }
+    });
+    for (j, to, ask, result) in join_all(follow).await {
+      refresh |= !ask;
+      match result.span(0) {
+        Ok(outcomes) => {
+          let outcomes = &outcomes[ask as usize..];
+          match outcomes.iter().find_map(|o| o.as_ref().err().filter(|e| is_redirection(e))) {
+            // Redirected again (the slot moved on): to memory, replayed later.
+            Some(e) => replies.fail([j], Unavailable(format!("node {to}: {e}"))),
+            None => {
+              let (first, count) = replies.ranges[j];
+              replies.outcomes[first..first + count].clone_from_slice(outcomes);
+            }
+          }
+        }
+        Err(why) => replies.fail([j], Unavailable(format!("node {to}: {}", why.0))),
+      }
+    }
+    if refresh {
+      // Refreshed by the supervisor (`tend`), not on the callers' time.
+      nodes.mark_stale();
+    }
+    replies
   }
 
   /// One command, for the maintenance paths; a server error is an `Err` too.
@@ -424,16 +615,7 @@ impl RedisTier {
   /// One command on the node that owns `route_key`'s slot (on a single
   /// node: on the connection `route_key` hashes to).
   pub async fn run_routed(&self, cmd: Cmd, route_key: &str) -> Result<Value, Unavailable> {
-    if !self.is_cluster() {
-      return self.run_keyed(cmd, route_key).await;
-    }
-    let mut c = read(&self.cluster).clone().ok_or_else(|| Unavailable("not connected".into()))?;
-    let route =
-      RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(Route::with_key(route_key, SlotAddr::Master)));
-    tokio::time::timeout(self.command_timeout, c.route_command(cmd, route))
-      .await
-      .map_err(|_| Unavailable("command timed out".into()))?
-      .map_err(unavailable)
+    self.run_keyed(cmd, route_key).await
   }
 
   /// `PING` round trip time and the server's version.
@@ -485,6 +667,72 @@ fn client(target: &RedisTarget) -> Result<Client, String> {
   .map_err(|e| e.to_string())
 }
 
+/// The sentinel client of a Sentinel target: it asks the sentinels for the
+/// master (and checks that the node it names says it is one) at every dial.
+pub(crate) fn sentinel_client(target: &RedisTarget) -> Result<SentinelClient, String> {
+  let sentinel = target.sentinel.as_ref().ok_or("no sentinels configured")?;
+  let addrs = sentinel.sentinels.iter().map(|(host, port)| ConnectionAddr::Tcp(host.clone(), *port));
+  let mut b = SentinelClientBuilder::new(addrs, &sentinel.master_name, SentinelServerType::Master)
+    .map_err(|e| e.to_string())?
+    .set_client_to_redis_db(target.db)
+    .set_client_to_redis_tcp_settings(tcp_settings())
+    .set_client_to_sentinel_tcp_settings(tcp_settings());
+  if let Some(u) = &target.username {
+    b = b.set_client_to_redis_username(u);
+  }
+  if let Some(p) = &target.password {
+    b = b.set_client_to_redis_password(p);
+  }
+  if target.tls.is_some() {
+    // Another library in the process may have chosen one already; either is fine.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    b = b.set_client_to_redis_tls_mode(redis::TlsMode::Secure);
+    if let Some(certs) = load_certs(target.tls.as_ref())? {
+      b = b.set_client_to_redis_certificates(certs);
+    }
+  }
+  b.build().map_err(|e| crate::redact::mask_userinfo(&e.to_string()))
+}
+
+/// A Redis Cluster as the tier sees it.
+struct Cluster {
+  nodes: NodeHealth,
+  /// A pool per node (masters, and the seeds asked for the slot map).
+  pools: Mutex<HashMap<Node, Arc<Pool>>>,
+  pool_size: usize,
+}
+
+/// `host:port` of a seed URL.
+fn seed_address(url: &str) -> Option<Node> {
+  let authority = url.split_once("://")?.1.split('/').next()?;
+  let hostport = authority.rsplit('@').next()?;
+  let (host, port) = hostport.rsplit_once(':').unwrap_or((hostport, "6379"));
+  Some(Node::from(format!("{}:{port}", host.trim_matches(['[', ']']))))
+}
+
+/// Where a `MOVED`/`ASK` reply sends a command: (`host:port`, is `ASK`).
+/// An empty host is the host of `from`, the node that answered.
+fn redirection(error: &str, from: &str) -> Option<(Node, bool)> {
+  let mut words = error.split_whitespace();
+  let ask = match words.next()? {
+    "MOVED" => false,
+    "ASK" => true,
+    _ => return None,
+  };
+  let addr = words.nth(1)?;
+  let (host, port) = addr.rsplit_once(':')?;
+  let host = if host.is_empty() { from.rsplit_once(':').map_or("", |(h, _)| h) } else { host };
+  Some((Node::from(format!("{host}:{port}")), ask))
+}
+
+/// How the pool reaches its server.
+enum Dialer {
+  Direct(Client),
+  /// Through Redis Sentinel: each dial asks for the current master, so a
+  /// connection replaced after a failover reaches the new one.
+  Sentinel(tokio::sync::Mutex<SentinelClient>),
+}
+
 /// A pipeline of the commands of `members` (span indexes), in order.
 fn sub_pipeline(commands: &[&Cmd], ranges: &[(usize, usize)], members: &[usize]) -> Pipeline {
   let mut pipe = Pipeline::with_capacity(members.iter().map(|&j| ranges[j].1).sum());
@@ -514,7 +762,7 @@ const REPLACE_ON: [&str; 3] = ["READONLY", "LOADING", "MASTERDOWN"];
 
 /// The pooled connections of a single-node Redis, each in a slot of its own.
 struct Pool {
-  client: Result<Client, String>,
+  dialer: Result<Dialer, String>,
   config: AsyncConnectionConfig,
   command_timeout: Duration,
   connect_timeout: Duration,
@@ -561,14 +809,14 @@ fn backoff(strikes: u32) -> Duration {
 
 impl Pool {
   fn new(
-    client: Result<Client, String>,
+    dialer: Result<Dialer, String>,
     config: AsyncConnectionConfig,
     size: usize,
     command_timeout: Duration,
     connect_timeout: Duration,
   ) -> Self {
     Pool {
-      client,
+      dialer,
       config,
       command_timeout,
       connect_timeout,
@@ -598,10 +846,17 @@ impl Pool {
 
   /// One new connection, bounded by the connect timeout.
   async fn dial(&self) -> Result<MultiplexedConnection, Unavailable> {
-    let client = self.client.as_ref().map_err(|e| Unavailable(e.clone()))?;
-    match tokio::time::timeout(self.connect_timeout, client.get_multiplexed_async_connection_with_config(&self.config))
-      .await
-    {
+    let dialer = self.dialer.as_ref().map_err(|e| Unavailable(e.clone()))?;
+    let connect = async {
+      match dialer {
+        Dialer::Direct(client) => client.get_multiplexed_async_connection_with_config(&self.config).await,
+        Dialer::Sentinel(sentinel) => {
+          let master = sentinel.lock().await.async_get_client().await?;
+          master.get_multiplexed_async_connection_with_config(&self.config).await
+        }
+      }
+    };
+    match tokio::time::timeout(self.connect_timeout, connect).await {
       Ok(Ok(conn)) => Ok(conn),
       Ok(Err(e)) => Err(unavailable(e)),
       Err(_) => Err(Unavailable(format!("connect timed out after {} ms", self.connect_timeout.as_millis()))),
@@ -829,14 +1084,6 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
   m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-fn read<T: Clone>(l: &RwLock<Option<T>>) -> Option<T> {
-  l.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
-}
-
-fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
-  l.write().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
 fn outcome(v: Value) -> Outcome {
   match v {
     Value::ServerError(e) => Err(match e.details() {
@@ -861,18 +1108,25 @@ fn code_of(error: &str) -> &str {
 
 /// Server error codes that say Redis cannot serve now, whatever the command.
 fn is_unavailability(error: &str) -> bool {
-  const CODES: [&str; 9] =
-    ["LOADING", "BUSY", "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN", "READONLY", "OOM", "NOREPLICAS", "MISCONF"];
+  const CODES: [&str; 11] = [
+    "LOADING",
+    "BUSY",
+    "MASTERDOWN",
+    "CLUSTERDOWN",
+    "TRYAGAIN",
+    "READONLY",
+    "OOM",
+    "NOREPLICAS",
+    "MISCONF",
+    "MOVED",
+    "ASK",
+  ];
   CODES.contains(&code_of(error))
 }
 
-fn is_server_error(e: &RedisError) -> bool {
-  !(e.is_io_error()
-    || e.is_timeout()
-    || e.is_connection_dropped()
-    || e.is_connection_refusal()
-    || e.is_unrecoverable_error())
-    && e.kind() != redis::ErrorKind::Client
+/// A cluster redirection (`MOVED`/`ASK`): the key is served elsewhere now.
+fn is_redirection(error: &str) -> bool {
+  matches!(code_of(error), "MOVED" | "ASK")
 }
 
 #[cfg(test)]
@@ -930,8 +1184,9 @@ mod pool_tests {
       db: 0,
       tls: None,
       cluster_nodes: Vec::new(),
+      sentinel: None,
     };
-    let tier = RedisTier::new(target, 2, Duration::from_millis(100), Duration::from_millis(200));
+    let tier = RedisTier::new(target, 2, Duration::from_millis(100), Duration::from_millis(200), (5, Duration::ZERO));
     let mut pipe = Pipeline::new();
     pipe.cmd("GET").arg("k");
     let t0 = Instant::now();
