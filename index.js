@@ -15,6 +15,8 @@ const { Alerts } = require('./lib/alerts.js')
 
 const OP = protocol()
 const ORG_NULL = OP.ORG_NULL
+/** Opcodes that only read: every other call writes (and leaves the near cache). */
+const READS = new Set([OP.Get, OP.Exists, OP.HGet, OP.HGetAll])
 const DOMAIN = domainMethods()
 
 // Reply text settled per macrotask before yielding to the event loop.
@@ -158,12 +160,16 @@ class Batcher {
     this.nums = []
     this.strs = []
     this.settle = []
+    // A write queued in this tick is not yet submitted (nor out of the near
+    // cache): the reads after it in this tick go into the batch, after it.
+    this.writes = false
   }
 
   /** Queues one call; `strs` are its strings in wire order, `map` turns the reply into the result. */
   call(code, num, strs, map) {
     return new Promise((resolve, reject) => {
       if (this.codes.length === 0) process.nextTick(() => this.flush())
+      if (!READS.has(code & 0xff)) this.writes = true
       this.codes.push(code)
       this.nums.push(num)
       for (let i = 0; i < strs.length; i++) this.strs.push(strs[i])
@@ -268,6 +274,8 @@ class CacheAdapter extends EventEmitter {
     this._native = new NativeCache(json, wakeUp(this))
     keepAliveOfCollected.register(this, this._keepAlive)
     this._batch.native = this._native
+    // Reads ask the near cache first (synchronously, on this thread) when there is one.
+    this._near = this._native.stats().near.enabled
     // The resolved limit (option, CACHE_MAX_VALUE_BYTES or the default), read once.
     this._maxValueBytes = this._native.stats().config.maxValueBytes
     this._onModeChange = onModeChange
@@ -356,6 +364,29 @@ class CacheAdapter extends EventEmitter {
     return this._batch.call(code, num, strs, map)
   }
 
+  /**
+   * A read: the near cache's value if it holds one (a resolved Promise, no
+   * round trip, parsed afresh for each caller), else one call of the batch.
+   */
+  _read(code, strs, map) {
+    if (this._near && !this._closed && !this._batch.writes) {
+      let json = null
+      try {
+        json = this._native.nearGet(code, strs)
+      } catch {
+        // The near cache failing is a miss, never the caller's error.
+      }
+      if (json !== null) {
+        try {
+          return Promise.resolve(map(json))
+        } catch (e) {
+          return Promise.reject(e)
+        }
+      }
+    }
+    return this._call(code, NaN, strs, map)
+  }
+
   _generic(op, name, key, num, extra, map) {
     try {
       requireString(name, key)
@@ -382,7 +413,8 @@ class CacheAdapter extends EventEmitter {
   // Generic methods ------------------------------------------------------
 
   get(key) {
-    return this._generic(OP.Get, 'key', key, NaN, null, parse)
+    if (typeof key !== 'string') return this._generic(OP.Get, 'key', key, NaN, null, parse)
+    return this._read(OP.Get, [key], parse)
   }
 
   set(key, value, ttl) {
@@ -427,7 +459,7 @@ class CacheAdapter extends EventEmitter {
     } catch (e) {
       return Promise.reject(e)
     }
-    return Promise.all(keys.map((k) => this._call(OP.Get, NaN, [k], parse)))
+    return Promise.all(keys.map((k) => this._read(OP.Get, [k], parse)))
   }
 
   setMany(entries, ttl) {
@@ -486,7 +518,7 @@ class CacheAdapter extends EventEmitter {
       // A hit, a stored null included (a remembered "not found"), costs one
       // batched read; only a miss takes the native single-flight path, which
       // reads again under its lock (without counting a second miss).
-      return this._call(OP.Get, NaN, [key], parseOrMiss).then((hit) => (hit !== MISS ? hit : this._load(key, loader, num)))
+      return this._read(OP.Get, [key], parseOrMiss).then((hit) => (hit !== MISS ? hit : this._load(key, loader, num)))
     } catch (e) {
       return Promise.reject(e)
     }
@@ -749,7 +781,7 @@ for (const spec of DOMAIN) {
     try {
       const strs = []
       const flags = keyStrings(a, b, strs)
-      return this._call(getCode | flags, NaN, strs, parse)
+      return this._read(getCode | flags, strs, parse)
     } catch (e) {
       return Promise.reject(e)
     }

@@ -31,6 +31,7 @@ pub mod flight;
 pub mod journal;
 pub mod keys;
 pub mod metrics;
+pub mod near;
 pub mod redact;
 pub mod replay;
 pub mod tiers;
@@ -133,16 +134,33 @@ impl NativeCache {
   pub fn submit(&self, id: u32, codes: Vec<u32>, nums: Vec<f64>, strs: Vec<String>) -> Result<()> {
     let (cache, outbox) = (self.cache.clone(), self.outbox.clone());
     contain(|| {
+      // With a near cache, the batch is decoded here, on Node's thread, so
+      // that its writes leave the near cache before this call returns.
+      let count = codes.len();
+      let mut strs = strs;
+      let early = self.cache.near_enabled().then(|| {
+        let strs = std::mem::take(&mut strs);
+        let calls = std::panic::catch_unwind(AssertUnwindSafe(|| {
+          test_panic_point("batchDecode");
+          batch::decode(&codes, &nums, strs, self.cache.config(), self.cache.keys(), now_ms())
+        }));
+        if let Ok(calls) = &calls {
+          self.cache.near_forget_writes(calls);
+        }
+        calls
+      });
       self.cache.runtime().spawn(async move {
         // Decoding is inside a catch too: a panic there still answers every call.
-        let decoded = std::panic::catch_unwind(AssertUnwindSafe(|| {
-          test_panic_point("batchDecode");
-          batch::decode(&codes, &nums, strs, cache.config(), cache.keys(), now_ms())
-        }));
+        let decoded = early.unwrap_or_else(|| {
+          std::panic::catch_unwind(AssertUnwindSafe(|| {
+            test_panic_point("batchDecode");
+            batch::decode(&codes, &nums, strs, cache.config(), cache.keys(), now_ms())
+          }))
+        });
         let calls = match decoded {
           Ok(calls) => calls,
           Err(panic) => {
-            let replies = vec![Reply::Error(panic_error(&panic)); codes.len()];
+            let replies = vec![Reply::Error(panic_error(&panic)); count];
             outbox.deliver(Completion::Batch { id, first: 0, replies });
             return;
           }
@@ -174,6 +192,27 @@ impl NativeCache {
         futures::future::join_all(chunks).await;
       });
       Ok(())
+    })
+  }
+
+  /// The near cache's answer to one read call (`code` and `strs` as in a
+  /// batch: a generic or domain `get`), or `null` when it has none (off,
+  /// bypassed, or not held): then the read goes into the batch. Synchronous,
+  /// on Node's thread: a hit never wakes the I/O thread.
+  #[napi]
+  pub fn near_get(&self, code: u32, strs: Vec<String>) -> Result<Option<String>> {
+    contain(|| {
+      if !self.cache.near_usable() {
+        return Ok(None);
+      }
+      let call = batch::decode(&[code], &[f64::NAN], strs, self.cache.config(), self.cache.keys(), 0).pop();
+      Ok(match call {
+        Some(Ok(ops)) => match ops.as_slice() {
+          [batch::Op::Get { key, .. }] => self.cache.near_get(key).map(|json| json.to_string()),
+          _ => None,
+        },
+        _ => None,
+      })
     })
   }
 
