@@ -160,16 +160,12 @@ class Batcher {
     this.nums = []
     this.strs = []
     this.settle = []
-    // A write queued in this tick is not yet submitted (nor out of the near
-    // cache): the reads after it in this tick go into the batch, after it.
-    this.writes = false
   }
 
   /** Queues one call; `strs` are its strings in wire order, `map` turns the reply into the result. */
   call(code, num, strs, map) {
     return new Promise((resolve, reject) => {
       if (this.codes.length === 0) process.nextTick(() => this.flush())
-      if (!READS.has(code & 0xff)) this.writes = true
       this.codes.push(code)
       this.nums.push(num)
       for (let i = 0; i < strs.length; i++) this.strs.push(strs[i])
@@ -361,7 +357,29 @@ class CacheAdapter extends EventEmitter {
   /** Queues one call; argument errors become rejections, never throws. */
   _call(code, num, strs, map) {
     if (this._closed) return Promise.reject(Object.assign(new Error('the cache adapter is closed'), { code: 'ERR_CACHE_CLOSED' }))
+    if (this._near && !READS.has(code & 0xff)) this._nearForget(code, strs)
     return this._batch.call(code, num, strs, map)
+  }
+
+  /**
+   * A write is being queued: its keys leave the near cache now, so that no
+   * read made after it (in this tick or later) hits the value it replaces.
+   * A large value is not copied to Rust for this: only a mapping's value
+   * (a short id) builds a key.
+   */
+  _nearForget(code, strs) {
+    const op = code & 0xff
+    let args = strs
+    const last = strs.length - 1
+    if ((op === OP.Set || op === OP.HSet) && strs[last].length > 1024) {
+      args = strs.slice(0, last)
+      args.push('null')
+    }
+    try {
+      this._native.nearForget(code, args)
+    } catch {
+      // Only a panic gets here, after the core emptied its near cache.
+    }
   }
 
   /**
@@ -369,7 +387,7 @@ class CacheAdapter extends EventEmitter {
    * round trip, parsed afresh for each caller), else one call of the batch.
    */
   _read(code, strs, map) {
-    if (this._near && !this._closed && !this._batch.writes) {
+    if (this._near && !this._closed) {
       let json = null
       try {
         json = this._native.nearGet(code, strs)

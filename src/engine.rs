@@ -375,6 +375,13 @@ impl Cache {
     self.inner.near.is_some()
   }
 
+  /// Empties the near cache (a write whose keys could not be told).
+  pub fn near_flush(&self) {
+    if let Some(near) = &self.inner.near {
+      near.flush();
+    }
+  }
+
   /// Drops the near cache's copies of what `calls` write, at once, before
   /// they are sent: a read made after a write on this adapter never hits the
   /// value the write replaces.

@@ -134,33 +134,16 @@ impl NativeCache {
   pub fn submit(&self, id: u32, codes: Vec<u32>, nums: Vec<f64>, strs: Vec<String>) -> Result<()> {
     let (cache, outbox) = (self.cache.clone(), self.outbox.clone());
     contain(|| {
-      // With a near cache, the batch is decoded here, on Node's thread, so
-      // that its writes leave the near cache before this call returns.
-      let count = codes.len();
-      let mut strs = strs;
-      let early = self.cache.near_enabled().then(|| {
-        let strs = std::mem::take(&mut strs);
-        let calls = std::panic::catch_unwind(AssertUnwindSafe(|| {
-          test_panic_point("batchDecode");
-          batch::decode(&codes, &nums, strs, self.cache.config(), self.cache.keys(), now_ms())
-        }));
-        if let Ok(calls) = &calls {
-          self.cache.near_forget_writes(calls);
-        }
-        calls
-      });
       self.cache.runtime().spawn(async move {
         // Decoding is inside a catch too: a panic there still answers every call.
-        let decoded = early.unwrap_or_else(|| {
-          std::panic::catch_unwind(AssertUnwindSafe(|| {
-            test_panic_point("batchDecode");
-            batch::decode(&codes, &nums, strs, cache.config(), cache.keys(), now_ms())
-          }))
-        });
+        let decoded = std::panic::catch_unwind(AssertUnwindSafe(|| {
+          test_panic_point("batchDecode");
+          batch::decode(&codes, &nums, strs, cache.config(), cache.keys(), now_ms())
+        }));
         let calls = match decoded {
           Ok(calls) => calls,
           Err(panic) => {
-            let replies = vec![Reply::Error(panic_error(&panic)); count];
+            let replies = vec![Reply::Error(panic_error(&panic)); codes.len()];
             outbox.deliver(Completion::Batch { id, first: 0, replies });
             return;
           }
@@ -213,6 +196,25 @@ impl NativeCache {
         },
         _ => None,
       })
+    })
+  }
+
+  /// A write call (`code` and `strs` as in a batch) is being queued: the
+  /// near cache drops what it writes now, on Node's thread, so that no read
+  /// made after it is answered with the value it replaces. A large value may
+  /// be passed as `null` (only a mapping's value builds a key). If the call
+  /// cannot be decoded, the whole near cache is emptied instead.
+  #[napi]
+  pub fn near_forget(&self, code: u32, strs: Vec<String>) -> Result<()> {
+    contain(|| {
+      let calls = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        batch::decode(&[code], &[f64::NAN], strs, self.cache.config(), self.cache.keys(), 0)
+      }));
+      match calls {
+        Ok(calls) if calls.iter().all(|c| c.is_ok()) => self.cache.near_forget_writes(&calls),
+        _ => self.cache.near_flush(),
+      }
+      Ok(())
     })
   }
 
