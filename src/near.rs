@@ -37,6 +37,10 @@ pub const LEASE: Duration = Duration::from_millis(100);
 const HEARTBEAT: Duration = Duration::from_millis(25);
 /// Bytes counted per entry besides its key and value (map slot, order queue, Arcs).
 const ENTRY_OVERHEAD: usize = 96;
+/// The table is split in this many shards, each under its own lock: Node's
+/// thread (hits) and the I/O thread (fills, invalidations) then rarely wait
+/// for each other, and a wait on a loaded 2-core machine costs a time slice.
+const SHARDS: usize = 16;
 /// The name the link gives itself (`CLIENT LIST` shows it; tests kill it by it).
 pub const LINK_NAME: &str = "cache-near-invalidation";
 
@@ -44,7 +48,11 @@ enum Slot {
   /// A read of this key is on its way to Redis; its reply may fill the slot
   /// if the token is still this one when it arrives.
   Pending(u64),
-  Ready { token: u64, json: Arc<str>, expires: Instant },
+  Ready {
+    token: u64,
+    json: Arc<str>,
+    expires: Instant,
+  },
 }
 
 #[derive(Default)]
@@ -55,7 +63,6 @@ struct Table {
   order: VecDeque<(Arc<str>, u64)>,
   ready: usize,
   bytes: usize,
-  next_token: u64,
 }
 
 impl Table {
@@ -101,7 +108,7 @@ fn entry_bytes(key: &str, json: &str) -> usize {
 /// The near cache of one adapter.
 pub struct Near {
   cfg: NearConfig,
-  table: Mutex<Table>,
+  shards: [Mutex<Table>; SHARDS],
   origin: Instant,
   /// The current link's number; pushes of an older link are ignored.
   link: AtomicU64,
@@ -116,6 +123,12 @@ pub struct Near {
   misses: AtomicU64,
   invalidations: AtomicU64,
   flushes: AtomicU64,
+  next_token: AtomicU64,
+}
+
+fn lock(shard: &Mutex<Table>) -> MutexGuard<'_, Table> {
+  // A panic while holding the lock leaves plain data behind; keep going.
+  shard.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// A read on its way to Redis that may fill the near cache. Dropped without
@@ -128,7 +141,7 @@ pub struct Ticket<'a> {
 
 impl Drop for Ticket<'_> {
   fn drop(&mut self) {
-    let mut t = self.near.lock();
+    let mut t = self.near.lock(&self.key);
     if matches!(t.map.get(&*self.key), Some(Slot::Pending(p)) if *p == self.token) {
       t.map.remove(&*self.key);
     }
@@ -147,11 +160,12 @@ impl Ticket<'_> {
       _ => return,
     };
     let size = entry_bytes(&self.key, json);
-    // One value may not push out a sixteenth of the rest.
-    if size > near.cfg.max_bytes / 16 {
+    // One value may not take more than a shard's bytes.
+    let (max_entries, max_bytes) = near.shard_bounds();
+    if size > max_bytes {
       return;
     }
-    let mut t = near.lock();
+    let mut t = near.lock(&self.key);
     let Some(slot) = t.map.get_mut(&*self.key) else { return };
     if !matches!(slot, Slot::Pending(p) if *p == self.token) {
       return;
@@ -160,7 +174,7 @@ impl Ticket<'_> {
     t.ready += 1;
     t.bytes += size;
     t.order.push_back((self.key.clone(), self.token));
-    t.evict(near.cfg.max_entries, near.cfg.max_bytes);
+    t.evict(max_entries, max_bytes);
   }
 }
 
@@ -168,7 +182,7 @@ impl Near {
   pub fn new(cfg: NearConfig) -> Arc<Near> {
     Arc::new(Near {
       cfg,
-      table: Mutex::default(),
+      shards: Default::default(),
       origin: Instant::now(),
       link: AtomicU64::new(0),
       link_up: AtomicBool::new(false),
@@ -180,12 +194,20 @@ impl Near {
       misses: AtomicU64::new(0),
       invalidations: AtomicU64::new(0),
       flushes: AtomicU64::new(0),
+      next_token: AtomicU64::new(0),
     })
   }
 
-  fn lock(&self) -> MutexGuard<'_, Table> {
-    // A panic while holding the lock leaves plain data behind; keep going.
-    self.table.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+  /// The shard of `key`, locked.
+  fn lock(&self, key: &str) -> MutexGuard<'_, Table> {
+    use std::hash::BuildHasher;
+    let hash = std::hash::BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default().hash_one(key);
+    lock(&self.shards[(hash % SHARDS as u64) as usize])
+  }
+
+  /// Bounds of one shard.
+  fn shard_bounds(&self) -> (usize, usize) {
+    (self.cfg.max_entries.div_ceil(SHARDS), self.cfg.max_bytes.div_ceil(SHARDS))
   }
 
   fn now_ns(&self) -> u64 {
@@ -217,7 +239,7 @@ impl Near {
       self.misses.fetch_add(1, Relaxed);
       return None;
     }
-    let mut t = self.lock();
+    let mut t = self.lock(key);
     let found = match t.map.get(key) {
       Some(Slot::Ready { json, expires, .. }) if *expires > Instant::now() => Some(json.clone()),
       Some(Slot::Ready { .. }) => {
@@ -241,13 +263,14 @@ impl Near {
     if !self.filling() {
       return None;
     }
-    let mut t = self.lock();
+    let mut t = self.lock(key);
     if matches!(t.map.get(key), Some(Slot::Ready { expires, .. }) if *expires > Instant::now()) {
       return None;
     }
     t.remove(key);
-    t.next_token += 1;
-    let token = t.next_token;
+    drop(t);
+    let token = self.next_token.fetch_add(1, Relaxed) + 1;
+    let mut t = self.lock(key);
     let key: Arc<str> = key.into();
     t.map.insert(key.clone(), Slot::Pending(token));
     Some(Ticket { near: self, key, token })
@@ -255,21 +278,25 @@ impl Near {
 
   /// This adapter is writing `key` (or Redis told us another client did).
   pub fn invalidate(&self, key: &str) {
-    self.lock().remove(key);
+    self.lock(key).remove(key);
   }
 
   /// A tenant clear: every key starting with `scope`.
   pub fn invalidate_prefix(&self, scope: &str) {
-    let mut t = self.lock();
-    let doomed: Vec<Arc<str>> = t.map.keys().filter(|k| k.starts_with(scope)).cloned().collect();
-    for k in doomed {
-      t.remove(&k);
+    for shard in &self.shards {
+      let mut t = lock(shard);
+      let doomed: Vec<Arc<str>> = t.map.keys().filter(|k| k.starts_with(scope)).cloned().collect();
+      for k in doomed {
+        t.remove(&k);
+      }
     }
   }
 
   /// Empties the cache (counted as a flush).
   pub fn flush(&self) {
-    self.lock().clear();
+    for shard in &self.shards {
+      lock(shard).clear();
+    }
     self.flushes.fetch_add(1, Relaxed);
   }
 
@@ -289,12 +316,11 @@ impl Near {
       PushKind::Invalidate => match push.data.first() {
         Some(Value::Array(keys)) | Some(Value::Set(keys)) => {
           self.invalidations.fetch_add(keys.len() as u64, Relaxed);
-          let mut t = self.lock();
           for k in keys {
             if let Value::BulkString(bytes) = k {
-              t.remove(&String::from_utf8_lossy(bytes));
+              self.invalidate(&String::from_utf8_lossy(bytes));
             } else if let Value::SimpleString(s) = k {
-              t.remove(s);
+              self.invalidate(s);
             }
           }
         }
@@ -360,8 +386,14 @@ impl Near {
 
   /// Ready entries and their bytes.
   pub fn usage(&self) -> (usize, usize) {
-    let t = self.lock();
-    (t.ready, t.bytes)
+    self
+      .shards
+      .iter()
+      .map(|s| {
+        let t = lock(s);
+        (t.ready, t.bytes)
+      })
+      .fold((0, 0), |(e, b), (de, db)| (e + de, b + db))
   }
 
   /// (hits, misses, invalidations, flushes) for the metrics.
@@ -405,7 +437,11 @@ pub async fn run_link(near: Weak<Near>, client: Client, prefix: String, connect_
       return;
     }
     // At once after a link that worked, then 50 ms doubling up to 1 s.
-    let wait = if failures == 0 { Duration::from_millis(10) } else { Duration::from_millis(50 << failures.min(5).saturating_sub(1)).min(Duration::from_secs(1)) };
+    let wait = if failures == 0 {
+      Duration::from_millis(10)
+    } else {
+      Duration::from_millis(50 << failures.min(5).saturating_sub(1)).min(Duration::from_secs(1))
+    };
     let wake = n.wake.clone();
     drop(n);
     let _ = tokio::time::timeout(wait, wake.notified()).await;
@@ -499,7 +535,10 @@ mod tests {
   fn an_invalidation_during_the_read_stops_the_fill() {
     let n = near(10, 1 << 20);
     let ticket = n.begin("k").unwrap();
-    n.on_push(1, PushInfo { kind: PushKind::Invalidate, data: vec![Value::Array(vec![Value::BulkString(b"k".to_vec())])] });
+    n.on_push(
+      1,
+      PushInfo { kind: PushKind::Invalidate, data: vec![Value::Array(vec![Value::BulkString(b"k".to_vec())])] },
+    );
     ticket.fill(&Arc::from("old"), -1);
     assert!(n.get("k").is_none(), "a read that raced an invalidation filled the cache");
     assert_eq!(n.counters()[2], 1);
@@ -534,19 +573,20 @@ mod tests {
 
   #[test]
   fn bounds_evict_oldest_first_and_ttls_cap() {
-    let n = near(2, 1 << 20);
-    for k in ["a", "b", "c"] {
-      n.begin(k).unwrap().fill(&Arc::from("1"), -1);
+    // Bounds hold per shard (maxEntries / 16 each): at most 32 entries here.
+    let n = near(32, 1 << 20);
+    for i in 0..1000 {
+      n.begin(&format!("k{i}")).unwrap().fill(&Arc::from("1"), -1);
     }
-    assert!(n.get("a").is_none());
-    assert!(n.get("c").is_some());
-    assert_eq!(n.usage().0, 2);
+    assert!(n.usage().0 <= 32 && n.usage().0 >= 16, "{:?}", n.usage());
+    assert!(n.get("k0").is_none(), "the oldest entries go first");
+    assert!(n.get("k999").is_some());
     n.begin("gone").unwrap().fill(&Arc::from("1"), -2);
     assert!(n.get("gone").is_none(), "a key Redis no longer holds is not kept");
     n.begin("short").unwrap().fill(&Arc::from("1"), 1);
     std::thread::sleep(Duration::from_millis(5));
     assert!(n.get("short").is_none(), "kept beyond its Redis TTL");
-    // Byte bound: a value over a sixteenth of maxBytes is never kept.
+    // Byte bound: a value over a shard's bytes (maxBytes / 16) is never kept.
     let n = near(100, 16 * 1024);
     n.begin("big").unwrap().fill(&Arc::from("x".repeat(2000)), -1);
     assert!(n.get("big").is_none());
@@ -557,7 +597,7 @@ mod tests {
   fn a_dropped_ticket_leaves_no_placeholder_and_prefix_clears() {
     let n = near(10, 1 << 20);
     drop(n.begin("k"));
-    assert!(n.lock().map.is_empty());
+    assert!(n.lock("k").map.is_empty());
     n.begin("p:org:{a}:x").unwrap().fill(&Arc::from("1"), -1);
     n.begin("p:org:{b}:x").unwrap().fill(&Arc::from("1"), -1);
     n.invalidate_prefix("p:org:{a}:");
