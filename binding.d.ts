@@ -21,6 +21,21 @@ export declare class NativeCache {
    * back through `drain()` as `[id, first, ...replies]`, chunk by chunk.
    */
   submit(id: number, codes: Array<number>, nums: Array<number>, strs: Array<string>): void
+  /**
+   * The near cache's answer to one read call (`code` and `strs` as in a
+   * batch: a generic or domain `get`), or `null` when it has none (off,
+   * bypassed, or not held): then the read goes into the batch. Synchronous,
+   * on Node's thread: a hit never wakes the I/O thread.
+   */
+  nearGet(code: number, strs: Array<string>): string | null
+  /**
+   * A write call (`code` and `strs` as in a batch) is being queued: the
+   * near cache drops what it writes now, on Node's thread, so that no read
+   * made after it is answered with the value it replaces. A large value may
+   * be passed as `null` (only a mapping's value builds a key). If the call
+   * cannot be decoded, the whole near cache is emptied instead.
+   */
+  nearForget(code: number, strs: Array<string>): void
   /** Every completion ready now, oldest first. */
   drain(): any[][]
   /**

@@ -121,6 +121,13 @@ export interface CacheAdapterOptions {
    * 0 to 86400000. Env: `CACHE_LOCK_WAIT_MS`. Default 2000.
    */
   lockWaitMs?: number
+  /**
+   * Keep hot values in this process while Redis is healthy, so that a repeated
+   * read makes no round trip; coherent through Redis client tracking (see README,
+   * Near cache). `true` for the defaults. Single-node Redis only (off on a cluster).
+   * Env: `CACHE_NEAR_CACHE=true`.
+   */
+  nearCache?: boolean | NearCacheOptions
 }
 
 /** Options of a read-through call (`getOrLoad`, `getOrLoadMany`, `wrap`); see README, Read-through. */
@@ -203,6 +210,39 @@ export interface ReadThroughStats {
   locksAcquired: number
   /** `cache_loader_duration_seconds` is the histogram. */
   loaderDuration: { count: number; meanMs: number }
+}
+
+/** Bounds of the near cache. */
+export interface NearCacheOptions {
+  /** Most entries kept (default 10000). */
+  maxEntries?: number
+  /** Most bytes of keys and values kept, about (default 33554432, 32 MiB; at least 1024). */
+  maxBytes?: number
+  /** Longest an entry is kept, in ms, and never beyond its key's TTL in Redis (default 60000). */
+  ttlMs?: number
+}
+
+/** `getStats().cache.near`. */
+export interface NearCacheStats {
+  /** A near cache was asked for and can run (Redis enabled, not a cluster). */
+  enabled: boolean
+  /** The invalidation link has tracking on. */
+  linkUp: boolean
+  /** Hits are being served now: link up, mode 'redis', lease current. */
+  active: boolean
+  entries: number
+  bytes: number
+  maxEntries?: number
+  maxBytes?: number
+  ttlMs?: number
+  /** Reads answered in process (counted in `hits` too). */
+  hits: number
+  /** Reads the near cache could not answer (off, bypassed or not held). */
+  misses: number
+  /** Keys invalidated by Redis's tracking pushes (this adapter's own writes included). */
+  invalidations: number
+  /** Times it was emptied: link lost, breaker open, FLUSHALL/FLUSHDB. */
+  flushes: number
 }
 
 /** Thresholds of the alerts (see README, Alerts). */
@@ -365,6 +405,8 @@ export interface CacheCounters {
   taggedSets: number
   /** `null` when alerts are off or Redis is disabled. */
   redisWatch: RedisWatchStats | null
+  /** The near cache (option `nearCache`). */
+  near: NearCacheStats
 }
 
 // The old adapter's stats and health fields -------------------------------

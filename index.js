@@ -18,6 +18,8 @@ const { Batcher, fromNative } = require('./lib/batcher.js')
 
 const OP = protocol()
 const ORG_NULL = OP.ORG_NULL
+/** Opcodes that only read: every other call writes (and leaves the near cache). */
+const READS = new Set([OP.Get, OP.Exists, OP.HGet, OP.HGetAll])
 const DOMAIN = domainMethods()
 
 // Reply text settled per macrotask before yielding to the event loop.
@@ -208,6 +210,8 @@ class CacheAdapter extends EventEmitter {
     this._maxValueBytes = config.maxValueBytes
     this._readThrough = new ReadThrough(this, config, parse, OP)
     this._tags = new Tags(this._native, this._readThrough.stats, this._native.redisEnabled())
+    // Reads ask the near cache first (synchronously, on this thread) when there is one.
+    this._near = config.near?.enabled ?? this._native.stats().near.enabled
     this._onModeChange = onModeChange
     this._inflightRequests = new Map()
     this._humanControl = new Map()
@@ -293,7 +297,52 @@ class CacheAdapter extends EventEmitter {
   /** Queues one call; argument errors become rejections, never throws. */
   _call(code, num, strs, map) {
     if (this._closed) return Promise.reject(Object.assign(new Error('the cache adapter is closed'), { code: 'ERR_CACHE_CLOSED' }))
+    if (this._near && !READS.has(code & 0xff)) this._nearForget(code, strs)
     return this._batch.call(code, num, strs, map)
+  }
+
+  /**
+   * A write is being queued: its keys leave the near cache now, so that no
+   * read made after it (in this tick or later) hits the value it replaces.
+   * A large value is not copied to Rust for this: only a mapping's value
+   * (a short id) builds a key.
+   */
+  _nearForget(code, strs) {
+    const op = code & 0xff
+    let args = strs
+    const last = strs.length - 1
+    if ((op === OP.Set || op === OP.HSet) && strs[last].length > 1024) {
+      args = strs.slice(0, last)
+      args.push('null')
+    }
+    try {
+      this._native.nearForget(code, args)
+    } catch {
+      // Only a panic gets here, after the core emptied its near cache.
+    }
+  }
+
+  /**
+   * A read: the near cache's value if it holds one (a resolved Promise, no
+   * round trip, parsed afresh for each caller), else one call of the batch.
+   */
+  _read(code, strs, map) {
+    if (this._near && !this._closed) {
+      let json = null
+      try {
+        json = this._native.nearGet(code, strs)
+      } catch {
+        // The near cache failing is a miss, never the caller's error.
+      }
+      if (json !== null) {
+        try {
+          return Promise.resolve(map(json))
+        } catch (e) {
+          return Promise.reject(e)
+        }
+      }
+    }
+    return this._call(code, NaN, strs, map)
   }
 
   _generic(op, name, key, num, extra, map) {
@@ -322,7 +371,8 @@ class CacheAdapter extends EventEmitter {
   // Generic methods ------------------------------------------------------
 
   get(key) {
-    return this._generic(OP.Get, 'key', key, NaN, null, parse)
+    if (typeof key !== 'string') return this._generic(OP.Get, 'key', key, NaN, null, parse)
+    return this._read(OP.Get, [key], parse)
   }
 
   /** `ttlOrOptions`: a TTL in seconds, or `{ ttl, tags }`. */
@@ -371,7 +421,7 @@ class CacheAdapter extends EventEmitter {
     } catch (e) {
       return Promise.reject(e)
     }
-    return Promise.all(keys.map((k) => this._call(OP.Get, NaN, [k], parse)))
+    return Promise.all(keys.map((k) => this._read(OP.Get, [k], parse)))
   }
 
   setMany(entries, ttl) {
@@ -732,7 +782,7 @@ for (const spec of DOMAIN) {
     try {
       const strs = []
       const flags = keyStrings(a, b, strs)
-      return this._call(getCode | flags, NaN, strs, parse)
+      return this._read(getCode | flags, strs, parse)
     } catch (e) {
       return Promise.reject(e)
     }

@@ -13,7 +13,12 @@
 //   BENCH_KEYS      keys per workload                (default 1000; quick 200)
 //   BENCH_INFLIGHT  comma list of calls in flight    (default 1,64)
 //   BENCH_WORKLOADS comma list from W1,W2,W3         (default all)
-//   BENCH_SYSTEMS   comma list from native,ioredis-old,node-redis-old
+//   BENCH_SYSTEMS   comma list from native,native-near,ioredis-old,node-redis-old
+//                   (native-near: this adapter with `nearCache: true`)
+//   BENCH_RTT_MS    or `--rtt-ms N`: put a delaying TCP proxy (delay-proxy.js)
+//                   between every client and Redis, adding N ms per round
+//                   trip (default 0: plain loopback); the report then goes
+//                   to bench/results-rtt-<N>ms.md
 //   BENCH_QUICK=1   smoke-test sizes (above); does not overwrite results.md
 //   BENCH_OUT       where to write the Markdown report (default bench/results.md,
 //                   none in quick mode)
@@ -24,11 +29,12 @@ const fs = require('node:fs')
 const net = require('node:net')
 const os = require('node:os')
 const path = require('node:path')
+const { performance } = require('node:perf_hooks')
 const { GOALS } = require('./goals')
 const { payloadStats } = require('./workloads')
 
 const ROOT = path.join(__dirname, '..')
-const ALL_SYSTEMS = ['native', 'ioredis-old', 'node-redis-old']
+const ALL_SYSTEMS = ['native', 'native-near', 'ioredis-old', 'node-redis-old']
 const WORKLOAD_DESC = {
   W1: 'phone→lead, 90% get / 10% set, ~50 B',
   W2: '30-message context (~9 KB JSON), 80% get / 20% set',
@@ -43,6 +49,10 @@ function config() {
     if (!Number.isFinite(v) || v < 0) throw new Error(`${name} must be a non-negative number`)
     return v
   }
+  const argAt = process.argv.indexOf('--rtt-ms')
+  const rttText = argAt > 0 ? process.argv[argAt + 1] : env.BENCH_RTT_MS
+  const rttMs = rttText === undefined || rttText === '' ? 0 : Number(rttText)
+  if (!Number.isInteger(rttMs) || rttMs < 0 || rttMs > 1000) throw new Error('--rtt-ms (BENCH_RTT_MS) must be a whole number of ms from 0 to 1000')
   const list = (name, dflt) => (env[name] ? env[name].split(',').map((s) => s.trim()).filter(Boolean) : dflt)
   const cfg = {
     quick,
@@ -53,7 +63,8 @@ function config() {
     inflight: list('BENCH_INFLIGHT', ['1', '64']).map(Number),
     workloads: list('BENCH_WORKLOADS', ['W1', 'W2', 'W3']),
     systems: list('BENCH_SYSTEMS', ALL_SYSTEMS),
-    out: env.BENCH_OUT || (quick ? null : path.join(__dirname, 'results.md')),
+    rttMs,
+    out: env.BENCH_OUT || (quick ? null : path.join(__dirname, rttMs ? `results-rtt-${rttMs}ms.md` : 'results.md')),
     redisServer: env.REDIS_SERVER || 'redis-server',
   }
   for (const n of cfg.inflight) if (!Number.isInteger(n) || n < 1 || n > 4096) throw new Error(`bad BENCH_INFLIGHT entry ${n}`)
@@ -149,6 +160,53 @@ async function stopRedis(child) {
   process.kill(child.pid, 'SIGTERM')
   await Promise.race([gone, sleep(3000)])
   if (owned.has(child)) process.kill(child.pid, 'SIGKILL')
+}
+
+/** Starts delay-proxy.js in a child process; resolves to its port. */
+function startProxy(targetPort, rttMs) {
+  return new Promise((resolve, reject) => {
+    const child = fork(path.join(__dirname, 'delay-proxy.js'), [String(targetPort), String(rttMs)], { stdio: ['ignore', 'ignore', 'inherit', 'ipc'] })
+    owned.add(child)
+    child.on('exit', () => owned.delete(child))
+    const timer = setTimeout(() => reject(new Error('delay proxy did not start within 5 s')), 5000)
+    child.once('message', (m) => {
+      clearTimeout(timer)
+      resolve({ port: m.port, child })
+    })
+  })
+}
+
+/** p50 in ms of `n` PING round trips, one at a time, on one connection to `port`. */
+function pingP50(port, n = 200) {
+  return new Promise((resolve, reject) => {
+    const s = net.connect({ port, host: '127.0.0.1' })
+    s.setNoDelay(true)
+    const times = []
+    let t0 = 0
+    let buf = ''
+    const next = () => {
+      if (times.length >= n) {
+        s.destroy()
+        return resolve(median(times))
+      }
+      t0 = performance.now()
+      s.write('PING\r\n')
+    }
+    s.setTimeout(10000, () => {
+      s.destroy()
+      reject(new Error('PING through the proxy timed out'))
+    })
+    s.on('error', reject)
+    s.on('connect', next)
+    s.on('data', (d) => {
+      buf += d
+      while (buf.includes('\r\n')) {
+        buf = buf.slice(buf.indexOf('\r\n') + 2)
+        times.push(performance.now() - t0)
+        next()
+      }
+    })
+  })
 }
 
 /** Whether `require('..')` loads, without loading it into this process. */
@@ -304,9 +362,18 @@ async function main() {
   }
 
   const { port, child: redis } = await startRedis(cfg.redisServer)
-  const url = `redis://127.0.0.1:${port}`
-  console.log(`redis-server ${machine.redis} on ${url}; ${cfg.seconds}s × ${cfg.runs} run(s) per cell, ` +
-    `${cfg.keys} keys, in flight ${cfg.inflight.join('/')}${cfg.quick ? ' (quick mode)' : ''}`)
+  const adminUrl = `redis://127.0.0.1:${port}`
+  let url = adminUrl
+  const rtt = { direct: await pingP50(port), proxied: null }
+  if (cfg.rttMs > 0) {
+    const proxy = await startProxy(port, cfg.rttMs)
+    url = `redis://127.0.0.1:${proxy.port}`
+    rtt.proxied = await pingP50(proxy.port)
+  }
+  const rttText = `PING p50 ${f3(rtt.direct)} ms on loopback` + (cfg.rttMs ? `, ${f3(rtt.proxied)} ms through the ${cfg.rttMs} ms delay proxy` : '')
+  console.log(`redis-server ${machine.redis} on ${adminUrl}${cfg.rttMs ? ` behind a ${cfg.rttMs} ms RTT proxy at ${url}` : ''}; ` +
+    `${cfg.seconds}s × ${cfg.runs} run(s) per cell, ` +
+    `${cfg.keys} keys, in flight ${cfg.inflight.join('/')}${cfg.quick ? ' (quick mode)' : ''}; ${rttText}`)
 
   const results = new Map() // "W1|64|native" -> [run results]
   const key = (w, n, s) => `${w}|${n}|${s}`
@@ -320,7 +387,7 @@ async function main() {
           const order = cfg.systems.map((_, i) => cfg.systems[(i + run) % cfg.systems.length])
           for (const s of order) {
             const res = await runCell({ system: s, workload: w, inflight: n, keys: cfg.keys, seconds: cfg.seconds,
-              warmupSeconds: cfg.warmupSeconds, seed: 1 + run, url })
+              warmupSeconds: cfg.warmupSeconds, seed: 1 + run, url, adminUrl })
             if (!results.has(key(w, n, s))) results.set(key(w, n, s), [])
             results.get(key(w, n, s)).push(res)
             done++
@@ -369,6 +436,10 @@ async function main() {
       `- CPU: ${machine.cpu}, nproc ${machine.nproc}, ${machine.memGiB} GiB RAM`,
       `- ${machine.kernel}`,
       `- Node ${machine.node}, redis-server ${machine.redis} (same machine, loopback, no persistence)`,
+      cfg.rttMs
+        ? `- every client reaches Redis through bench/delay-proxy.js, which adds ${cfg.rttMs} ms per round trip ` +
+          `(whole ms per direction: ${Math.ceil(cfg.rttMs / 2)} ms in, ${Math.floor(cfg.rttMs / 2)} ms out); ${rttText}`
+        : `- plain loopback; ${rttText}`,
       `- load average (1 min) ${load0[0].toFixed(2)} at start, ${load1[0].toFixed(2)} at end: anything else running ` +
         'on these cores shows up as noise in every figure',
       '',
@@ -378,7 +449,8 @@ async function main() {
       `- ${cfg.keys} keys per workload, all pre-populated before measuring; closed loop with ${cfg.inflight.join(' and ')} calls in flight`,
       '- each cell runs in a fresh Node process; FLUSHALL before each cell',
       ...payloads,
-      '- systems: `native` = this adapter (`new CacheAdapter({ url, keyPrefix: \'bench\' })`); `ioredis-old` and ' +
+      '- systems: `native` = this adapter (`new CacheAdapter({ url, keyPrefix: \'bench\' })`); `native-near` = the same ' +
+        'with `nearCache: true`; `ioredis-old` and ' +
         '`node-redis-old` = the old adapter\'s behaviour (JSON values, one hash of contexts with HSET then EXPIRE, ' +
         'two SETEX for phone↔lead, `compressed:` prefix without compression) on ioredis 5 and node-redis 5',
       nativeError ? `- native adapter NOT measured: \`require('..')\` failed: ${nativeError}` : null,

@@ -68,6 +68,8 @@ pub struct Config {
   pub alerts: AlertsConfig,
   /// The read-through's settings (the policy itself runs in `lib/read-through/`).
   pub read_through: ReadThroughConfig,
+  /// The near cache's bounds (option `nearCache`, `CACHE_NEAR_CACHE`); `None`: off.
+  pub near: Option<NearConfig>,
 }
 
 /// Adapter-wide settings of the read-through (`getOrLoad`, `getOrLoadMany`, `wrap`).
@@ -83,6 +85,21 @@ pub struct ReadThroughConfig {
   /// How long an instance that did not get the lock waits for the holder's value.
   pub lock_wait: Duration,
 }
+
+/// Bounds of the near cache (see `near.rs`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct NearConfig {
+  pub max_entries: usize,
+  pub max_bytes: usize,
+  /// No entry is kept longer than this (nor beyond its key's TTL in Redis).
+  pub ttl: Duration,
+}
+
+/// Near-cache defaults: 10 000 entries covers the hot leads, orgs and agents
+/// of a busy process; 32 MiB holds them even at a few KB each while staying
+/// an eighth of the memory tier's default; 60 s bounds how long a value can
+/// live in a process that never reads it again.
+pub const NEAR_DEFAULTS: (u64, u64, u64) = (10_000, 32 * 1024 * 1024, 60_000);
 
 impl Config {
   pub fn ttl(&self, name: TtlName) -> f64 {
@@ -165,6 +182,7 @@ fn resolve_unredacted(options: &Value, env: &dyn Fn(&str) -> Option<String>) -> 
     "distributedLock",
     "lockTtlMs",
     "lockWaitMs",
+    "nearCache",
   ];
   if let Some(unknown) = opts.keys().find(|k| !known.contains(&k.as_str())) {
     return Err(CacheError::new(ErrorKind::Type, format!("options.{unknown} is not a known option")));
@@ -259,7 +277,40 @@ fn resolve_unredacted(options: &Value, env: &dyn Fn(&str) -> Option<String>) -> 
       lock_ttl: Duration::from_millis(o.int("lockTtlMs", Some("CACHE_LOCK_TTL_MS"), 10, 86_400_000, 10_000)?),
       lock_wait: Duration::from_millis(o.int("lockWaitMs", Some("CACHE_LOCK_WAIT_MS"), 0, 86_400_000, 2000)?),
     },
+    near: resolve_near(opts.get("nearCache"), env)?,
   })
+}
+
+/// `nearCache`: `true`/`false`, or `{maxEntries, maxBytes, ttlMs}` (on);
+/// without the option, `CACHE_NEAR_CACHE=true` turns it on with the defaults.
+fn resolve_near(option: Option<&Value>, env: &dyn Fn(&str) -> Option<String>) -> Result<Option<NearConfig>, CacheError> {
+  let empty = Map::new();
+  let given = match option {
+    None | Some(Value::Null) => match env("CACHE_NEAR_CACHE").map(|v| v.trim().to_ascii_lowercase()) {
+      None => None,
+      Some(v) if v.is_empty() || v == "false" || v == "0" => None,
+      Some(v) if v == "true" || v == "1" => Some(&empty),
+      Some(_) => return Err(type_err("CACHE_NEAR_CACHE", "true or false")),
+    },
+    Some(Value::Bool(false)) => None,
+    Some(Value::Bool(true)) => Some(&empty),
+    Some(Value::Object(map)) => Some(map),
+    Some(_) => return Err(type_err("options.nearCache", "a boolean or {maxEntries, maxBytes, ttlMs}")),
+  };
+  let Some(map) = given else { return Ok(None) };
+  if let Some(unknown) = map.keys().find(|k| !["maxEntries", "maxBytes", "ttlMs"].contains(&k.as_str())) {
+    return Err(CacheError::new(ErrorKind::Type, format!("options.nearCache.{unknown} is not a known setting")));
+  }
+  let o = Opts { opts: map, env: &|_| None };
+  let (entries, bytes, ttl_ms) = NEAR_DEFAULTS;
+  let int = |name: &str, min: u64, max: u64, default: u64| {
+    o.int(name, None, min, max, default).map_err(|e| CacheError { message: e.message.replace("options.", "options.nearCache."), ..e })
+  };
+  Ok(Some(NearConfig {
+    max_entries: int("maxEntries", 1, u32::MAX as u64, entries)? as usize,
+    max_bytes: int("maxBytes", 1024, u64::MAX >> 1, bytes)? as usize,
+    ttl: Duration::from_millis(int("ttlMs", 1, 86_400_000, ttl_ms)?),
+  }))
 }
 
 fn resolve_target(o: &Opts) -> Result<RedisTarget, CacheError> {

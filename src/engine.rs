@@ -30,6 +30,7 @@ use crate::journal::{Journal, Limits};
 use crate::keys::glob_escape;
 use crate::keys::KeySpace;
 use crate::metrics::Metrics;
+use crate::near::{self, Near};
 use crate::redact::Secrets;
 use crate::replay;
 use crate::scripts;
@@ -95,6 +96,8 @@ struct Inner {
   watch: RedisWatch,
   /// Which entries this instance wrote carry which tags (see `tags`).
   tags: TagIndex,
+  /// The near cache (option `nearCache`; single-node Redis only).
+  near: Option<Arc<Near>>,
 }
 
 impl Drop for Inner {
@@ -111,6 +114,11 @@ impl Cache {
     let breaker = (cfg.breaker_failures, cfg.breaker_cooldown);
     let redis =
       cfg.redis.clone().map(|t| RedisTier::new(t, cfg.pool_size, cfg.command_timeout, cfg.connect_timeout, breaker));
+    // The near cache's invalidation link: its own RESP3 connection, never one of the pool's.
+    let link = match (&cfg.near, &cfg.redis) {
+      (Some(n), Some(t)) => tiers::redis::push_client(t).map(|client| (Near::new(n.clone()), client)),
+      _ => None,
+    };
     let inner = Arc::new(Inner {
       keys: KeySpace::new(&cfg.key_prefix),
       memory: MemoryTier::new(cfg.memory_max_entries, cfg.memory_max_bytes),
@@ -134,9 +142,14 @@ impl Cache {
       runtime: runtime.clone(),
       watch: RedisWatch::default(),
       tags: TagIndex::default(),
+      near: link.as_ref().map(|(near, _)| near.clone()),
       redis,
       cfg,
     });
+    if let Some((near, Ok(client))) = link {
+      let prefix = format!("{}:", inner.keys.prefix());
+      runtime.spawn(near::run_link(Arc::downgrade(&near), client, prefix, inner.cfg.connect_timeout));
+    }
     if inner.redis.is_some() {
       runtime.spawn(supervise(Arc::downgrade(&inner)));
       if inner.cfg.alerts.enabled {
@@ -318,6 +331,9 @@ impl Cache {
     let inner = &self.inner;
     let first = !inner.closed.swap(true, Ordering::AcqRel);
     inner.wake.notify_one();
+    if let Some(near) = &inner.near {
+      near.close();
+    }
     if let (true, Some(redis)) = (first, &inner.redis) {
       if !inner.journal.is_empty() {
         inner.last_replay(redis, Instant::now() + self.close_budget()).await;
@@ -398,7 +414,44 @@ impl Cache {
       },
       "taggedSets": inner.tags.len(),
       "redisWatch": inner.redis.as_ref().filter(|_| inner.cfg.alerts.enabled).map(|_| inner.watch.stats()),
+      "near": inner.near.as_ref().map_or_else(near::off_stats, |n| n.stats()),
     })
+  }
+
+  /// The near cache's value of a read (a domain or generic `get`), if it may
+  /// answer it: counted as a hit and an operation of the whole cache.
+  pub fn near_get(&self, key: &str) -> Option<Arc<str>> {
+    let json = self.inner.near.as_ref()?.get(key)?;
+    let m = &self.inner.metrics;
+    m.hits.fetch_add(1, Relaxed);
+    m.operations.fetch_add(1, Relaxed);
+    Some(json)
+  }
+
+  /// Whether the near cache may answer reads now (a read it cannot is counted as its miss).
+  pub fn near_usable(&self) -> bool {
+    self.inner.near.as_ref().is_some_and(|n| n.usable())
+  }
+
+  /// Whether a near cache is configured (it may still be bypassed).
+  pub fn near_enabled(&self) -> bool {
+    self.inner.near.is_some()
+  }
+
+  /// Empties the near cache (a write whose keys could not be told).
+  pub fn near_flush(&self) {
+    if let Some(near) = &self.inner.near {
+      near.flush();
+    }
+  }
+
+  /// Drops the near cache's copies of what `calls` write, at once, before
+  /// they are sent: a read made after a write on this adapter never hits the
+  /// value the write replaces.
+  pub fn near_forget_writes(&self, calls: &[crate::batch::Call]) {
+    if let Some(near) = &self.inner.near {
+      calls.iter().flatten().flatten().for_each(|op| forget_write(near, op));
+    }
   }
 
   /// The counters the alert rules sample on every evaluation: atomics only,
@@ -462,8 +515,16 @@ impl Cache {
       ("cache_memory_bytes", "Approximate bytes held by the memory tier.", bytes as f64),
       ("cache_pool_connections", "Open Redis connections.", inner.redis.as_ref().map_or(0, |r| r.connections()) as f64),
       ("cache_replay_pending", "Writes waiting to be replayed to Redis.", inner.journal.len() as f64),
+      ("cache_near_entries", "Entries in the near cache.", inner.near.as_ref().map_or(0, |n| n.usage().0) as f64),
     ];
-    let counters = [("cache_outages_total", "Times the circuit breaker opened.", inner.breaker.opens())];
+    let [near_hits, near_misses, invalidations, flushes] = inner.near.as_ref().map_or([0; 4], |n| n.counters());
+    let counters = [
+      ("cache_outages_total", "Times the circuit breaker opened.", inner.breaker.opens()),
+      ("cache_near_hits_total", "Reads answered by the near cache, with no round trip.", near_hits),
+      ("cache_near_misses_total", "Reads the near cache could not answer.", near_misses),
+      ("cache_near_invalidations_total", "Keys invalidated by Redis's tracking pushes.", invalidations),
+      ("cache_near_flushes_total", "Times the near cache was emptied (link lost, breaker open, FLUSHALL).", flushes),
+    ];
     inner.metrics.prometheus(&counters, &gauges)
   }
 
@@ -487,6 +548,9 @@ impl Inner {
   }
 
   fn set_mode(&self, mode: Mode, reason: &str) {
+    if let Some(near) = &self.near {
+      near.set_serving(mode == Mode::Redis);
+    }
     if self.mode.swap(mode as u8, Relaxed) != mode as u8 {
       (self.observer)(mode, reason);
     }
@@ -592,6 +656,9 @@ impl Inner {
     ticket.turn().await;
     for (i, (_, op)) in ops.iter().enumerate() {
       let encoded = encoded.next().flatten();
+      if let (Some(near), true) = (&self.near, op.is_write()) {
+        forget_write(near, op);
+      }
       if matches!(op, Op::ClearOrg { .. }) {
         clears.push(i);
         continue;
@@ -620,9 +687,16 @@ impl Inner {
       };
       let first = cmds.len();
       tiers::redis::push_op(op, &mut cmds, encoded, self.cfg.compression_threshold, now_ms);
+      // A plain read that may fill the near cache asks for the key's TTL too
+      // (the read-through's raw reads, answered with the envelope, never fill it).
+      let raw = matches!(op, Op::Get { unwrap: Some(envelope::RAW), .. });
+      let fill = if lead.is_some() && !raw { self.near.as_ref().and_then(|n| n.begin(op.key())) } else { None };
+      if fill.is_some() {
+        cmds.cmd("PTTL").arg(op.key());
+      }
       // An increment run twice counts twice: never re-sent.
       spans.push(Span { key: op.key(), commands: cmds.len() - first, retry: !matches!(op, Op::Increment { .. }) });
-      sent.push((i, lead));
+      sent.push((i, lead, fill));
     }
 
     if cmds.is_empty() {
@@ -647,11 +721,14 @@ impl Inner {
         Some(e) if redis.isolates_failures() => self.node_failed(e),
         Some(e) => self.redis_stalled(e, started),
       }
-      for (j, (i, lead)) in sent.into_iter().enumerate() {
+      for (j, (i, lead, fill)) in sent.into_iter().enumerate() {
         let op = &ops[i].1;
         match replies.span(j) {
           Ok(outcomes) => {
             let (reply, read) = self.apply(op, outcomes);
+            if let (Some(fill), Reply::Json(json), Some(Ok(pttl))) = (fill, &reply, outcomes.get(1)) {
+              fill.fill(json, redis::from_redis_value_ref::<i64>(pttl).unwrap_or(-2));
+            }
             if let Some(lead) = lead {
               lead.finish(read);
             }
@@ -947,6 +1024,15 @@ impl Inner {
         self.in_memory(op, true)
       }
     }
+  }
+}
+
+/// Drops the near cache's copy of what `op` writes (a clear: every key of its scope).
+fn forget_write(near: &Near, op: &Op) {
+  match op {
+    Op::ClearOrg { scope, .. } => near.invalidate_prefix(scope),
+    op if op.is_write() => near.invalidate(op.key()),
+    _ => {}
   }
 }
 

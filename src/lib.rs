@@ -33,6 +33,7 @@ pub mod journal;
 pub mod keys;
 pub mod lock;
 pub mod metrics;
+pub mod near;
 pub mod redact;
 pub mod replay;
 pub mod scripts;
@@ -178,6 +179,50 @@ impl NativeCache {
         }
         futures::future::join_all(chunks).await;
       });
+      Ok(())
+    })
+  }
+
+  /// The near cache's answer to one read call (`code` and `strs` as in a
+  /// batch: a generic or domain `get`), or `null` when it has none (off,
+  /// bypassed, or not held): then the read goes into the batch. Synchronous,
+  /// on Node's thread: a hit never wakes the I/O thread.
+  #[napi]
+  pub fn near_get(&self, code: u32, strs: Vec<String>) -> Result<Option<String>> {
+    contain(|| {
+      if !self.cache.near_usable() {
+        return Ok(None);
+      }
+      let call = batch::decode(&[code], &[f64::NAN], strs, self.cache.config(), self.cache.keys(), 0).pop();
+      Ok(match call {
+        Some(Ok(ops)) => match ops.as_slice() {
+          // The near cache holds what plain reads return; the read-through's
+          // raw reads (the envelope) always go to the tiers.
+          [batch::Op::Get { key, unwrap }] if *unwrap != Some(envelope::RAW) => {
+            self.cache.near_get(key).map(|json| json.to_string())
+          }
+          _ => None,
+        },
+        _ => None,
+      })
+    })
+  }
+
+  /// A write call (`code` and `strs` as in a batch) is being queued: the
+  /// near cache drops what it writes now, on Node's thread, so that no read
+  /// made after it is answered with the value it replaces. A large value may
+  /// be passed as `null` (only a mapping's value builds a key). If the call
+  /// cannot be decoded, the whole near cache is emptied instead.
+  #[napi]
+  pub fn near_forget(&self, code: u32, strs: Vec<String>) -> Result<()> {
+    contain(|| {
+      let calls = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        batch::decode(&[code], &[f64::NAN], strs, self.cache.config(), self.cache.keys(), 0)
+      }));
+      match calls {
+        Ok(calls) if calls.iter().all(|c| c.is_ok()) => self.cache.near_forget_writes(&calls),
+        _ => self.cache.near_flush(),
+      }
       Ok(())
     })
   }

@@ -638,6 +638,16 @@ impl RedisTier {
 /// The client of a single-node target (TLS files are read here), or why
 /// there is none; every dial reports that reason.
 fn client(target: &RedisTarget) -> Result<Client, String> {
+  client_speaking(target, redis::ProtocolVersion::RESP2)
+}
+
+/// A client of a single-node target that speaks RESP3, for a connection
+/// that receives pushes (the near cache's invalidations); `None` on a cluster.
+pub fn push_client(target: &RedisTarget) -> Option<Result<Client, String>> {
+  target.cluster_nodes.is_empty().then(|| client_speaking(target, redis::ProtocolVersion::RESP3))
+}
+
+fn client_speaking(target: &RedisTarget, protocol: redis::ProtocolVersion) -> Result<Client, String> {
   let certs = load_certs(target.tls.as_ref())?;
   if certs.is_some() {
     // Another library in the process may have chosen one already; either is fine.
@@ -648,7 +658,7 @@ fn client(target: &RedisTarget) -> Result<Client, String> {
   } else {
     ConnectionAddr::Tcp(target.host.clone(), target.port)
   };
-  let mut redis_info = redis::RedisConnectionInfo::default().set_db(target.db);
+  let mut redis_info = redis::RedisConnectionInfo::default().set_db(target.db).set_protocol(protocol);
   if let Some(u) = &target.username {
     redis_info = redis_info.set_username(u);
   }

@@ -1,0 +1,327 @@
+'use strict'
+/**
+ * The near cache (option `nearCache`): repeated reads answered in process,
+ * and never stale once another writer's write was acknowledged 100 ms ago.
+ *
+ * Faults are real: two adapters on one redis-server, writes by `redis-cli`,
+ * `CLIENT KILL` of the invalidation link, a SIGSTOPped and a killed Redis.
+ * Every loop is bounded in count and in time.
+ */
+const { test } = require('node:test')
+const assert = require('node:assert/strict')
+const { performance } = require('node:perf_hooks')
+const { startRedis } = require('./helpers/redis')
+const { sleep, guard, until } = require('./helpers/wait')
+
+require('./helpers/env').isolateFromEnvironment()
+
+const { CacheAdapter } = require('..')
+
+const LINK_NAME = 'cache-near-invalidation'
+/** The guarantee: a read is never staler than this after another instance's acknowledged write. */
+const STALE_BOUND_MS = 100
+
+let seq = 0
+const uniquePrefix = () => `near-${process.pid}-${++seq}`
+const nearStats = async (adapter) => (await guard(adapter.getStats(), 3000, 'getStats')).cache.near
+
+function adapter(server, prefix, near, extra = {}) {
+  return new CacheAdapter({ url: `redis://127.0.0.1:${server.port}`, keyPrefix: prefix, nearCache: near, alerts: false, ...extra })
+}
+
+/** Waits until the adapter's near cache may serve hits (or, near off, until it serves from Redis). */
+function ready(a, what) {
+  return until(
+    async () => {
+      const s = (await guard(a.getStats(), 3000, 'getStats')).cache
+      return s.mode === 'redis' && (!s.near.enabled || s.near.active)
+    },
+    5000,
+    `${what} ready`,
+  )
+}
+
+/**
+ * Reads with `read` until it returns `expected` (deep-equal), from right after
+ * the write's acknowledgement; fails if that takes STALE_BOUND_MS or more.
+ * Returns whether the very first read was already fresh.
+ */
+async function freshWithinBound(read, expected, what) {
+  const acked = performance.now()
+  let last
+  for (let i = 0; i < 10000; i++) {
+    last = await read()
+    if (JSON.stringify(last) === JSON.stringify(expected)) return i === 0
+    if (performance.now() - acked >= STALE_BOUND_MS) break
+    await sleep(1)
+  }
+  assert.fail(`${what}: still ${JSON.stringify(last)} ${STALE_BOUND_MS} ms after the write of ${JSON.stringify(expected)} was acknowledged`)
+}
+
+async function linkIds(server) {
+  const list = await server.cli('client', 'list')
+  return list
+    .split('\n')
+    .filter((l) => l.includes(` name=${LINK_NAME} `))
+    .map((l) => /^id=(\d+)/.exec(l)[1])
+}
+
+async function killLinks(server) {
+  const ids = await linkIds(server)
+  for (const id of ids) await server.cli('client', 'kill', 'id', id)
+  return ids.length
+}
+
+/** 50 rounds: `writer` writes, `reader` must read it within the bound; optionally kills the links mid-run. */
+async function rounds(server, near, { kill = false } = {}) {
+  const prefix = uniquePrefix()
+  const writer = adapter(server, prefix, near)
+  const reader = adapter(server, prefix, near)
+  try {
+    await ready(writer, 'writer')
+    await ready(reader, 'reader')
+    let firstReadFresh = 0
+    for (let round = 0; round < 50; round++) {
+      // The reader holds the old values (near on: in its near cache).
+      await reader.get('lead')
+      await reader.get('lead')
+      await reader.getDynamicLead('L1')
+      if (kill && round === 25) {
+        const before = await nearStats(reader)
+        assert.equal(await killLinks(server), 2, 'both adapters have an invalidation link')
+        // Written while the reader's link is down: its invalidation is never delivered.
+        await writer.set('lead', { round, during: 'outage' })
+        await until(async () => (await nearStats(reader)).flushes > before.flushes, 2000, 'the reader flushes its near cache')
+        assert.equal((await nearStats(reader)).entries, 0)
+        await freshWithinBound(() => reader.get('lead'), { round, during: 'outage' }, `round ${round}, link down`)
+        await ready(reader, 'reader after CLIENT KILL')
+        assert.deepEqual(await reader.get('lead'), { round, during: 'outage' }, 'a missed invalidation served stale after the link came back')
+      }
+      const value = { round, at: Date.now() }
+      assert.equal(await writer.set('lead', value), true)
+      if (await freshWithinBound(() => reader.get('lead'), value, `round ${round}, generic key`)) firstReadFresh++
+      await writer.setDynamicLead('L1', { name: `lead ${round}` })
+      await freshWithinBound(() => reader.getDynamicLead('L1'), { name: `lead ${round}` }, `round ${round}, domain key`)
+    }
+    const stats = await nearStats(reader)
+    if (near) {
+      assert.ok(stats.hits > 50, `the near cache answered repeated reads (hits ${stats.hits})`)
+      assert.ok(stats.invalidations >= 100, `invalidations arrived (${stats.invalidations})`)
+    } else {
+      assert.equal(stats.enabled, false)
+      assert.equal(stats.hits, 0)
+    }
+    return { firstReadFresh, stats }
+  } finally {
+    await writer.close()
+    await reader.close()
+  }
+}
+
+test('two adapters, 50 rounds: a read is never stale 100 ms after the other\'s acknowledged write', async (t) => {
+  const server = await startRedis()
+  t.after(() => server.kill())
+  for (const near of [true, false]) {
+    const { firstReadFresh } = await rounds(server, near)
+    t.diagnostic(`near ${near}: first read after the write already fresh in ${firstReadFresh}/50 rounds`)
+  }
+})
+
+test('CLIENT KILL of the invalidation links mid-run: flushed, bypassed, back, never stale', async (t) => {
+  const server = await startRedis()
+  t.after(() => server.kill())
+  const { stats } = await rounds(server, true, { kill: true })
+  assert.ok(stats.flushes >= 1)
+  assert.equal(stats.linkUp, true, 'the link came back')
+})
+
+test('writes by redis-cli (any client) invalidate', async (t) => {
+  const server = await startRedis()
+  t.after(() => server.kill())
+  const prefix = uniquePrefix()
+  const a = adapter(server, prefix, true)
+  t.after(() => a.close())
+  await ready(a, 'adapter')
+  await a.set('k', 'mine')
+  assert.equal(await a.get('k'), 'mine')
+  const before = await nearStats(a)
+  assert.equal(await a.get('k'), 'mine')
+  assert.equal((await nearStats(a)).hits, before.hits + 1, 'the second read was a near hit')
+  await server.cli('set', `${prefix}:kv:k`, '"from-cli"')
+  await freshWithinBound(() => a.get('k'), 'from-cli', 'SET by redis-cli')
+  await a.get('k')
+  await server.cli('del', `${prefix}:kv:k`)
+  await freshWithinBound(() => a.get('k'), null, 'DEL by redis-cli')
+  // FLUSHDB sends a null key: everything goes.
+  await a.set('k2', 1)
+  await a.get('k2')
+  await a.get('k2')
+  const flushes = (await nearStats(a)).flushes
+  await server.cli('flushdb')
+  await freshWithinBound(() => a.get('k2'), null, 'FLUSHDB')
+  assert.ok((await nearStats(a)).flushes > flushes)
+})
+
+test('a value handed to a caller can be mutated without changing the next read', async (t) => {
+  const server = await startRedis()
+  t.after(() => server.kill())
+  const a = adapter(server, uniquePrefix(), true)
+  t.after(() => a.close())
+  await ready(a, 'adapter')
+  await a.setConversationContext('org', '+1 555', [{ role: 'user', content: 'hi' }])
+  await a.getConversationContext('org', '+1 555')
+  const hits = (await nearStats(a)).hits
+  const first = await a.getConversationContext('org', '+1 555')
+  first[0].content = 'mutated'
+  first.push({ role: 'evil' })
+  const second = await a.getConversationContext('org', '+1 555')
+  assert.deepEqual(second, [{ role: 'user', content: 'hi' }])
+  assert.notEqual(first, second)
+  assert.equal((await nearStats(a)).hits, hits + 2, 'both reads were near hits')
+})
+
+test('deletes, tenant clears, expiry and own writes invalidate', async (t) => {
+  const server = await startRedis()
+  t.after(() => server.kill())
+  const prefix = uniquePrefix()
+  const a = adapter(server, prefix, true)
+  const b = adapter(server, prefix, true)
+  t.after(() => Promise.all([a.close(), b.close()]))
+  await ready(a, 'a')
+  await ready(b, 'b')
+
+  // Own writes: read-your-writes, even in the same tick as the read.
+  await a.set('own', 1)
+  await a.get('own')
+  assert.equal(await a.get('own'), 1)
+  const [, sameTick] = await Promise.all([a.set('own', 2), a.get('own')])
+  assert.equal(sameTick, 2, 'a read queued after a write in the same tick')
+  assert.equal(await a.get('own'), 2)
+  // A write submitted (not yet answered), then a read in a later tick.
+  await a.get('own')
+  const written = a.set('own', 3)
+  await new Promise((resolve) => process.nextTick(resolve))
+  await new Promise((resolve) => process.nextTick(resolve))
+  assert.equal(await a.get('own'), 3, 'a read after a submitted write hit the old value')
+  await written
+  assert.equal(await a.delete('own'), true)
+  assert.equal(await a.get('own'), null, 'own delete')
+
+  // Another instance's delete.
+  await a.set('d', 'x')
+  await b.get('d')
+  await b.get('d')
+  await a.delete('d')
+  await freshWithinBound(() => b.get('d'), null, 'delete by the other adapter')
+
+  // A tenant clear by the other instance, and by this one.
+  await a.setConversationContext('org-1', '+1 1', ['m'])
+  await a.setConversationContext('org-2', '+1 1', ['other'])
+  for (let i = 0; i < 2; i++) {
+    await b.getConversationContext('org-1', '+1 1')
+    await b.getConversationContext('org-2', '+1 1')
+  }
+  assert.equal(await a.clearOrganizationCache('org-1'), 1)
+  await freshWithinBound(() => b.getConversationContext('org-1', '+1 1'), null, 'clear by the other adapter')
+  assert.deepEqual(await b.getConversationContext('org-2', '+1 1'), ['other'])
+  await b.clearOrganizationCache('org-2')
+  assert.equal(await b.getConversationContext('org-2', '+1 1'), null, 'own clear')
+
+  // Expiry: never kept beyond the key's own TTL.
+  await a.set('short', 'v', 0.3)
+  await b.get('short')
+  assert.equal(await b.get('short'), 'v')
+  await sleep(400)
+  assert.equal(await b.get('short'), null, 'a near entry outlived its key\'s TTL')
+  // expire() by the other instance shortens it too.
+  await a.set('e', 'v', 60)
+  await b.get('e')
+  await b.get('e')
+  assert.equal(await a.expire('e', 0.2), true)
+  await sleep(300)
+  assert.equal(await b.get('e'), null)
+})
+
+test('a paused Redis stops near hits within the lease; a killed one flushes; both come back', async (t) => {
+  const server = await startRedis()
+  t.after(() => server.kill())
+  const a = adapter(server, uniquePrefix(), true, { commandTimeoutMs: 100, breakerCooldownMs: 200 })
+  t.after(() => a.close())
+  await ready(a, 'adapter')
+  await a.set('k', 'v')
+  await a.get('k')
+  assert.equal(await a.get('k'), 'v')
+
+  server.pause()
+  try {
+    await sleep(STALE_BOUND_MS + 50)
+    const hits = (await nearStats(a)).hits
+    // Redis cannot answer: the read goes to the memory tier (which holds what this adapter wrote).
+    assert.equal(await guard(a.get('k'), 3000, 'get while paused'), 'v')
+    assert.equal((await nearStats(a)).hits, hits, 'a near hit was served after the lease ran out')
+  } finally {
+    server.resume()
+  }
+  await ready(a, 'adapter after SIGCONT')
+  await a.get('k')
+  assert.equal(await a.get('k'), 'v')
+
+  const flushes = (await nearStats(a)).flushes
+  await server.kill()
+  await until(async () => (await nearStats(a)).flushes > flushes, 3000, 'flushed when Redis died')
+  const s = await nearStats(a)
+  assert.equal(s.linkUp, false)
+  assert.equal(s.entries, 0)
+  const hits = s.hits
+  await guard(a.get('k'), 3000, 'get with Redis down')
+  assert.equal((await nearStats(a)).hits, hits, 'bypassed while Redis is down')
+
+  await server.restart()
+  await ready(a, 'adapter after restart')
+  await a.set('k', 'back')
+  await a.get('k')
+  assert.equal(await a.get('k'), 'back')
+  assert.ok((await nearStats(a)).hits > hits)
+})
+
+test('stats, metrics and options', async (t) => {
+  const server = await startRedis()
+  t.after(() => server.kill())
+  const a = adapter(server, uniquePrefix(), { maxEntries: 16, maxBytes: 65536, ttlMs: 5000 })
+  t.after(() => a.close())
+  await ready(a, 'adapter')
+  for (let k = 0; k < 40; k++) {
+    await a.set(`k${k}`, k)
+    await a.get(`k${k}`)
+  }
+  const s = await nearStats(a)
+  assert.ok(s.entries > 0 && s.entries <= 16, `bounded by maxEntries (${s.entries})`)
+  assert.equal(s.maxBytes, 65536)
+  assert.equal(s.ttlMs, 5000)
+  for (const key of ['enabled', 'linkUp', 'entries', 'bytes', 'hits', 'misses', 'invalidations', 'flushes']) {
+    assert.ok(key in s, key)
+  }
+  const text = await a.metrics()
+  for (const name of ['cache_near_hits_total', 'cache_near_misses_total', 'cache_near_invalidations_total', 'cache_near_flushes_total', 'cache_near_entries']) {
+    assert.match(text, new RegExp(`^${name} \\d+`, 'm'), name)
+  }
+
+  const off = new CacheAdapter({ enabled: false, nearCache: true })
+  assert.equal((await off.getStats()).cache.near.enabled, false, 'no near cache without Redis')
+  await off.close()
+
+  assert.throws(() => new CacheAdapter({ nearCache: 'yes' }), TypeError)
+  assert.throws(() => new CacheAdapter({ nearCache: { maxEntries: 0 } }), { name: 'RangeError', message: /options\.nearCache\.maxEntries/ })
+  assert.throws(() => new CacheAdapter({ nearCache: { size: 1 } }), { name: 'TypeError', message: /options\.nearCache\.size/ })
+  process.env.CACHE_NEAR_CACHE = 'maybe'
+  try {
+    assert.throws(() => new CacheAdapter({ enabled: false }), { name: 'TypeError', message: /CACHE_NEAR_CACHE/ })
+    process.env.CACHE_NEAR_CACHE = 'true'
+    const fromEnv = adapter(server, uniquePrefix(), undefined)
+    await ready(fromEnv, 'adapter from CACHE_NEAR_CACHE')
+    assert.equal((await nearStats(fromEnv)).enabled, true)
+    await fromEnv.close()
+  } finally {
+    delete process.env.CACHE_NEAR_CACHE
+  }
+})
