@@ -124,7 +124,7 @@ export interface CacheAdapterOptions {
   /**
    * Keep hot values in this process while Redis is healthy, so that a repeated
    * read makes no round trip; coherent through Redis client tracking (see README,
-   * Near cache). `true` for the defaults. Single-node Redis only (off on a cluster).
+   * Near cache). `true` for the defaults. Single-node Redis only (off on a cluster and behind Sentinel).
    * Env: `CACHE_NEAR_CACHE=true`.
    */
   nearCache?: boolean | NearCacheOptions

@@ -325,3 +325,27 @@ test('stats, metrics and options', async (t) => {
     delete process.env.CACHE_NEAR_CACHE
   }
 })
+
+test('read-through hits come from the near cache too, envelope and all, and stay coherent', async (t) => {
+  const server = await startRedis()
+  t.after(() => server.kill())
+  const prefix = uniquePrefix()
+  const a = adapter(server, prefix, true)
+  const b = adapter(server, prefix, false)
+  t.after(() => Promise.all([a.close(), b.close()]))
+  await ready(a, 'adapter A')
+  await ready(b, 'adapter B')
+  let loads = 0
+  const options = { ttl: 60, grace: 600 }
+  assert.deepEqual(await a.getOrLoad('lead', async () => ({ v: ++loads }), options), { v: 1 })
+  await a.getOrLoad('lead', async () => ({ v: ++loads }), options) // fills the near cache
+  const hits = (await nearStats(a)).hits
+  assert.deepEqual(await a.getOrLoad('lead', async () => ({ v: ++loads }), options), { v: 1 })
+  assert.equal((await nearStats(a)).hits, hits + 1, 'a read-through hit made no round trip')
+  assert.deepEqual(await a.get('lead'), { v: 1 }, 'a plain read of the same key gets the bare value, not the envelope')
+  assert.equal(loads, 1)
+  // Another instance's write reaches A's read-through within the bound.
+  await b.set('lead', { v: 'from B' })
+  await freshWithinBound(() => a.getOrLoad('lead', async () => ({ v: ++loads }), options), { v: 'from B' }, 'read-through after B wrote')
+  assert.equal(loads, 1, 'a value written by another instance is a hit, not a load')
+})

@@ -420,8 +420,8 @@ impl Cache {
 
   /// The near cache's value of a read (a domain or generic `get`), if it may
   /// answer it: counted as a hit and an operation of the whole cache.
-  pub fn near_get(&self, key: &str) -> Option<Arc<str>> {
-    let json = self.inner.near.as_ref()?.get(key)?;
+  pub fn near_get(&self, key: &str, unwrap: Option<&'static str>) -> Option<Arc<str>> {
+    let json = shape_read(self.inner.near.as_ref()?.get(key)?, unwrap);
     let m = &self.inner.metrics;
     m.hits.fetch_add(1, Relaxed);
     m.operations.fetch_add(1, Relaxed);
@@ -687,10 +687,8 @@ impl Inner {
       };
       let first = cmds.len();
       tiers::redis::push_op(op, &mut cmds, encoded, self.cfg.compression_threshold, now_ms);
-      // A plain read that may fill the near cache asks for the key's TTL too
-      // (the read-through's raw reads, answered with the envelope, never fill it).
-      let raw = matches!(op, Op::Get { unwrap: Some(envelope::RAW), .. });
-      let fill = if lead.is_some() && !raw { self.near.as_ref().and_then(|n| n.begin(op.key())) } else { None };
+      // A read that may fill the near cache asks for the key's TTL too.
+      let fill = if lead.is_some() { self.near.as_ref().and_then(|n| n.begin(op.key())) } else { None };
       if fill.is_some() {
         cmds.cmd("PTTL").arg(op.key());
       }
@@ -726,7 +724,8 @@ impl Inner {
         match replies.span(j) {
           Ok(outcomes) => {
             let (reply, read) = self.apply(op, outcomes);
-            if let (Some(fill), Reply::Json(json), Some(Ok(pttl))) = (fill, &reply, outcomes.get(1)) {
+            // The near cache keeps the value as stored; each hit is shaped as its read asks.
+            if let (Some(fill), Ok(Some(json)), Some(Ok(pttl))) = (fill, &read, outcomes.get(1)) {
               fill.fill(json, redis::from_redis_value_ref::<i64>(pttl).unwrap_or(-2));
             }
             if let Some(lead) = lead {
@@ -763,12 +762,7 @@ impl Inner {
     match json {
       Some(json) => {
         self.metrics.hits.fetch_add(1, Relaxed);
-        Reply::Json(match unwrap {
-          // The read-through reads its envelope; every other read, the bare value.
-          Some(envelope::RAW) => json,
-          Some(field) => unwrap_field(&json, field),
-          None => envelope::value_of(json),
-        })
+        Reply::Json(shape_read(json, unwrap))
       }
       None => {
         self.metrics.misses.fetch_add(1, Relaxed);
@@ -1057,6 +1051,16 @@ async fn encode_values(ops: &[(usize, Op)], threshold: usize, now_ms: u64) -> Ve
   let encode = move || values.iter().map(|v| v.as_ref().map(|json| codec::encode(json, threshold, now_ms))).collect();
   // A failed hand-off (the runtime shutting down) falls back to encoding in place.
   tokio::task::spawn_blocking(encode).await.unwrap_or_default()
+}
+
+/// What a read returns of a stored value: the read-through reads its
+/// envelope as stored; a domain getter, its field; every other read, the bare value.
+pub fn shape_read(json: Arc<str>, unwrap: Option<&'static str>) -> Arc<str> {
+  match unwrap {
+    Some(envelope::RAW) => json,
+    Some(field) => unwrap_field(&json, field),
+    None => envelope::value_of(json),
+  }
 }
 
 /// `{"field": <json>, ...}` from fields whose values are JSON text already.

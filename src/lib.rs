@@ -196,11 +196,7 @@ impl NativeCache {
       let call = batch::decode(&[code], &[f64::NAN], strs, self.cache.config(), self.cache.keys(), 0).pop();
       Ok(match call {
         Some(Ok(ops)) => match ops.as_slice() {
-          // The near cache holds what plain reads return; the read-through's
-          // raw reads (the envelope) always go to the tiers.
-          [batch::Op::Get { key, unwrap }] if *unwrap != Some(envelope::RAW) => {
-            self.cache.near_get(key).map(|json| json.to_string())
-          }
+          [batch::Op::Get { key, unwrap }] => self.cache.near_get(key, *unwrap).map(|json| json.to_string()),
           _ => None,
         },
         _ => None,

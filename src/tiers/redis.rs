@@ -644,7 +644,10 @@ fn client(target: &RedisTarget) -> Result<Client, String> {
 /// A client of a single-node target that speaks RESP3, for a connection
 /// that receives pushes (the near cache's invalidations); `None` on a cluster.
 pub fn push_client(target: &RedisTarget) -> Option<Result<Client, String>> {
-  target.cluster_nodes.is_empty().then(|| client_speaking(target, redis::ProtocolVersion::RESP3))
+  // Behind Sentinel the master moves: a link dialled to a fixed address
+  // would track a server the writes no longer reach, so there is none.
+  let fixed_address = target.cluster_nodes.is_empty() && target.sentinel.is_none();
+  fixed_address.then(|| client_speaking(target, redis::ProtocolVersion::RESP3))
 }
 
 fn client_speaking(target: &RedisTarget, protocol: redis::ProtocolVersion) -> Result<Client, String> {
