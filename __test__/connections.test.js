@@ -288,3 +288,22 @@ test('per-key order: successive writes of one key from one instance, on a pool o
 test('per-key order holds when large values are compressed off the I/O thread (a later small batch must not overtake)', (t) =>
   perKeyOrder(t, 64 * 1024))
 
+
+test('SCRIPT FLUSH (or a restart that forgot the scripts): writes go on, on connections that load them again', async (t) => {
+  const server = await startRedis()
+  const keyPrefix = uniquePrefix()
+  const adapter = new CacheAdapter({ url: server.url, keyPrefix, poolSize: 2 })
+  try {
+    await waitConverged(adapter, 10000, 'adapter connects')
+    assert.equal(await adapter.set('k', 1), true)
+    await server.cli('script', 'flush')
+    for (let i = 0; i < 20; i++) assert.equal(await adapter.set(`k${i}`, i), true)
+    await adapter.increment('n', 2)
+    const s = await cacheStats(adapter)
+    assert.equal(s.replay.pending, 0, 'nothing went to the journal: each write was sent again on a new connection')
+    assert.equal(s.breaker.state, 'closed')
+    assert.equal(await server.cli('get', redisKey(keyPrefix, 'k19')).then((v) => v.length > 0), true, 'the writes are in Redis')
+  } finally {
+    await closeAll([adapter], [server])
+  }
+})

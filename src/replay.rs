@@ -10,7 +10,7 @@ use redis::Pipeline;
 use crate::batch::Op;
 use crate::codec;
 use crate::journal::{Clear, Entry, Journal, Pending};
-use crate::scripts::{CLEAR_SCRIPT, WRITE_SCRIPT};
+use crate::scripts::{self, CLEAR_SCRIPT};
 use crate::tiers::redis::{push_op, RedisTier, Span, Unavailable};
 
 /// How many journal entries one replay round trip carries.
@@ -85,7 +85,7 @@ pub async fn write_back(
           continue;
         }
       };
-      pipe.cmd("EVAL").arg(WRITE_SCRIPT).arg(1).arg(&e.slot.key);
+      pipe.cmd("EVALSHA").arg(scripts::write_sha()).arg(1).arg(&e.slot.key);
       pipe.arg(op).arg(e.written_ms).arg(ttl_ms).arg(value).arg(field.unwrap_or("")).arg("replace");
       sent.push(e);
     }

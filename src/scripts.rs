@@ -3,28 +3,44 @@
 //! header (see `codec`), so no late, replayed or concurrent write can put an
 //! older value over a newer one.
 
+use std::sync::LazyLock;
+
 /// What [`WRITE_SCRIPT`] answers when Redis holds a newer write of the key.
 pub const WRITE_SUPERSEDED: i64 = -1;
 
-/// Lua: `ts(v)` is the write time in a value's header (0xFE, codec, u64 BE
-/// ms); a value without one (the old adapter's) counts as older than
-/// anything. `newer(v, mine)`: `v` was written after `mine`, by a clock not
-/// more than 2 s ahead of Redis's own (a host with a clock far ahead would
-/// otherwise block every other writer of that key).
+/// The scripts every pooled connection loads when it is dialled, so that
+/// writes send `EVALSHA` and 40 bytes instead of the script's text. Measured
+/// (W2, 64 in flight): with the text in every `EVAL`, writes cost about 14%
+/// of the workload's throughput against a plain `SET`.
+pub static CACHED: LazyLock<[(&str, String); 2]> =
+  LazyLock::new(|| [WRITE_SCRIPT, INCREMENT_SCRIPT].map(|code| (code, redis::Script::new(code).get_hash().to_string())));
+
+/// The SHA1 `EVALSHA` names [`WRITE_SCRIPT`] by.
+pub fn write_sha() -> &'static str {
+  &CACHED[0].1
+}
+
+/// The SHA1 `EVALSHA` names [`INCREMENT_SCRIPT`] by.
+pub fn increment_sha() -> &'static str {
+  &CACHED[1].1
+}
+
+/// Lua: `newer(v, mine)`: the write time in `v`'s header (0xFE, codec, u64
+/// BE ms) is after `mine`, and not more than 2 s ahead of Redis's own clock
+/// (a host with a clock far ahead would otherwise block every other writer
+/// of that key). A value without a header (the old adapter's) is older than
+/// anything.
 macro_rules! lua_write_time {
   () => {
     r#"
-local function ts(v)
-  if type(v) ~= 'string' or #v < 10 or string.byte(v, 1) ~= 254 then return 0 end
-  local t = 0
-  for i = 3, 10 do t = t * 256 + string.byte(v, i) end
-  return t
-end
-local clock = redis.call('TIME')
-local trusted = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000) + 2000
 local function newer(v, mine)
-  local t = ts(v)
-  return t > mine and t <= trusted
+  if type(v) ~= 'string' or #v < 10 or string.byte(v, 1) ~= 254 then return false end
+  local a, b, c, d, e, f, g, h = string.byte(v, 3, 10)
+  local t = ((((((a * 256 + b) * 256 + c) * 256 + d) * 256 + e) * 256 + f) * 256 + g) * 256 + h
+  if t <= mine then return false end
+  -- Newer: only now is Redis's clock read (the common case never pays for it).
+  local clock = redis.call('TIME')
+  return t <= tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000) + 2000
 end
 "#
   };

@@ -770,8 +770,10 @@ enum Sent {
 
 /// Server errors after which a connection is dropped and re-dialled: the
 /// server it reaches is no longer the writable primary, or not ready; after
-/// a failover a new connection reaches the new primary.
-const REPLACE_ON: [&str; 3] = ["READONLY", "LOADING", "MASTERDOWN"];
+/// a failover a new connection reaches the new primary. `NOSCRIPT`: the
+/// server forgot the scripts (a restart, `SCRIPT FLUSH`); a new connection
+/// loads them again.
+const REPLACE_ON: [&str; 4] = ["READONLY", "LOADING", "MASTERDOWN", "NOSCRIPT"];
 
 /// The pooled connections of a single-node Redis, each in a slot of its own.
 struct Pool {
@@ -861,13 +863,22 @@ impl Pool {
   async fn dial(&self) -> Result<MultiplexedConnection, Unavailable> {
     let dialer = self.dialer.as_ref().map_err(|e| Unavailable(e.clone()))?;
     let connect = async {
-      match dialer {
-        Dialer::Direct(client) => client.get_multiplexed_async_connection_with_config(&self.config).await,
+      let mut conn = match dialer {
+        Dialer::Direct(client) => client.get_multiplexed_async_connection_with_config(&self.config).await?,
         Dialer::Sentinel(sentinel) => {
           let master = sentinel.lock().await.async_get_client().await?;
-          master.get_multiplexed_async_connection_with_config(&self.config).await
+          master.get_multiplexed_async_connection_with_config(&self.config).await?
         }
+      };
+      // Writes name their scripts by SHA1 (EVALSHA): load them on every new
+      // connection, since a restarted or promoted server has none. A refusal
+      // is not fatal here: EVALSHA's NOSCRIPT then replaces the connection.
+      let mut load = Pipeline::with_capacity(scripts::CACHED.len());
+      for (code, _) in scripts::CACHED.iter() {
+        load.cmd("SCRIPT").arg("LOAD").arg(*code);
       }
+      let _ = conn.req_packed_commands(&load, 0, load.len()).await;
+      Ok::<_, RedisError>(conn)
     };
     match tokio::time::timeout(self.connect_timeout, connect).await {
       Ok(Ok(conn)) => Ok(conn),
@@ -1121,7 +1132,8 @@ fn code_of(error: &str) -> &str {
 
 /// Server error codes that say Redis cannot serve now, whatever the command.
 fn is_unavailability(error: &str) -> bool {
-  const CODES: [&str; 11] = [
+  const CODES: [&str; 12] = [
+    "NOSCRIPT",
     "LOADING",
     "BUSY",
     "MASTERDOWN",
@@ -1232,7 +1244,7 @@ pub fn load_certs(tls: Option<&TlsFiles>) -> Result<Option<redis::TlsCertificate
 }
 
 fn push_write(pipe: &mut Pipeline, op: &str, key: &str, now_ms: u64, ttl_ms: u64, value: &[u8], field: &str) {
-  pipe.cmd("EVAL").arg(scripts::WRITE_SCRIPT).arg(1).arg(key).arg(op).arg(now_ms).arg(ttl_ms).arg(value).arg(field);
+  pipe.cmd("EVALSHA").arg(scripts::write_sha()).arg(1).arg(key).arg(op).arg(now_ms).arg(ttl_ms).arg(value).arg(field);
 }
 
 /// Appends the Redis commands of one operation to a batch's pipeline;
@@ -1259,7 +1271,7 @@ pub fn push_op(op: &Op, pipe: &mut Pipeline, encoded: Option<Vec<u8>>, threshold
     }
     Op::Increment { key, by, ttl, .. } => {
       let header = codec::header(now_ms);
-      pipe.cmd("EVAL").arg(scripts::INCREMENT_SCRIPT).arg(1).arg(key).arg(*by).arg(header).arg(px(ttl));
+      pipe.cmd("EVALSHA").arg(scripts::increment_sha()).arg(1).arg(key).arg(*by).arg(header).arg(px(ttl));
     }
     Op::HGet { key, field } => {
       pipe.cmd("HGET").arg(key).arg(field);
