@@ -15,6 +15,7 @@ const { Alerts } = require('./lib/alerts.js')
 const { ReadThrough } = require('./lib/read-through/index.js')
 const { Tags, checkTags } = require('./lib/tags.js')
 const { Batcher, fromNative } = require('./lib/batcher.js')
+const { describe, requireString, ttlSeconds } = require('./lib/args.js')
 
 const OP = protocol()
 const ORG_NULL = OP.ORG_NULL
@@ -32,29 +33,6 @@ function parse(v) {
   const last = v.length - 1
   if (last > 0 && v.charCodeAt(0) === 34 && v.charCodeAt(last) === 34 && v.indexOf('\\') === -1) return v.slice(1, last)
   return JSON.parse(v)
-}
-
-function describe(v) {
-  if (v === null) return 'null'
-  if (Array.isArray(v)) return 'an array'
-  return typeof v === 'object' ? 'an object' : `${typeof v} ${String(v).slice(0, 40)}`
-}
-
-function requireString(name, v) {
-  if (typeof v !== 'string') throw new TypeError(`${name} must be a string, got ${describe(v)}`)
-  return v
-}
-
-/** The largest TTL in seconds, 2^31 - 1 (about 68 years); the core checks the same (src/config.rs). */
-const MAX_TTL_SECONDS = 2147483647
-
-/** A TTL in seconds; `undefined`/`null` → NaN, meaning "the default". */
-function ttlSeconds(name, v) {
-  if (v === undefined || v === null) return NaN
-  if (typeof v !== 'number') throw new TypeError(`${name} must be a number of seconds, got ${describe(v)}`)
-  if (!(v > 0) || !Number.isFinite(v)) throw new RangeError(`${name} must be a positive finite number of seconds, got ${v}`)
-  if (v > MAX_TTL_SECONDS) throw new RangeError(`${name} must be at most ${MAX_TTL_SECONDS} seconds (about 68 years), got ${v}`)
-  return v
 }
 
 /** `set`'s third argument: a TTL in seconds, or `{ ttl, tags }` → the batch's TTL and the tags' JSON (or null). */

@@ -4,7 +4,7 @@
 // same pipeline as the tagged value, and an index of this instance's entries
 // for the memory tier.
 
-const { describe } = require('./read-through/util.js')
+const { describe } = require('./args.js')
 
 const MAX_TAGS = 64
 

@@ -12,7 +12,7 @@ const envelope = require('./envelope.js')
 const { LoaderRunner } = require('./loader-runner.js')
 const { DistributedLock } = require('./lock.js')
 const { ReadThroughStats } = require('./stats.js')
-const { describe } = require('./util.js')
+const { describe } = require('../args.js')
 const { checkTags } = require('../tags.js')
 
 const MISS = Symbol('miss')

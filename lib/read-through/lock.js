@@ -6,7 +6,7 @@
 // it expired), then load themselves. Nothing waits without a bound.
 
 const { randomUUID } = require('node:crypto')
-const { sleep } = require('./util.js')
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms))
 
 class DistributedLock {
   constructor(native, stats, { lockTtlMs, lockWaitMs }) {

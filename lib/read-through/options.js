@@ -4,7 +4,7 @@
 // fresh, due for an early refresh, what is stored and for how long). The
 // handlers ask it; they never re-derive defaults.
 
-const { describe, ttlSeconds, MAX_TTL_SECONDS } = require('./util.js')
+const { describe, ttlSeconds, MAX_TTL_SECONDS } = require('../args.js')
 const { checkTags } = require('../tags.js')
 
 const KNOWN = new Set(['ttl', 'grace', 'softTimeoutMs', 'hardTimeoutMs', 'eagerRefresh', 'tags', 'distributedLock'])

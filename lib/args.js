@@ -1,10 +1,16 @@
 'use strict'
-// Small helpers the read-through shares with index.js's argument checks.
+// Argument checks shared by the public class and the read-through: a bad
+// argument is a TypeError or RangeError naming it, before anything is queued.
 
 function describe(v) {
   if (v === null) return 'null'
   if (Array.isArray(v)) return 'an array'
   return typeof v === 'object' ? 'an object' : `${typeof v} ${String(v).slice(0, 40)}`
+}
+
+function requireString(name, v) {
+  if (typeof v !== 'string') throw new TypeError(`${name} must be a string, got ${describe(v)}`)
+  return v
 }
 
 /** The largest TTL in seconds, 2^31 - 1 (about 68 years); the core checks the same (src/config.rs). */
@@ -19,6 +25,4 @@ function ttlSeconds(name, v) {
   return v
 }
 
-const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms))
-
-module.exports = { describe, ttlSeconds, MAX_TTL_SECONDS, sleep }
+module.exports = { describe, requireString, ttlSeconds, MAX_TTL_SECONDS }
