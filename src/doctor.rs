@@ -15,7 +15,7 @@ use redis::aio::MultiplexedConnection;
 use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
-use redis::{AsyncConnectionConfig, Client, Cmd, ConnectionAddr, IntoConnectionInfo, RedisError, Value};
+use redis::{AsyncConnectionConfig, Cmd, ConnectionAddr, IntoConnectionInfo, RedisError, Value};
 use serde::Serialize;
 
 use crate::codec;
@@ -698,8 +698,8 @@ enum Opened {
   Other(String),
 }
 
-/// Opens a connection the way `tiers::redis` opens the adapter's (same TLS
-/// material, credentials, database and cluster client), with bounded waits.
+/// Opens a connection the way `tiers::redis` opens the adapter's (its own
+/// client builder; the same cluster settings), with bounded waits.
 async fn open(target: &RedisTarget, connect_timeout: Duration, response_timeout: Duration) -> Result<Link, Opened> {
   let certs = load_certs(target.tls.as_ref()).map_err(Opened::Other)?;
   if certs.is_some() {
@@ -732,24 +732,8 @@ async fn open(target: &RedisTarget, connect_timeout: Duration, response_timeout:
     let client = b.build().map_err(classify)?;
     return client.get_async_connection().await.map(Link::Cluster).map_err(classify);
   }
-  let addr = if target.tls.is_some() {
-    ConnectionAddr::TcpTls { host: target.host.clone(), port: target.port, insecure: false, tls_params: None }
-  } else {
-    ConnectionAddr::Tcp(target.host.clone(), target.port)
-  };
-  let mut settings = redis::RedisConnectionInfo::default().set_db(target.db);
-  if let Some(u) = &target.username {
-    settings = settings.set_username(u);
-  }
-  if let Some(p) = &target.password {
-    settings = settings.set_password(p);
-  }
-  let info = addr.into_connection_info().map_err(classify)?.set_redis_settings(settings);
-  let client = match certs {
-    Some(certs) => Client::build_with_tls(info, certs),
-    None => Client::open(info),
-  }
-  .map_err(classify)?;
+  // The adapter's own client (same address, TLS, credentials, database and TCP settings).
+  let client = crate::tiers::redis::client(target).map_err(Opened::Other)?;
   let config = AsyncConnectionConfig::new()
     .set_connection_timeout(Some(connect_timeout))
     .set_response_timeout(Some(response_timeout));

@@ -637,7 +637,7 @@ impl RedisTier {
 
 /// The client of a single-node target (TLS files are read here), or why
 /// there is none; every dial reports that reason.
-fn client(target: &RedisTarget) -> Result<Client, String> {
+pub(crate) fn client(target: &RedisTarget) -> Result<Client, String> {
   client_speaking(target, redis::ProtocolVersion::RESP2)
 }
 
