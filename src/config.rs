@@ -283,7 +283,10 @@ fn resolve_unredacted(options: &Value, env: &dyn Fn(&str) -> Option<String>) -> 
 
 /// `nearCache`: `true`/`false`, or `{maxEntries, maxBytes, ttlMs}` (on);
 /// without the option, `CACHE_NEAR_CACHE=true` turns it on with the defaults.
-fn resolve_near(option: Option<&Value>, env: &dyn Fn(&str) -> Option<String>) -> Result<Option<NearConfig>, CacheError> {
+fn resolve_near(
+  option: Option<&Value>,
+  env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Option<NearConfig>, CacheError> {
   let empty = Map::new();
   let given = match option {
     None | Some(Value::Null) => match env("CACHE_NEAR_CACHE").map(|v| v.trim().to_ascii_lowercase()) {
@@ -304,7 +307,8 @@ fn resolve_near(option: Option<&Value>, env: &dyn Fn(&str) -> Option<String>) ->
   let o = Opts { opts: map, env: &|_| None };
   let (entries, bytes, ttl_ms) = NEAR_DEFAULTS;
   let int = |name: &str, min: u64, max: u64, default: u64| {
-    o.int(name, None, min, max, default).map_err(|e| CacheError { message: e.message.replace("options.", "options.nearCache."), ..e })
+    o.int(name, None, min, max, default)
+      .map_err(|e| CacheError { message: e.message.replace("options.", "options.nearCache."), ..e })
   };
   Ok(Some(NearConfig {
     max_entries: int("maxEntries", 1, u32::MAX as u64, entries)? as usize,

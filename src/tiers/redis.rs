@@ -23,8 +23,8 @@ use tokio::time::Instant as Deadline;
 
 use crate::batch::Op;
 use crate::codec;
-use crate::scripts;
 use crate::config::{RedisTarget, TlsFiles};
+use crate::scripts;
 use crate::tiers::cluster::{self, Node, NodeHealth};
 
 /// Why a round trip to Redis failed as a whole (the breaker counts these).
