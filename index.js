@@ -275,7 +275,11 @@ class CacheAdapter extends EventEmitter {
   /** Queues one call; argument errors become rejections, never throws. */
   _call(code, num, strs, map) {
     if (this._closed) return Promise.reject(Object.assign(new Error('the cache adapter is closed'), { code: 'ERR_CACHE_CLOSED' }))
-    if (this._near && !READS.has(code & 0xff)) this._nearForget(code, strs)
+    if (!READS.has(code & 0xff)) {
+      if (this._near) this._nearForget(code, strs)
+      // A generic key written: a read-through load of it under way must not store its older result.
+      if (((code >> 8) & 0xff) === 0 && code & 0xff && (code & 0xff) !== OP.ClearOrg) this._readThrough.keyWritten(strs[0])
+    }
     return this._batch.call(code, num, strs, map)
   }
 

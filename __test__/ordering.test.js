@@ -131,3 +131,43 @@ test('calls keep their order within a tick: a tenant clear followed by a set of 
     assert.equal(await adapter.getConversationContext('org-1', '+1 555 0100'), null)
   }
 })
+
+test('a load that was under way when a write of its key was acknowledged never stores its older result over that write', async (t) => {
+  const server = await startRedis()
+  const prefix = uniquePrefix()
+  const onRedis = new CacheAdapter({ url: server.url, keyPrefix: prefix })
+  const inMemory = new CacheAdapter({ enabled: false, keyPrefix: prefix })
+  t.after(async () => {
+    await Promise.all([onRedis.close(), inMemory.close()])
+    await server.stop()
+  })
+  await redisReady(onRedis)
+  const shapes = [
+    ['a TTL (the native single-flight)', 60],
+    ['read-through options', { ttl: 60, grace: 60 }],
+  ]
+  for (const adapter of [onRedis, inMemory]) {
+    for (const [what, third] of shapes) {
+      const key = `raced:${seq++}`
+      let finishLoad
+      const load = new Promise((resolve) => (finishLoad = resolve))
+      const loading = adapter.getOrLoad(key, () => load, third)
+      await sleep(20) // the loader is running: it read the database before the write below
+      assert.equal(await adapter.set(key, 'written'), true)
+      finishLoad('loaded before the write')
+      assert.equal(await guard(loading, 3000, 'the load'), 'loaded before the write', `${what}: its caller asked before the write`)
+      assert.equal(await adapter.get(key), 'written', `${what}: the acknowledged write stays`)
+      assert.equal(await adapter.getOrLoad(key, async () => 'a new load', third), 'written', `${what}: and is what later loads find`)
+    }
+  }
+  // getOrLoadMany: a key written while loadMany runs keeps that write.
+  let finishMany
+  const many = new Promise((resolve) => (finishMany = resolve))
+  const loadingMany = onRedis.getOrLoadMany(['m1', 'm2'], () => many, { ttl: 60 })
+  await sleep(20)
+  await onRedis.set('m1', 'written')
+  finishMany({ m1: 'loaded', m2: 'loaded' })
+  await guard(loadingMany, 3000, 'getOrLoadMany')
+  assert.equal(await onRedis.get('m1'), 'written')
+  assert.equal(await onRedis.get('m2'), 'loaded')
+})

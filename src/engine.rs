@@ -63,6 +63,7 @@ pub type ModeObserver = Box<dyn Fn(Mode, &str) + Send + Sync>;
 
 type ReadResult = Result<Option<Arc<str>>, ()>;
 type LoadResult = Result<Option<Arc<str>>, CacheError>;
+type LoadLead = crate::flight::Lead<String, LoadResult>;
 
 #[derive(Clone)]
 pub struct Cache {
@@ -222,7 +223,8 @@ impl Cache {
     F: FnOnce() -> Fut,
     Fut: Future<Output = Result<Option<String>, String>>,
   {
-    let lead = match self.inner.loads.join(&key) {
+    // Keyed like the writes, which end a load of their key (see `load_as_leader`).
+    let lead = match self.inner.loads.join(&self.inner.keys.generic(&key)) {
       Join::Follower(f) => {
         return f
           .wait()
@@ -231,12 +233,12 @@ impl Cache {
       }
       Join::Leader(lead) => lead,
     };
-    let result = self.load_as_leader(key, ttl, loader).await;
+    let result = self.load_as_leader(key, ttl, loader, &lead).await;
     lead.finish(result.clone());
     result
   }
 
-  async fn load_as_leader<F, Fut>(&self, key: String, ttl: Duration, loader: F) -> LoadResult
+  async fn load_as_leader<F, Fut>(&self, key: String, ttl: Duration, loader: F, lead: &LoadLead) -> LoadResult
   where
     F: FnOnce() -> Fut,
     Fut: Future<Output = Result<Option<String>, String>>,
@@ -266,6 +268,12 @@ impl Cache {
       Ok(Ok(None)) => return Ok(None),
       Ok(Ok(Some(json))) => Arc::<str>::from(json),
     };
+    // A write of the key made while the loader ran is newer than what the
+    // loader read: its callers get the loaded value, but it is not stored
+    // over that write.
+    if !lead.is_current() {
+      return Ok(Some(json));
+    }
     let set = Op::Set { key: generic_key, kind: 0, json: json.clone(), ttl };
     match self.execute(vec![Ok(vec![set])]).await.pop() {
       Some(Reply::Error(e)) => Err(e),
@@ -680,7 +688,7 @@ impl Inner {
         },
         _ => {
           if op.is_write() {
-            self.reads.forget(&op.key().to_string());
+            self.key_written(op.key());
           }
           None
         }
@@ -758,6 +766,15 @@ impl Inner {
     self.tags.add(key, tag_keys, bound, |k| self.memory.exists(k));
   }
 
+  /// A write of `key` was sent or acknowledged: a read or a load of it that
+  /// started before may return its older value to those who asked before,
+  /// but nobody joins it from now on, and a load does not store its result.
+  fn key_written(&self, key: &str) {
+    let key = key.to_string();
+    self.reads.forget(&key);
+    self.loads.forget(&key);
+  }
+
   fn read_reply(&self, json: Option<Arc<str>>, unwrap: Option<&'static str>) -> Reply {
     match json {
       Some(json) => {
@@ -802,7 +819,7 @@ impl Inner {
     if op.is_write() {
       // Acknowledged: a read that starts from now on must not join one that
       // Redis may have run before this write.
-      self.reads.forget(&op.key().to_string());
+      self.key_written(op.key());
     }
     // The memory tier follows Redis, except where it must not: a write
     // journaled since this one was sent is newer and stays; a write Redis
@@ -899,6 +916,9 @@ impl Inner {
   /// Answers one operation from the memory tier; with `journal`, records
   /// writes for replay (Redis is configured but unavailable).
   fn in_memory(&self, op: &Op, journal: bool) -> Reply {
+    if op.is_write() {
+      self.key_written(op.key());
+    }
     let m = &self.memory;
     let at = now_ms();
     let result: Result<Reply, CacheError> = (|| {
@@ -928,6 +948,8 @@ impl Inner {
         Op::ClearOrg { scope, pattern } => {
           let n = m.clear_prefix(scope);
           self.reads.forget_prefix(scope);
+          self.loads.forget_prefix(scope);
+        self.loads.forget_prefix(scope);
           if journal {
             self.journal.record_clear(scope, pattern, at);
           }
@@ -1009,6 +1031,7 @@ impl Inner {
       Ok(n) => {
         self.memory.clear_prefix(scope);
         self.reads.forget_prefix(scope);
+        self.loads.forget_prefix(scope);
         self.journal.void_scope(scope);
         Reply::Int(n as i64)
       }

@@ -92,6 +92,12 @@ impl<K: Eq + Hash + Clone, V: Clone> SingleFlight<K, V> {
 }
 
 impl<K: Eq + Hash + Clone, V: Clone> Lead<K, V> {
+  /// Is this still the flight of its key, i.e. was it not [`forget`](SingleFlight::forget)-ten
+  /// (a write of the key since it started makes its result older than that write)?
+  pub fn is_current(&self) -> bool {
+    self.flight.inflight.lock().unwrap().get(&self.key).is_some_and(|(id, _)| *id == self.id)
+  }
+
   /// Hands the result to every follower.
   pub fn finish(self, value: V) {
     self.flight.end_flight(&self.key, self.id);

@@ -67,7 +67,7 @@ class ReadThrough {
   serve(key, entry, loader, policy) {
     const now = Date.now()
     if (entry !== MISS && now < entry.fresh) {
-      if (entry.refresh > 0 && now >= entry.refresh) this.refreshInBackground(key, () => this.loadOne(key, loader, policy, true))
+      if (entry.refresh > 0 && now >= entry.refresh) this.refreshInBackground(key, (f) => this.loadOne(key, loader, policy, true, f))
       return entry.value
     }
     const fallback = entry === MISS ? null : entry
@@ -76,7 +76,7 @@ class ReadThrough {
       this.stats.fallbackServed++
       return fallback.value
     }
-    const flight = this.flight(key, fallback !== null, () => this.loadOne(key, loader, policy, fallback !== null))
+    const flight = this.flight(key, fallback !== null, (f) => this.loadOne(key, loader, policy, fallback !== null, f))
     return this.runner.wait(key, flight, policy, fallback)
   }
 
@@ -84,8 +84,8 @@ class ReadThrough {
   flight(key, hasFallback, load) {
     let flight = this.flights.get(key)
     if (flight) return flight
-    flight = { promise: null, background: false, failedSafe: false }
-    flight.promise = load()
+    flight = { promise: null, background: false, failedSafe: false, overtaken: false }
+    flight.promise = load(flight)
     this.flights.set(key, flight)
     const done = () => {
       if (this.flights.get(key) === flight) this.flights.delete(key)
@@ -104,6 +104,18 @@ class ReadThrough {
     return flight
   }
 
+  /**
+   * A write of `key` was queued: a load under way read what is now older than
+   * that write. Its callers (who asked before the write) still get its value,
+   * but nobody joins it from now on, and it does not store its result.
+   */
+  keyWritten(key) {
+    const flight = this.flights.get(key)
+    if (flight === undefined) return
+    flight.overtaken = true
+    this.flights.delete(key)
+  }
+
   /** Starts one background load of `key` unless one is under way or the key is throttled. */
   refreshInBackground(key, load) {
     if (this.flights.has(key) || this.runner.throttled(key)) return
@@ -114,7 +126,7 @@ class ReadThrough {
   }
 
   /** One key's load: the lock (if asked for), the loader with its context, bounded by the hard timeout, then the store. */
-  async loadOne(key, loader, policy, hasFallback) {
+  async loadOne(key, loader, policy, hasFallback, flight) {
     let held = null
     if (policy.distributedLock) {
       held = await this.lock.acquire(key, (k) => this.readFresh(k))
@@ -124,7 +136,7 @@ class ReadThrough {
       const ctx = { key, ttl: policy.ttl, tags: policy.tags.slice(), hasFallback }
       const value = await this.runner.run(key, policy.hardTimeoutMs, () => loader(key, ctx))
       if (value === undefined) return undefined
-      await this.store(key, value, policy, ctx)
+      if (!flight?.overtaken) await this.store(key, value, policy, ctx)
       return value
     } finally {
       if (held && held.token) this.lock.release(key, held.token)
@@ -172,7 +184,7 @@ class ReadThrough {
     const answers = new Map()
     const waits = []
     const missing = []
-    const loadOneOf = (k) => () => this.loadBatch([k], loadMany, policy).then((m) => m.get(k))
+    const loadOneOf = (k) => (f) => this.loadBatch([k], loadMany, policy, new Map([[k, f]])).then((m) => m.get(k))
     unique.forEach((k, i) => {
       const entry = entries[i]
       if (entry !== MISS && now < entry.fresh) {
@@ -189,14 +201,18 @@ class ReadThrough {
       else missing.push([k, fallback])
     })
     if (missing.length > 0) {
+      const flights = new Map()
       const batch = this.loadBatch(
         missing.map(([k]) => k),
         loadMany,
         policy,
+        flights,
       )
       batch.catch(() => {})
       for (const [k, fallback] of missing) {
-        waits.push([k, this.flight(k, fallback !== null, () => batch.then((m) => m.get(k))), fallback])
+        const flight = this.flight(k, fallback !== null, () => batch.then((m) => m.get(k)))
+        flights.set(k, flight)
+        waits.push([k, flight, fallback])
       }
     }
     return Promise.all(waits.map(([k, flight, fallback]) => this.runner.wait(k, flight, policy, fallback).then((v) => answers.set(k, v)))).then(() =>
@@ -205,7 +221,7 @@ class ReadThrough {
   }
 
   /** One `loadMany(keys)` call, bounded by the hard timeout; its values stored (one batch). Resolves to a Map. */
-  async loadBatch(keys, loadMany, policy) {
+  async loadBatch(keys, loadMany, policy, flights) {
     const ctx = { keys, ttl: policy.ttl, tags: policy.tags.slice() }
     const result = await this.runner.run(keys.join(','), policy.hardTimeoutMs, () => loadMany(keys.slice(), ctx))
     let map
@@ -217,7 +233,8 @@ class ReadThrough {
     for (const k of keys) {
       if (!map.has(k) || map.get(k) === undefined) continue
       wanted.set(k, map.get(k))
-      stores.push(this.store(k, map.get(k), policy, ctx))
+      // A key written while `loadMany` ran keeps that newer write.
+      if (!flights.get(k)?.overtaken) stores.push(this.store(k, map.get(k), policy, ctx))
     }
     await Promise.all(stores)
     return wanted
