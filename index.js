@@ -473,6 +473,8 @@ class CacheAdapter extends EventEmitter {
   invalidateTags(tags, options) {
     if (this._closed) return Promise.reject(Object.assign(new Error('the cache adapter is closed'), { code: 'ERR_CACHE_CLOSED' }))
     try {
+      // A load under way may be of a key these tags remove: it must not store its result afterwards.
+      this._readThrough.allWritten()
       return this._tags.invalidate(tags, options)
     } catch (e) {
       return Promise.reject(e)

@@ -160,6 +160,17 @@ test('a load that was under way when a write of its key was acknowledged never s
       assert.equal(await adapter.getOrLoad(key, async () => 'a new load', third), 'written', `${what}: and is what later loads find`)
     }
   }
+  // invalidateTags while a tagged load is under way: the load's result is not stored afterwards.
+  {
+    let finish
+    const slow = new Promise((resolve) => (finish = resolve))
+    const reload = onRedis.getOrLoad('tagged-2', () => slow, { ttl: 60, grace: 60, tags: ['lead:2'] })
+    await sleep(20)
+    await onRedis.invalidateTags(['lead:2'])
+    finish('loaded before the invalidation')
+    assert.equal(await guard(reload, 3000, 'the tagged load'), 'loaded before the invalidation')
+    assert.equal(await onRedis.get('tagged-2'), null, 'what the invalidation removed stays removed')
+  }
   // getOrLoadMany: a key written while loadMany runs keeps that write.
   let finishMany
   const many = new Promise((resolve) => (finishMany = resolve))

@@ -116,6 +116,15 @@ class ReadThrough {
     this.flights.delete(key)
   }
 
+  /**
+   * Entries are being removed by tag, keys unknown here: every load under
+   * way is treated as overtaken (see `keyWritten`). Sound, at the price of
+   * not storing those loads' results.
+   */
+  allWritten() {
+    for (const key of [...this.flights.keys()]) this.keyWritten(key)
+  }
+
   /** Starts one background load of `key` unless one is under way or the key is throttled. */
   refreshInBackground(key, load) {
     if (this.flights.has(key) || this.runner.throttled(key)) return
