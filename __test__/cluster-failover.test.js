@@ -158,28 +158,36 @@ describe('three masters, no replicas', () => {
   })
 })
 
-describe('three masters with a replica each', () => {
-  let cluster
-  let adapter
+/**
+ * Three masters with a replica each, and an adapter connected to them, for
+ * the tests of one describe block (started before them, stopped after).
+ */
+function replicatedCluster() {
+  const on = { cluster: null, adapter: null }
   before(async () => {
-    cluster = await startCluster(3, { replicas: 1 })
-    adapter = new CacheAdapter({ clusterNodes: cluster.seeds, keyPrefix: PREFIX, breakerCooldownMs: 500 })
-    await connected(adapter)
+    on.cluster = await startCluster(3, { replicas: 1 })
+    on.adapter = new CacheAdapter({ clusterNodes: on.cluster.seeds, keyPrefix: PREFIX, breakerCooldownMs: 500 })
+    await connected(on.adapter)
   })
   after(async () => {
-    await adapter?.close()
-    await cluster?.stop()
+    await on.adapter?.close()
+    await on.cluster?.stop()
   })
+  return on
+}
+
+describe('three masters with a replica each', () => {
+  const on = replicatedCluster()
 
   test('50 rounds: one instance writes, another reads it at once', async () => {
-    const other = new CacheAdapter({ clusterNodes: cluster.seeds, keyPrefix: PREFIX })
+    const other = new CacheAdapter({ clusterNodes: on.cluster.seeds, keyPrefix: PREFIX })
     try {
       await connected(other)
       const stale = []
       for (let round = 0; round < 50; round++) {
         const key = `rw-${round % 7}`
         const value = { round }
-        await adapter.set(key, value)
+        await on.adapter.set(key, value)
         const t0 = Date.now()
         const got = await other.get(key)
         if (JSON.stringify(got) !== JSON.stringify(value) || Date.now() - t0 > 100) stale.push({ round, got })
@@ -192,14 +200,14 @@ describe('three masters with a replica each', () => {
 
   test('a slot migrated under traffic: redirections are followed, no call rejects', async () => {
     // Every key of this test shares the hash tag {mig}, so one slot.
-    const slot = Number(await cluster.nodes[0].cli('cluster', 'keyslot', redisKey('{mig}-0')))
-    const shards = await cluster.shards()
+    const slot = Number(await on.cluster.nodes[0].cli('cluster', 'keyslot', redisKey('{mig}-0')))
+    const shards = await on.cluster.shards()
     const from = shards.find((s) => s.slots.some(([a, b]) => slot >= a && slot <= b))
     const to = shards.find((s) => s !== from)
-    const source = cluster.nodes.find((n) => n.port === from.master)
-    const target = cluster.nodes.find((n) => n.port === to.master)
+    const source = on.cluster.nodes.find((n) => n.port === from.master)
+    const target = on.cluster.nodes.find((n) => n.port === to.master)
     const keys = Array.from({ length: 200 }, (_, i) => `{mig}-${i}`)
-    await adapter.setMany(keys.map((k) => [k, { k, v: 0 }]))
+    await on.adapter.setMany(keys.map((k) => [k, { k, v: 0 }]))
 
     const acked = new Map(keys.map((k) => [k, { k, v: 0 }]))
     const rejected = []
@@ -211,10 +219,10 @@ describe('three masters with a replica each', () => {
         try {
           if (n % 2) {
             const value = { k, v: n, w }
-            assert.equal(await adapter.set(k, value), true)
+            assert.equal(await on.adapter.set(k, value), true)
             acked.set(k, value)
           } else {
-            await adapter.get(k)
+            await on.adapter.get(k)
           }
         } catch (err) {
           rejected.push(`${k}: ${err.message}`)
@@ -231,7 +239,7 @@ describe('three masters with a replica each', () => {
       await source.cli('migrate', target.host, target.port, '', 0, 5000, 'keys', ...batch)
       await sleep(20)
     }
-    for (const node of [target, source, ...cluster.nodes.filter((n) => n !== source && n !== target)]) {
+    for (const node of [target, source, ...on.cluster.nodes.filter((n) => n !== source && n !== target)]) {
       await node.cli('cluster', 'setslot', slot, 'node', to.id).catch(() => {})
     }
     await sleep(1000)
@@ -239,8 +247,8 @@ describe('three masters with a replica each', () => {
     await guard(Promise.all(loops), 35000, 'the traffic loops')
     assert.deepEqual(rejected.slice(0, 5), [], `${rejected.length} calls rejected during the migration`)
     assert.equal(await target.cli('cluster', 'countkeysinslot', slot), String(keys.length), 'the slot moved whole')
-    await drained(adapter)
-    await assertAllInRedis(cluster, acked)
+    await drained(on.adapter)
+    await assertAllInRedis(on.cluster, acked)
   })
 
 })
@@ -248,39 +256,29 @@ describe('three masters with a replica each', () => {
 // A cluster of its own: the resharding above leaves config epochs bumped without agreement
 // (SETSLOT NODE), which is Redis's business, not the failover's under test here.
 describe('three masters with a replica each, one killed', () => {
-  let cluster
-  let adapter
-  before(async () => {
-    cluster = await startCluster(3, { replicas: 1 })
-    adapter = new CacheAdapter({ clusterNodes: cluster.seeds, keyPrefix: PREFIX, breakerCooldownMs: 500 })
-    await connected(adapter)
-  })
-  after(async () => {
-    await adapter?.close()
-    await cluster?.stop()
-  })
+  const on = replicatedCluster()
 
   test('a master killed under 64-way load: no call rejects, no acknowledged write is lost, the replica serves', async () => {
-    const byPort = await keysByMaster(cluster, 'fo', 2)
+    const byPort = await keysByMaster(on.cluster, 'fo', 2)
     const [deadPort, deadKeys] = [...byPort.entries()][0]
-    const dead = cluster.nodes.find((n) => n.port === deadPort)
-    const replicaPort = (await cluster.shards()).find((s) => s.master === deadPort).replicas[0]
+    const dead = on.cluster.nodes.find((n) => n.port === deadPort)
+    const replicaPort = (await on.cluster.shards()).find((s) => s.master === deadPort).replicas[0]
     let promoted = false
     let stopAt = Infinity
-    const traffic = load({ adapter, stop: () => Date.now() > stopAt })
+    const traffic = load({ adapter: on.adapter, stop: () => Date.now() > stopAt })
     await sleep(500)
     await dead.kill()
     const killedAt = Date.now()
     // Other masters' slots are served by Redis while the dead one's are not:
     // a write to a live master reaches it during the failover.
     const liveKey = [...byPort.entries()][1][1][0]
-    const liveMaster = cluster.nodes.find((n) => n.port === [...byPort.entries()][1][0])
+    const liveMaster = on.cluster.nodes.find((n) => n.port === [...byPort.entries()][1][0])
     const probes = []
     for (let i = 0; i < 10; i++) {
       await sleep(150)
       const value = { during: i }
       const t0 = Date.now()
-      assert.equal(await adapter.set(liveKey, value), true)
+      assert.equal(await on.adapter.set(liveKey, value), true)
       probes.push({ ms: Date.now() - t0, atOnce: await holds(liveMaster, liveKey, value) })
     }
     traffic.acked.set(liveKey, { during: 9 })
@@ -290,12 +288,12 @@ describe('three masters with a replica each, one killed', () => {
     assert.ok(atOnce >= 9, `writes to a live master went to Redis during the failover: ${JSON.stringify(probes)}`)
 
     await until(
-      async () => (await cluster.masterOf(redisKey(deadKeys[0])))?.port === replicaPort,
+      async () => (await on.cluster.masterOf(redisKey(deadKeys[0])))?.port === replicaPort,
       20000,
       'the replica is promoted',
       100,
     ).catch(async (err) => {
-      err.message += `\n${(await cluster.nodes.find((n) => n.port === replicaPort).cli('cluster', 'nodes')).trim()}`
+      err.message += `\n${(await on.cluster.nodes.find((n) => n.port === replicaPort).cli('cluster', 'nodes')).trim()}`
       throw err
     })
     promoted = true
@@ -307,13 +305,13 @@ describe('three masters with a replica each, one killed', () => {
     assert.deepEqual(traffic.rejected.slice(0, 5), [], `${traffic.rejected.length} of ${traffic.ops()} calls rejected`)
     assert.ok(traffic.ops() > 500, `load ran: ${traffic.ops()} calls`)
 
-    await drained(adapter)
+    await drained(on.adapter)
     // The promoted replica serves the dead master's slots: a new write lands there.
-    const replica = cluster.nodes.find((n) => n.port === replicaPort)
-    assert.equal(await adapter.set(deadKeys[0], { after: true }), true)
+    const replica = on.cluster.nodes.find((n) => n.port === replicaPort)
+    assert.equal(await on.adapter.set(deadKeys[0], { after: true }), true)
     await until(() => holds(replica, deadKeys[0], { after: true }), 5000, 'the write reaches the promoted replica')
     traffic.acked.set(deadKeys[0], { after: true })
-    await assertAllInRedis(cluster, traffic.acked)
+    await assertAllInRedis(on.cluster, traffic.acked)
     console.log(
       `failover: replica promoted ${failoverMs} ms after the kill; ${traffic.ops()} calls, none rejected; ` +
         `${atOnce}/10 writes to a live master reached it at once: ${JSON.stringify(probes)}`,

@@ -110,13 +110,24 @@ test('#8: 30 rounds of CLIENT KILL of every connection: a write through A is rea
 
 const SILENT = { commandTimeoutMs: 150, connectTimeoutMs: 500, breakerFailures: 3, breakerCooldownMs: 500 }
 
-test('a silent path (connections stop answering, new ones work): the adapter dials new connections within seconds and serves from Redis again', async (t) => {
+/** A redis-server, a proxy in front of it, and a connected adapter (pool of two) that talks through the proxy. */
+async function behindProxy() {
   const server = await startRedis()
   const proxy = await startProxy(server.port)
   const keyPrefix = uniquePrefix()
   const adapter = new CacheAdapter({ url: proxy.url, keyPrefix, poolSize: 2, ...SILENT })
   try {
     await waitConverged(adapter, 10000, 'initial connect')
+  } catch (e) {
+    await closeAll([adapter], [proxy, server])
+    throw e
+  }
+  return { server, proxy, keyPrefix, adapter }
+}
+
+test('a silent path (connections stop answering, new ones work): the adapter dials new connections within seconds and serves from Redis again', async (t) => {
+  const { server, proxy, keyPrefix, adapter } = await behindProxy()
+  try {
     assert.equal(await adapter.set('before', 1), true)
     await until(() => proxy.open() >= 2, 3000, 'both pooled connections open')
     const acceptedBefore = proxy.accepted
@@ -151,12 +162,8 @@ test('a silent path (connections stop answering, new ones work): the adapter dia
 })
 
 test('one of two pooled connections goes silent: that connection is replaced and writes stop failing', async (t) => {
-  const server = await startRedis()
-  const proxy = await startProxy(server.port)
-  const keyPrefix = uniquePrefix()
-  const adapter = new CacheAdapter({ url: proxy.url, keyPrefix, poolSize: 2, ...SILENT })
+  const { server, proxy, keyPrefix, adapter } = await behindProxy()
   try {
-    await waitConverged(adapter, 10000, 'initial connect')
     await until(() => proxy.open() >= 2, 3000, 'both pooled connections open')
     const acceptedBefore = proxy.accepted
     assert.equal(proxy.hold(1), 1)

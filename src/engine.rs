@@ -463,7 +463,8 @@ impl Cache {
   }
 
   /// The counters the alert rules sample on every evaluation: atomics only,
-  /// unlike `stats()`, which walks the memory tier.
+  /// without the rest of `stats()` (its memory-tier upkeep, and the JSON an
+  /// evaluation every few seconds has no use for).
   pub fn alert_inputs(&self) -> Json {
     let inner = &self.inner;
     let m = &inner.metrics;
