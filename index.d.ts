@@ -224,10 +224,12 @@ export interface NearCacheOptions {
 
 /** `getStats().cache.near`. */
 export interface NearCacheStats {
-  /** A near cache was asked for and can run (Redis enabled, not a cluster). */
+  /** A near cache was asked for and can run (Redis enabled). */
   enabled: boolean
-  /** The invalidation link has tracking on. */
+  /** Every invalidation link has tracking on. */
   linkUp: boolean
+  /** Invalidation links it keeps: 1, or one per master on a cluster. */
+  links: number
   /** Hits are being served now: link up, mode 'redis', lease current. */
   active: boolean
   entries: number

@@ -7,6 +7,7 @@ const { test, describe, before, after } = require('node:test')
 const assert = require('node:assert/strict')
 const { startCluster } = require('./helpers/redis')
 const { sleep, guard, until } = require('./helpers/wait')
+const near = require('./helpers/near')
 require('./helpers/env').isolateFromEnvironment()
 const { CacheAdapter } = require('..')
 
@@ -162,11 +163,11 @@ describe('three masters, no replicas', () => {
  * Three masters with a replica each, and an adapter connected to them, for
  * the tests of one describe block (started before them, stopped after).
  */
-function replicatedCluster() {
+function replicatedCluster(options = {}) {
   const on = { cluster: null, adapter: null }
   before(async () => {
     on.cluster = await startCluster(3, { replicas: 1 })
-    on.adapter = new CacheAdapter({ clusterNodes: on.cluster.seeds, keyPrefix: PREFIX, breakerCooldownMs: 500 })
+    on.adapter = new CacheAdapter({ clusterNodes: on.cluster.seeds, keyPrefix: PREFIX, breakerCooldownMs: 500, ...options })
     await connected(on.adapter)
   })
   after(async () => {
@@ -179,23 +180,33 @@ function replicatedCluster() {
 describe('three masters with a replica each', () => {
   const on = replicatedCluster()
 
-  test('50 rounds: one instance writes, another reads it at once', async () => {
-    const other = new CacheAdapter({ clusterNodes: on.cluster.seeds, keyPrefix: PREFIX })
-    try {
-      await connected(other)
-      const stale = []
-      for (let round = 0; round < 50; round++) {
-        const key = `rw-${round % 7}`
-        const value = { round }
-        await on.adapter.set(key, value)
-        const t0 = Date.now()
-        const got = await other.get(key)
-        if (JSON.stringify(got) !== JSON.stringify(value) || Date.now() - t0 > 100) stale.push({ round, got })
-      }
-      assert.deepEqual(stale, [])
-    } finally {
-      await other.close()
+  // One key per master, so that every master's invalidation link is exercised.
+  const roundsOn = async (nearCache, kill = false) => {
+    const keys = [...(await keysByMaster(on.cluster, 'rw', 1)).values()].flat()
+    assert.equal(keys.length, 3)
+    return near.rounds({
+      makeAdapter: (n) => new CacheAdapter({ clusterNodes: on.cluster.seeds, keyPrefix: PREFIX, nearCache: n, alerts: false }),
+      near: nearCache,
+      keys,
+      kill,
+      servers: () => on.cluster.nodes,
+      // Two adapters, a link to each of the three masters.
+      links: 6,
+    })
+  }
+
+  test('50 rounds: one instance writes, another reads within 100 ms, near cache on and off', async (t) => {
+    for (const nearCache of [true, false]) {
+      const { firstReadFresh, stats } = await roundsOn(nearCache)
+      if (nearCache) assert.equal(stats.links, 3, 'a link per master')
+      t.diagnostic(`near ${nearCache}: first read after the write already fresh in ${firstReadFresh}/150`)
     }
+  })
+
+  test('the same with every invalidation link killed (CLIENT KILL) at round 25', async () => {
+    const { stats } = await roundsOn(true, true)
+    assert.ok(stats.flushes >= 1)
+    assert.equal(stats.linkUp, true, 'the links came back')
   })
 
   test('a slot migrated under traffic: redirections are followed, no call rejects', async () => {
@@ -258,7 +269,8 @@ describe('three masters with a replica each', () => {
 // A cluster of its own: the resharding above leaves config epochs bumped without agreement
 // (SETSLOT NODE), which is Redis's business, not the failover's under test here.
 describe('three masters with a replica each, one killed', () => {
-  const on = replicatedCluster()
+  // The near cache is on: a read after an acknowledged write must not be answered by it stale.
+  const on = replicatedCluster({ nearCache: true })
 
   test('a master killed under 64-way load: no call rejects, no acknowledged write is lost, the replica serves', async () => {
     const byPort = await keysByMaster(on.cluster, 'fo', 2)
@@ -314,6 +326,23 @@ describe('three masters with a replica each, one killed', () => {
     await until(() => holds(replica, deadKeys[0], { after: true }), 5000, 'the write reaches the promoted replica')
     traffic.acked.set(deadKeys[0], { after: true })
     await assertAllInRedis(on.cluster, traffic.acked)
+
+    // The near cache follows the new master: a link to it, and another instance's writes there invalidate.
+    await near.ready(on.adapter, 'the near cache after the failover', 10000)
+    assert.equal((await near.nearStats(on.adapter)).links, 3)
+    const other = new CacheAdapter({ clusterNodes: on.cluster.seeds, keyPrefix: PREFIX, alerts: false })
+    try {
+      await connected(other)
+      for (let round = 0; round < 10; round++) {
+        await on.adapter.get(deadKeys[0])
+        await on.adapter.get(deadKeys[0])
+        assert.equal(await other.set(deadKeys[0], { round }), true)
+        await near.freshWithinBound(() => on.adapter.get(deadKeys[0]), { round }, `round ${round} on the promoted master`)
+      }
+      assert.ok((await near.nearStats(on.adapter)).hits > 0, 'the near cache served hits after the failover')
+    } finally {
+      await other.close()
+    }
     console.log(
       `failover: replica promoted ${failoverMs} ms after the kill; ${traffic.ops()} calls, none rejected; ` +
         `${atOnce}/10 writes to a live master reached it at once: ${JSON.stringify(probes)}`,

@@ -9,113 +9,25 @@
  */
 const { test } = require('node:test')
 const assert = require('node:assert/strict')
-const { performance } = require('node:perf_hooks')
 const { startRedis } = require('./helpers/redis')
 const { sleep, guard, until } = require('./helpers/wait')
+const { STALE_BOUND_MS, nearStats, ready, freshWithinBound, rounds: sharedRounds } = require('./helpers/near')
 
 require('./helpers/env').isolateFromEnvironment()
 
 const { CacheAdapter } = require('..')
 
-const LINK_NAME = 'cache-near-invalidation'
-/** The guarantee: a read is never staler than this after another instance's acknowledged write. */
-const STALE_BOUND_MS = 100
-
 let seq = 0
 const uniquePrefix = () => `near-${process.pid}-${++seq}`
-const nearStats = async (adapter) => (await guard(adapter.getStats(), 3000, 'getStats')).cache.near
 
 function adapter(server, prefix, near, extra = {}) {
   return new CacheAdapter({ url: `redis://127.0.0.1:${server.port}`, keyPrefix: prefix, nearCache: near, alerts: false, ...extra })
 }
 
-/** Waits until the adapter's near cache may serve hits (or, near off, until it serves from Redis). */
-function ready(a, what) {
-  return until(
-    async () => {
-      const s = (await guard(a.getStats(), 3000, 'getStats')).cache
-      return s.mode === 'redis' && (!s.near.enabled || s.near.active)
-    },
-    5000,
-    `${what} ready`,
-  )
-}
-
-/**
- * Reads with `read` until it returns `expected` (deep-equal), from right after
- * the write's acknowledgement; fails if that takes STALE_BOUND_MS or more.
- * Returns whether the very first read was already fresh.
- */
-async function freshWithinBound(read, expected, what) {
-  const acked = performance.now()
-  let last
-  for (let i = 0; i < 10000; i++) {
-    last = await read()
-    if (JSON.stringify(last) === JSON.stringify(expected)) return i === 0
-    if (performance.now() - acked >= STALE_BOUND_MS) break
-    await sleep(1)
-  }
-  assert.fail(`${what}: still ${JSON.stringify(last)} ${STALE_BOUND_MS} ms after the write of ${JSON.stringify(expected)} was acknowledged`)
-}
-
-async function linkIds(server) {
-  const list = await server.cli('client', 'list')
-  return list
-    .split('\n')
-    .filter((l) => l.includes(` name=${LINK_NAME} `))
-    .map((l) => /^id=(\d+)/.exec(l)[1])
-}
-
-async function killLinks(server) {
-  const ids = await linkIds(server)
-  for (const id of ids) await server.cli('client', 'kill', 'id', id)
-  return ids.length
-}
-
-/** 50 rounds: `writer` writes, `reader` must read it within the bound; optionally kills the links mid-run. */
-async function rounds(server, near, { kill = false } = {}) {
+/** The shared 50 rounds (helpers/near.js) on one server, each run under a prefix of its own. */
+function rounds(server, near, { kill = false } = {}) {
   const prefix = uniquePrefix()
-  const writer = adapter(server, prefix, near)
-  const reader = adapter(server, prefix, near)
-  try {
-    await ready(writer, 'writer')
-    await ready(reader, 'reader')
-    let firstReadFresh = 0
-    for (let round = 0; round < 50; round++) {
-      // The reader holds the old values (near on: in its near cache).
-      await reader.get('lead')
-      await reader.get('lead')
-      await reader.getDynamicLead('L1')
-      if (kill && round === 25) {
-        const before = await nearStats(reader)
-        assert.equal(await killLinks(server), 2, 'both adapters have an invalidation link')
-        // Written while the reader's link is down: its invalidation is never delivered.
-        await writer.set('lead', { round, during: 'outage' })
-        await until(async () => (await nearStats(reader)).flushes > before.flushes, 2000, 'the reader flushes its near cache')
-        assert.equal((await nearStats(reader)).entries, 0)
-        await freshWithinBound(() => reader.get('lead'), { round, during: 'outage' }, `round ${round}, link down`)
-        await ready(reader, 'reader after CLIENT KILL')
-        assert.deepEqual(await reader.get('lead'), { round, during: 'outage' }, 'a missed invalidation served stale after the link came back')
-      }
-      const value = { round, at: Date.now() }
-      assert.equal(await writer.set('lead', value), true)
-      if (await freshWithinBound(() => reader.get('lead'), value, `round ${round}, generic key`)) firstReadFresh++
-      await writer.setDynamicLead('L1', { name: `lead ${round}` })
-      await freshWithinBound(() => reader.getDynamicLead('L1'), { name: `lead ${round}` }, `round ${round}, domain key`)
-    }
-    const stats = await nearStats(reader)
-    if (near) {
-      assert.ok(stats.hits > 50, `the near cache answered repeated reads (hits ${stats.hits})`)
-      assert.ok(stats.invalidations >= 100, `invalidations arrived (${stats.invalidations})`)
-    } else {
-      assert.equal(stats.enabled, false)
-      assert.equal(stats.hits, 0)
-    }
-    return { firstReadFresh, stats }
-  } finally {
-    await writer.close()
-    await reader.close()
-  }
+  return sharedRounds({ makeAdapter: (n) => adapter(server, prefix, n), near, kill, servers: () => [server], links: 2 })
 }
 
 test('two adapters, 50 rounds: a read is never stale 100 ms after the other\'s acknowledged write', async (t) => {

@@ -6,6 +6,7 @@ const { test, before, after } = require('node:test')
 const assert = require('node:assert/strict')
 const { startSentinel } = require('./helpers/redis')
 const { sleep, guard, until } = require('./helpers/wait')
+const near = require('./helpers/near')
 require('./helpers/env').isolateFromEnvironment()
 const { CacheAdapter } = require('..')
 
@@ -68,13 +69,71 @@ test('the doctor checks the master the sentinels name', async () => {
   assert.match(bad.stdout, /FAIL  sentinel +no master "nosuchmaster"/, bad.stdout)
 })
 
+const viaSentinels = (options = {}) =>
+  new CacheAdapter({ sentinels: setup.sentinelAddrs, sentinelMasterName: setup.name, alerts: false, ...options })
+
+/** The server the sentinels name master now. */
+async function masterNow() {
+  const port = await setup.currentMaster()
+  return [setup.master, ...setup.replicas].find((s) => s.port === port)
+}
+
+test('near cache behind Sentinel: 50 rounds of one instance writes, another reads within 100 ms; links killed at round 25', async () => {
+  for (const [nearCache, kill] of [[true, false], [false, false], [true, true]]) {
+    const { stats } = await near.rounds({
+      makeAdapter: (n) => viaSentinels({ keyPrefix: `stn-${nearCache}-${kill}`, nearCache: n }),
+      near: nearCache,
+      kill,
+      servers: async () => [await masterNow()],
+      links: 2,
+    })
+    if (kill) assert.equal(stats.linkUp, true, 'the link came back')
+  }
+})
+
+test('a managed failover (SENTINEL FAILOVER): the near cache follows the new master and is never stale', async () => {
+  const reader = viaSentinels({ keyPrefix: 'stm', nearCache: true, breakerCooldownMs: 300 })
+  const writer = viaSentinels({ keyPrefix: 'stm', breakerCooldownMs: 300 })
+  try {
+    await near.ready(reader, 'reader')
+    await near.ready(writer, 'writer')
+    assert.equal(await writer.set('k', { v: 'before' }), true)
+    await near.freshWithinBound(() => reader.get('k'), { v: 'before' }, 'before the failover')
+    const hitsBefore = (await near.nearStats(reader)).hits
+    await reader.get('k')
+    assert.ok((await near.nearStats(reader)).hits > hitsBefore, 'the reader holds k in its near cache')
+
+    const oldMaster = await masterNow()
+    await setup.sentinels[0].cli('sentinel', 'failover', setup.name)
+    const promoted = await until(
+      async () => {
+        const now = await masterNow()
+        return now && now !== oldMaster && /role:master/.test(await now.cli('info', 'replication')) && now
+      },
+      20000,
+      'the sentinels switch masters',
+      100,
+    )
+    // The old master is a replica now: once the writer has followed the switch, its write lands on the new one.
+    await until(async () => (await writer.set('k', { v: 'after' })) && /"after"/.test(await promoted.cli('get', 'stm:kv:k')), 15000, 'a write reaches the new master', 100)
+    await near.freshWithinBound(() => reader.get('k'), { v: 'after' }, 'after the failover')
+    await near.ready(reader, 'the reader after the failover', 10000)
+    assert.equal(await near.killLinks([oldMaster]), 0, 'no link is left on the demoted master')
+    for (let round = 0; round < 20; round++) {
+      await reader.get('k')
+      assert.equal(await writer.set('k', { round }), true)
+      await near.freshWithinBound(() => reader.get('k'), { round }, `round ${round} after the failover`)
+    }
+    assert.equal((await reader.getStats()).cache.near.links, 1)
+  } finally {
+    await reader.close()
+    await writer.close()
+  }
+})
+
 test('the master killed under 64-way load: no call rejects, no acknowledged write is lost', async () => {
-  const adapter = new CacheAdapter({
-    sentinels: setup.sentinelAddrs,
-    sentinelMasterName: setup.name,
-    keyPrefix: 'st',
-    breakerCooldownMs: 300,
-  })
+  // The near cache is on: a read after an acknowledged write must not be answered by it stale.
+  const adapter = viaSentinels({ keyPrefix: 'st', breakerCooldownMs: 300, nearCache: true })
   try {
     await connected(adapter)
     const acked = new Map()
@@ -102,8 +161,9 @@ test('the master killed under 64-way load: no call rejects, no acknowledged writ
       }
     })
     await sleep(500)
-    const oldPort = setup.master.port
-    await setup.master.kill()
+    const oldMaster = await masterNow()
+    const oldPort = oldMaster.port
+    await oldMaster.kill()
     const killedAt = Date.now()
     const newPort = await until(
       async () => {
@@ -140,11 +200,12 @@ test('the master killed under 64-way load: no call rejects, no acknowledged writ
       const lost = keys.filter((k, i) => JSON.stringify(values[i]) !== JSON.stringify(acked.get(k)))
       assert.deepEqual(lost.slice(0, 10), [], `${lost.length} of ${keys.length} acknowledged writes lost`)
       assert.equal((await fresh.getStats()).cache.servedFromMemory, 0)
-      const newMaster = setup.replicas.find((r) => r.port === newPort)
+      const newMaster = [setup.master, ...setup.replicas].find((r) => r.port === newPort)
       assert.ok(Number(await newMaster.cli('dbsize')) >= keys.length, 'the writes are on the promoted replica')
     } finally {
       await fresh.close()
     }
+    await near.ready(adapter, 'the near cache on the new master', 10000)
     console.log(`sentinel failover: replica promoted ${failoverMs} ms after the kill; ${ops} calls, none rejected`)
   } finally {
     await adapter.close()

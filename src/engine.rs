@@ -97,7 +97,7 @@ struct Inner {
   watch: RedisWatch,
   /// Which entries this instance wrote carry which tags (see `tags`).
   tags: TagIndex,
-  /// The near cache (option `nearCache`; single-node Redis only).
+  /// The near cache (option `nearCache`).
   near: Option<Arc<Near>>,
 }
 
@@ -115,9 +115,8 @@ impl Cache {
     let breaker = (cfg.breaker_failures, cfg.breaker_cooldown);
     let redis =
       cfg.redis.clone().map(|t| RedisTier::new(t, cfg.pool_size, cfg.command_timeout, cfg.connect_timeout, breaker));
-    // The near cache's invalidation link: its own RESP3 connection, never one of the pool's.
-    let link = match (&cfg.near, &cfg.redis) {
-      (Some(n), Some(t)) => tiers::redis::push_client(t).map(|client| (Near::new(n.clone()), client)),
+    let near = match (&cfg.near, &cfg.redis) {
+      (Some(n), Some(_)) => Some(Near::new(n.clone())),
       _ => None,
     };
     let inner = Arc::new(Inner {
@@ -143,13 +142,12 @@ impl Cache {
       runtime: runtime.clone(),
       watch: RedisWatch::default(),
       tags: TagIndex::default(),
-      near: link.as_ref().map(|(near, _)| near.clone()),
+      near,
       redis,
       cfg,
     });
-    if let Some((near, Ok(client))) = link {
-      let prefix = format!("{}:", inner.keys.prefix());
-      runtime.spawn(near::run_link(Arc::downgrade(&near), client, prefix, inner.cfg.connect_timeout));
+    if let Some(near) = &inner.near {
+      start_near_links(&inner, near, &runtime);
     }
     if inner.redis.is_some() {
       runtime.spawn(supervise(Arc::downgrade(&inner)));
@@ -950,7 +948,7 @@ impl Inner {
           let n = m.clear_prefix(scope);
           self.reads.forget_prefix(scope);
           self.loads.forget_prefix(scope);
-        self.loads.forget_prefix(scope);
+          self.loads.forget_prefix(scope);
           if journal {
             self.journal.record_clear(scope, pattern, at);
           }
@@ -1041,6 +1039,31 @@ impl Inner {
         self.redis_failed(e);
         self.in_memory(op, true)
       }
+    }
+  }
+}
+
+/// Starts the near cache's invalidation links, each its own RESP3 connection
+/// (never one of the pool's): one to the server or to the master Sentinel
+/// names, or one per master of a cluster, following its slot map. A target
+/// that makes no client leaves the near cache bypassed.
+fn start_near_links(inner: &Arc<Inner>, near: &Arc<Near>, runtime: &Handle) {
+  let Some(target) = inner.cfg.redis.as_ref() else { return };
+  let (prefix, timeout) = (format!("{}:", inner.keys.prefix()), inner.cfg.connect_timeout);
+  match tiers::redis::push_dialer(target) {
+    Some(Ok(dialer)) => {
+      let lane = near.set_lanes(&["redis"]).pop().expect("a new near cache has no lane yet");
+      runtime.spawn(near::run_link(Arc::downgrade(near), lane, Arc::new(dialer), prefix, timeout));
+    }
+    Some(Err(_)) => {}
+    None => {
+      let (masters_of, client_of) = (Arc::downgrade(inner), Arc::downgrade(inner));
+      let masters = move || masters_of.upgrade().and_then(|i| i.redis.as_ref().map(|r| r.masters()));
+      let client_for = move |node: &str| {
+        let inner = client_of.upgrade().ok_or("the adapter is gone")?;
+        inner.redis.as_ref().ok_or("Redis is disabled")?.node_push_client(node)
+      };
+      runtime.spawn(near::run_lanes(Arc::downgrade(near), masters, client_for, prefix, timeout));
     }
   }
 }

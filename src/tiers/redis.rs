@@ -276,16 +276,7 @@ impl RedisTier {
     let cluster = self.cluster.as_ref().expect("cluster pools are asked for on a cluster only");
     let mut pools = lock(&cluster.pools);
     let pool = pools.entry(node.clone()).or_insert_with(|| {
-      let mut target = self.target.clone();
-      match node.rsplit_once(':').map(|(h, p)| (h.trim_matches(['[', ']']).to_string(), p.parse::<u16>())) {
-        Some((host, Ok(port))) => {
-          target.host = host;
-          target.port = port;
-        }
-        _ => target.host = String::new(),
-      }
-      target.db = 0;
-      let client = if target.host.is_empty() { Err(format!("bad node address {node}")) } else { client(&target) };
+      let client = self.node_target(node).and_then(|target| client(&target));
       let config =
         AsyncConnectionConfig::new().set_connection_timeout(Some(self.connect_timeout)).set_response_timeout(None);
       Arc::new(Pool::new(
@@ -334,12 +325,7 @@ impl RedisTier {
 
   /// A `PING` to one cluster node on a fresh connection, each step bounded.
   async fn ping_node(&self, node: &str) -> Result<(), Unavailable> {
-    let (host, port) = node.rsplit_once(':').ok_or_else(|| Unavailable(format!("bad node address {node}")))?;
-    let mut target = self.target.clone();
-    target.host = host.trim_matches(['[', ']']).to_string();
-    target.port = port.parse().map_err(|_| Unavailable(format!("bad node address {node}")))?;
-    target.db = 0;
-    let client = client(&target).map_err(Unavailable)?;
+    let client = self.node_target(node).and_then(|target| client(&target)).map_err(Unavailable)?;
     let config = AsyncConnectionConfig::new().set_connection_timeout(Some(self.connect_timeout));
     let mut conn =
       tokio::time::timeout(self.connect_timeout, client.get_multiplexed_async_connection_with_config(&config))
@@ -351,6 +337,30 @@ impl RedisTier {
       .map_err(|_| Unavailable(format!("{node}: PING timed out")))?
       .map_err(unavailable)?;
     outcome(pong).map(|_| ()).map_err(Unavailable)
+  }
+
+  /// The target of one cluster node (`host:port`): the seeds' credentials
+  /// and TLS, at that address, database 0 (the only one a cluster has).
+  fn node_target(&self, node: &str) -> Result<RedisTarget, String> {
+    let bad = || format!("bad node address {node}");
+    let (host, port) = node.rsplit_once(':').ok_or_else(bad)?;
+    let mut target = self.target.clone();
+    target.host = host.trim_matches(['[', ']']).to_string();
+    target.port = port.parse().map_err(|_| bad())?;
+    target.db = 0;
+    Ok(target)
+  }
+
+  /// The cluster's masters as the slot map has them (empty before the first
+  /// map, and on a single server).
+  pub fn masters(&self) -> Vec<Node> {
+    self.cluster.as_ref().map_or_else(Vec::new, |c| c.nodes.masters())
+  }
+
+  /// A RESP3 client of one cluster node, for a connection that receives
+  /// pushes (the near cache's link to that master).
+  pub fn node_push_client(&self, node: &str) -> Result<Client, String> {
+    client_speaking(&self.node_target(node)?, redis::ProtocolVersion::RESP3)
   }
 
   /// On a cluster: may a failure be left to the failing node's breaker?
@@ -641,13 +651,19 @@ pub(crate) fn client(target: &RedisTarget) -> Result<Client, String> {
   client_speaking(target, redis::ProtocolVersion::RESP2)
 }
 
-/// A client of a single-node target that speaks RESP3, for a connection
-/// that receives pushes (the near cache's invalidations); `None` on a cluster.
-pub fn push_client(target: &RedisTarget) -> Option<Result<Client, String>> {
-  // Behind Sentinel the master moves: a link dialled to a fixed address
-  // would track a server the writes no longer reach, so there is none.
-  let fixed_address = target.cluster_nodes.is_empty() && target.sentinel.is_none();
-  fixed_address.then(|| client_speaking(target, redis::ProtocolVersion::RESP3))
+/// How the near cache's link reaches a single server or the master Sentinel
+/// names, speaking RESP3 (it receives pushes); `None` on a cluster, where
+/// each master has a link of its own (`node_push_client`).
+pub fn push_dialer(target: &RedisTarget) -> Option<Result<crate::near::Dialer, String>> {
+  use crate::near::Dialer;
+  if !target.cluster_nodes.is_empty() {
+    return None;
+  }
+  Some(match target.sentinel {
+    Some(_) => sentinel_client_speaking(target, redis::ProtocolVersion::RESP3)
+      .map(|c| Dialer::Sentinel(tokio::sync::Mutex::new(c))),
+    None => client_speaking(target, redis::ProtocolVersion::RESP3).map(Dialer::Direct),
+  })
 }
 
 fn client_speaking(target: &RedisTarget, protocol: redis::ProtocolVersion) -> Result<Client, String> {
@@ -683,11 +699,16 @@ fn client_speaking(target: &RedisTarget, protocol: redis::ProtocolVersion) -> Re
 /// The sentinel client of a Sentinel target: it asks the sentinels for the
 /// master (and checks that the node it names says it is one) at every dial.
 pub(crate) fn sentinel_client(target: &RedisTarget) -> Result<SentinelClient, String> {
+  sentinel_client_speaking(target, redis::ProtocolVersion::RESP2)
+}
+
+fn sentinel_client_speaking(target: &RedisTarget, protocol: redis::ProtocolVersion) -> Result<SentinelClient, String> {
   let sentinel = target.sentinel.as_ref().ok_or("no sentinels configured")?;
   let addrs = sentinel.sentinels.iter().map(|(host, port)| ConnectionAddr::Tcp(host.clone(), *port));
   let mut b = SentinelClientBuilder::new(addrs, &sentinel.master_name, SentinelServerType::Master)
     .map_err(|e| e.to_string())?
     .set_client_to_redis_db(target.db)
+    .set_client_to_redis_protocol(protocol)
     .set_client_to_redis_tcp_settings(tcp_settings())
     .set_client_to_sentinel_tcp_settings(tcp_settings());
   if let Some(u) = &target.username {

@@ -1,48 +1,49 @@
 //! The near cache: hot values kept in this process while Redis is healthy, so
 //! that a repeated read makes no round trip, kept coherent by Redis client
-//! tracking (RESP3 pushes, `BCAST` on the key prefix) on a connection of its own.
+//! tracking (RESP3 pushes, `BCAST` on the key prefix) on connections of its
+//! own: one link per server that takes writes (a lane: the server, the master
+//! Sentinel names, or each master of a cluster; see `link`).
 //!
 //! What it guarantees, and how:
-//! - A hit is served only while the invalidation link is up, the adapter is
-//!   in 'redis' mode, and the link's lease is current: a `PING` sent on the
-//!   link at `t` and answered renews the lease to `t + LEASE`. Redis writes an
+//! - A hit is served only while every lane's link is up, the adapter is in
+//!   'redis' mode, and every link's lease is current: a `PING` sent on a link
+//!   at `t` and answered renews its lease to `t + LEASE`. Redis writes an
 //!   invalidation to the link before the reply of any later command on it, so
-//!   an answered `PING` proves that every write Redis ran before it has been
-//!   applied here; a write acknowledged after `t` is therefore served stale
-//!   for less than `LEASE` (100 ms), even when the link goes silent.
-//! - The link dropping (EOF, `CLIENT KILL`, a `PING` unanswered, the breaker
-//!   opening) empties the cache; it is bypassed until a new link has tracking on.
+//!   an answered `PING` proves that every write that server ran before it has
+//!   been applied here; a write acknowledged after `t` is therefore served
+//!   stale for less than `LEASE` (100 ms), even when a link goes silent.
+//! - Any lane's link dropping (EOF, `CLIENT KILL`, a `PING` unanswered), a new
+//!   lane (a master promoted, one added), or the breaker opening empties the
+//!   cache; it is bypassed until every lane has tracking on again.
 //! - A read fills the cache only if no invalidation of its key (nor a flush)
 //!   arrived since it was sent: it leaves a placeholder when sent, and an
 //!   invalidation removes it (the classic tracking race).
 //! - Values are JSON text: every hit is parsed afresh by the caller, so a
 //!   caller mutating what it got changes nothing for the next one.
 
+mod link;
+
+pub use link::{run_lanes, run_link, Dialer, LINK_NAME};
+
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use redis::aio::{ConnectionLike, MultiplexedConnection};
-use redis::{AsyncConnectionConfig, Client, PushInfo, PushKind, Value};
+use redis::{PushInfo, PushKind, Value};
 use serde_json::{json, Value as Json};
 use tokio::sync::Notify;
 
 use crate::config::NearConfig;
 
-/// How long an answered `PING` of the link vouches for the near cache.
+/// How long an answered `PING` of a link vouches for the near cache.
 pub const LEASE: Duration = Duration::from_millis(100);
-/// How often the link is pinged: a few lease renewals fit in one lease, so
-/// one slow `PING` does not stop hits.
-const HEARTBEAT: Duration = Duration::from_millis(25);
 /// Bytes counted per entry besides its key and value (map slot, order queue, Arcs).
 const ENTRY_OVERHEAD: usize = 96;
 /// The table is split in this many shards, each under its own lock: Node's
 /// thread (hits) and the I/O thread (fills, invalidations) then rarely wait
 /// for each other, and a wait on a loaded 2-core machine costs a time slice.
 const SHARDS: usize = 16;
-/// The name the link gives itself (`CLIENT LIST` shows it; tests kill it by it).
-pub const LINK_NAME: &str = "cache-near-invalidation";
 
 enum Slot {
   /// A read of this key is on its way to Redis; its reply may fill the slot
@@ -105,15 +106,29 @@ fn entry_bytes(key: &str, json: &str) -> usize {
   key.len() + json.len() + ENTRY_OVERHEAD
 }
 
+/// The state of one lane's invalidation link.
+#[derive(Clone, Copy, Default)]
+struct Lane {
+  /// The number of its current link (0: none yet); numbers are never reused,
+  /// so a late report of an older link is recognised and ignored.
+  link: u64,
+  /// Tracking is on.
+  up: bool,
+  /// Nanoseconds since `origin` until which its last answered `PING` vouches.
+  lease_until: u64,
+}
+
 /// The near cache of one adapter.
 pub struct Near {
   cfg: NearConfig,
   shards: [Mutex<Table>; SHARDS],
   origin: Instant,
-  /// The current link's number; pushes of an older link are ignored.
-  link: AtomicU64,
+  /// Lanes by name (`host:port` on a cluster); written only by link tasks.
+  lanes: Mutex<HashMap<Arc<str>, Lane>>,
+  next_link: AtomicU64,
+  /// What the hit path reads of the lanes (see `settle`): all of them up...
   link_up: AtomicBool,
-  /// Nanoseconds since `origin` until which the last answered `PING` vouches.
+  /// ...and the earliest of their leases.
   lease_until: AtomicU64,
   /// The adapter is in 'redis' mode (the breaker is closed).
   serving: AtomicBool,
@@ -184,7 +199,8 @@ impl Near {
       cfg,
       shards: Default::default(),
       origin: Instant::now(),
-      link: AtomicU64::new(0),
+      lanes: Mutex::new(HashMap::new()),
+      next_link: AtomicU64::new(0),
       link_up: AtomicBool::new(false),
       lease_until: AtomicU64::new(0),
       serving: AtomicBool::new(false),
@@ -307,11 +323,9 @@ impl Near {
     }
   }
 
-  /// Pushes from link `link`: invalidations, or its disconnection.
+  /// Pushes from link `link`: invalidations (taken from any link, even an
+  /// older one: dropping more than needed is safe), or its disconnection.
   fn on_push(&self, link: u64, push: PushInfo) {
-    if self.link.load(Relaxed) != link {
-      return;
-    }
     match push.kind {
       PushKind::Invalidate => match push.data.first() {
         Some(Value::Array(keys)) | Some(Value::Set(keys)) => {
@@ -335,30 +349,91 @@ impl Near {
     }
   }
 
-  /// Link `link` has tracking on: hits may start (their lease runs from `asked_ns`).
-  fn link_ready(&self, link: u64, asked_ns: u64) {
-    if self.link.load(Relaxed) == link {
-      self.lease_until.store(asked_ns + LEASE.as_nanos() as u64, Relaxed);
-      self.link_up.store(true, Relaxed);
+  fn lanes(&self) -> MutexGuard<'_, HashMap<Arc<str>, Lane>> {
+    self.lanes.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+  }
+
+  /// The lanes that must have a link for hits to be served; returns the ones
+  /// new to the set (whose link tasks the caller starts). A lane that leaves
+  /// the set ends its task at its next heartbeat.
+  pub fn set_lanes(&self, names: &[impl AsRef<str>]) -> Vec<Arc<str>> {
+    let mut lanes = self.lanes();
+    lanes.retain(|lane, _| names.iter().any(|n| n.as_ref() == &**lane));
+    let mut added = Vec::new();
+    for name in names {
+      if !lanes.contains_key(name.as_ref()) {
+        let lane: Arc<str> = name.as_ref().into();
+        lanes.insert(lane.clone(), Lane::default());
+        added.push(lane);
+      }
     }
+    self.settle(&lanes);
+    added
+  }
+
+  /// A link of `lane` is about to be dialled: its number (`None` once the
+  /// lane has left the set or the cache is closed: the task ends).
+  fn dialing(&self, lane: &str) -> Option<u64> {
+    if self.closed.load(Relaxed) {
+      return None;
+    }
+    let mut lanes = self.lanes();
+    let state = lanes.get_mut(lane)?;
+    let link = self.next_link.fetch_add(1, Relaxed) + 1;
+    *state = Lane { link, up: false, lease_until: 0 };
+    self.settle(&lanes);
+    Some(link)
+  }
+
+  /// Applies `change` to the lane whose current link is `link`, if any.
+  fn on_link(&self, link: u64, change: impl FnOnce(&mut Lane)) {
+    let mut lanes = self.lanes();
+    if let Some(lane) = lanes.values_mut().find(|l| l.link == link) {
+      change(lane);
+      self.settle(&lanes);
+    }
+  }
+
+  /// Is `link` its lane's current link, with tracking on?
+  fn is_live(&self, link: u64) -> bool {
+    !self.closed.load(Relaxed) && self.lanes().values().any(|l| l.link == link && l.up)
+  }
+
+  /// Link `link` has tracking on: its lease runs from `asked_ns`.
+  fn link_ready(&self, link: u64, asked_ns: u64) {
+    let lease = asked_ns + LEASE.as_nanos() as u64;
+    self.on_link(link, |l| *l = Lane { up: true, lease_until: lease, ..*l });
   }
 
   /// A `PING` sent at `asked_ns` on link `link` was answered.
   fn renew(&self, link: u64, asked_ns: u64) {
-    if self.link.load(Relaxed) == link {
-      self.lease_until.fetch_max(asked_ns + LEASE.as_nanos() as u64, Relaxed);
-    }
+    let lease = asked_ns + LEASE.as_nanos() as u64;
+    self.on_link(link, |l| l.lease_until = l.lease_until.max(lease));
   }
 
-  /// Link `link` is gone: the cache is emptied and bypassed until the next one.
+  /// Link `link` is gone: the cache is emptied and bypassed until its lane has a new one.
   fn link_lost(&self, link: u64) {
-    if self.link.load(Relaxed) == link && self.link_up.swap(false, Relaxed) {
+    self.on_link(link, |l| *l = Lane { up: false, lease_until: 0, ..*l });
+  }
+
+  /// Publishes the lanes to the hit path: hits need every lane up, under the
+  /// earliest lease. A cache that stops being covered by every lane is
+  /// emptied, since a write on an uncovered server would go unannounced.
+  fn settle(&self, lanes: &HashMap<Arc<str>, Lane>) {
+    let covered = !lanes.is_empty() && lanes.values().all(|l| l.up);
+    if covered {
+      let lease = lanes.values().map(|l| l.lease_until).min().unwrap_or(0);
+      self.lease_until.store(lease, Relaxed);
+      self.link_up.store(true, Relaxed);
+    } else {
       self.lease_until.store(0, Relaxed);
-      self.flush();
+      if self.link_up.swap(false, Relaxed) {
+        self.flush();
+      }
     }
   }
 
-  /// Ends the link task.
+  /// Ends the link tasks.
   pub fn close(&self) {
     self.closed.store(true, Relaxed);
     self.link_up.store(false, Relaxed);
@@ -371,6 +446,7 @@ impl Near {
     json!({
       "enabled": true,
       "linkUp": self.link_up.load(Relaxed),
+      "links": self.lanes().len(),
       "active": self.active(),
       "entries": entries,
       "bytes": bytes,
@@ -403,110 +479,12 @@ impl Near {
 }
 
 /// `getStats().cache.near` of an adapter without a near cache (not asked
-/// for, Redis disabled, or a cluster, where it stays off).
+/// for, or Redis disabled).
 pub fn off_stats() -> Json {
   json!({
-    "enabled": false, "linkUp": false, "active": false, "entries": 0, "bytes": 0,
+    "enabled": false, "linkUp": false, "links": 0, "active": false, "entries": 0, "bytes": 0,
     "hits": 0, "misses": 0, "invalidations": 0, "flushes": 0,
   })
-}
-
-/// Keeps the invalidation link up for as long as the near cache lives:
-/// dials, turns tracking on for `prefix`, pings every [`HEARTBEAT`], and on
-/// any failure empties the cache and dials again (with a backoff).
-pub async fn run_link(near: Weak<Near>, client: Client, prefix: String, connect_timeout: Duration) {
-  let mut failures: u32 = 0;
-  loop {
-    let link = {
-      let Some(n) = near.upgrade() else { return };
-      if n.closed.load(Relaxed) {
-        return;
-      }
-      n.link.fetch_add(1, Relaxed) + 1
-    };
-    match connect(&near, &client, link, &prefix, connect_timeout).await {
-      Ok(conn) => {
-        failures = 0;
-        heartbeat(&near, conn, link, connect_timeout).await;
-      }
-      Err(_) => failures = failures.saturating_add(1),
-    }
-    let Some(n) = near.upgrade() else { return };
-    n.link_lost(link);
-    if n.closed.load(Relaxed) {
-      return;
-    }
-    // At once after a link that worked, then 50 ms doubling up to 1 s.
-    let wait = if failures == 0 {
-      Duration::from_millis(10)
-    } else {
-      Duration::from_millis(50 << failures.min(5).saturating_sub(1)).min(Duration::from_secs(1))
-    };
-    let wake = n.wake.clone();
-    drop(n);
-    let _ = tokio::time::timeout(wait, wake.notified()).await;
-  }
-}
-
-/// Dials link `link` and turns tracking on; returns once hits may start.
-async fn connect(
-  near: &Weak<Near>,
-  client: &Client,
-  link: u64,
-  prefix: &str,
-  connect_timeout: Duration,
-) -> Result<MultiplexedConnection, String> {
-  let pushes = near.clone();
-  let config = AsyncConnectionConfig::new()
-    .set_connection_timeout(Some(connect_timeout))
-    .set_response_timeout(None)
-    .set_push_sender(move |push: PushInfo| {
-      if let Some(n) = pushes.upgrade() {
-        n.on_push(link, push);
-      }
-      Ok::<(), ()>(())
-    });
-  let setup = async {
-    let mut conn = client.get_multiplexed_async_connection_with_config(&config).await.map_err(|e| e.to_string())?;
-    let mut name = redis::cmd("CLIENT");
-    name.arg("SETNAME").arg(LINK_NAME);
-    conn.req_packed_command(&name).await.map_err(|e| e.to_string())?;
-    let asked = near.upgrade().ok_or("closed")?.now_ns();
-    let mut tracking = redis::cmd("CLIENT");
-    tracking.arg("TRACKING").arg("ON").arg("BCAST").arg("PREFIX").arg(prefix);
-    conn.req_packed_command(&tracking).await.map_err(|e| e.to_string())?;
-    Ok::<_, String>((conn, asked))
-  };
-  let (conn, asked) = tokio::time::timeout(connect_timeout * 2, setup)
-    .await
-    .map_err(|_| format!("link setup timed out after {} ms", (connect_timeout * 2).as_millis()))??;
-  near.upgrade().ok_or("closed")?.link_ready(link, asked);
-  Ok(conn)
-}
-
-/// Pings link `link` until it fails, or the near cache is closed or dropped.
-async fn heartbeat(near: &Weak<Near>, mut conn: MultiplexedConnection, link: u64, timeout: Duration) {
-  let ping = redis::cmd("PING");
-  loop {
-    let asked = {
-      let Some(n) = near.upgrade() else { return };
-      if n.closed.load(Relaxed) || !n.link_up.load(Relaxed) || n.link.load(Relaxed) != link {
-        return;
-      }
-      let wake = n.wake.clone();
-      drop(n);
-      let _ = tokio::time::timeout(HEARTBEAT, wake.notified()).await;
-      let Some(n) = near.upgrade() else { return };
-      n.now_ns()
-    };
-    match tokio::time::timeout(timeout, conn.req_packed_command(&ping)).await {
-      Ok(Ok(_)) => match near.upgrade() {
-        Some(n) => n.renew(link, asked),
-        None => return,
-      },
-      _ => return,
-    }
-  }
 }
 
 #[cfg(test)]
@@ -516,8 +494,10 @@ mod tests {
   fn near(max_entries: usize, max_bytes: usize) -> Arc<Near> {
     let n = Near::new(NearConfig { max_entries, max_bytes, ttl: Duration::from_secs(60) });
     n.set_serving(true);
-    n.link.store(1, Relaxed);
-    n.link_ready(1, n.now_ns() + 3_600_000_000_000);
+    n.set_lanes(&["a"]);
+    let link = n.dialing("a").unwrap();
+    assert_eq!(link, 1);
+    n.link_ready(link, n.now_ns() + 3_600_000_000_000);
     n
   }
 
@@ -613,5 +593,44 @@ mod tests {
     assert!(n.get("k").is_none());
     n.renew(1, n.now_ns());
     assert!(n.get("k").is_some());
+  }
+
+  #[test]
+  fn every_lane_must_be_up_and_a_new_one_bypasses_until_ready() {
+    let n = near(10, 1 << 20);
+    let far = n.now_ns() + 3_600_000_000_000;
+    n.begin("k").unwrap().fill(&Arc::from("1"), -1);
+    // A second master appears (a replica promoted): not covered yet, so emptied and bypassed.
+    assert_eq!(n.set_lanes(&["a", "b"]).len(), 1);
+    assert!(n.get("k").is_none() && n.begin("k").is_none());
+    assert_eq!(n.usage(), (0, 0));
+    let b = n.dialing("b").unwrap();
+    n.link_ready(b, far);
+    n.begin("k").unwrap().fill(&Arc::from("2"), -1);
+    assert_eq!(n.get("k").as_deref(), Some("2"));
+    // One lane's link lost: the whole cache, since its keys may be anywhere.
+    n.on_push(b, PushInfo { kind: PushKind::Disconnection, data: vec![] });
+    assert!(n.get("k").is_none());
+    assert_eq!(n.usage(), (0, 0));
+    // A lane that leaves the set (its master gone from the map) no longer counts.
+    assert!(n.set_lanes(&["a"]).is_empty());
+    n.begin("k").unwrap().fill(&Arc::from("3"), -1);
+    assert_eq!(n.get("k").as_deref(), Some("3"));
+    assert!(n.dialing("b").is_none(), "a lane gone ends its task");
+    // No lanes at all (a cluster before its first slot map): never a hit.
+    n.set_lanes(&[] as &[&str]);
+    assert!(!n.active());
+  }
+
+  #[test]
+  fn the_earliest_lease_rules() {
+    let n = near(10, 1 << 20);
+    n.set_lanes(&["a", "b"]);
+    let b = n.dialing("b").unwrap();
+    n.link_ready(b, n.now_ns());
+    std::thread::sleep(LEASE + Duration::from_millis(10));
+    assert!(!n.active(), "lane b's lease ran out, though lane a's has not");
+    n.renew(b, n.now_ns());
+    assert!(n.active());
   }
 }

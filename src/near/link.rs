@@ -1,0 +1,170 @@
+//! The near cache's invalidation links: one RESP3 connection per lane with
+//! `CLIENT TRACKING ON BCAST PREFIX <prefix>`, pinged to renew its lease, and
+//! dialled again whenever it fails. On a single server or behind Sentinel
+//! there is one lane; on a cluster, one per master, following the slot map.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use redis::aio::{ConnectionLike, MultiplexedConnection};
+use redis::sentinel::SentinelClient;
+use redis::{AsyncConnectionConfig, Client, PushInfo};
+
+use super::Near;
+
+/// How often a link is pinged: a few lease renewals fit in one lease, so one
+/// slow `PING` does not stop hits.
+const HEARTBEAT: Duration = Duration::from_millis(25);
+/// How often a cluster's masters are compared with the lanes.
+const LANES_EVERY: Duration = Duration::from_millis(100);
+/// The name a link gives itself (`CLIENT LIST` shows it; tests kill it by it).
+pub const LINK_NAME: &str = "cache-near-invalidation";
+
+/// Where a lane's link connects, asked again at every dial.
+pub enum Dialer {
+  /// A fixed address: a single server, or one cluster master.
+  Direct(Client),
+  /// Whatever master the sentinels name now: after a failover the next dial
+  /// tracks the new master (Sentinel ends the old master's client
+  /// connections when it demotes it, so the link notices).
+  Sentinel(tokio::sync::Mutex<SentinelClient>),
+}
+
+impl Dialer {
+  async fn client(&self) -> Result<Client, String> {
+    match self {
+      Dialer::Direct(client) => Ok(client.clone()),
+      Dialer::Sentinel(sentinel) => sentinel.lock().await.async_get_client().await.map_err(|e| e.to_string()),
+    }
+  }
+}
+
+/// Keeps the cluster's lanes equal to its masters (as `masters` reads them
+/// from the slot map, `None` once the adapter is gone), starting a link task
+/// for each new one; `client_for` makes a master's RESP3 client.
+pub async fn run_lanes<M, C>(near: Weak<Near>, masters: M, client_for: C, prefix: String, connect_timeout: Duration)
+where
+  M: Fn() -> Option<Vec<Arc<str>>> + Send + 'static,
+  C: Fn(&str) -> Result<Client, String> + Send + 'static,
+{
+  loop {
+    let Some(masters) = masters() else { return };
+    let (added, wake) = {
+      let Some(n) = near.upgrade() else { return };
+      if n.closed.load(Relaxed) {
+        return;
+      }
+      (n.set_lanes(&masters), n.wake.clone())
+    };
+    for lane in added {
+      // A master whose address makes no client leaves its lane down, and the
+      // near cache bypassed: never a hit that a write there could not undo.
+      if let Ok(client) = client_for(&lane) {
+        let dialer = Arc::new(Dialer::Direct(client));
+        tokio::spawn(run_link(near.clone(), lane, dialer, prefix.clone(), connect_timeout));
+      }
+    }
+    let _ = tokio::time::timeout(LANES_EVERY, wake.notified()).await;
+  }
+}
+
+/// Keeps `lane`'s link up for as long as the lane and the near cache live:
+/// dials, turns tracking on for `prefix`, pings every [`HEARTBEAT`], and on
+/// any failure empties the cache and dials again (with a backoff).
+pub async fn run_link(
+  near: Weak<Near>,
+  lane: Arc<str>,
+  dialer: Arc<Dialer>,
+  prefix: String,
+  connect_timeout: Duration,
+) {
+  let mut failures: u32 = 0;
+  loop {
+    let Some(link) = near.upgrade().and_then(|n| n.dialing(&lane)) else { return };
+    match connect(&near, &dialer, link, &prefix, connect_timeout).await {
+      Ok(conn) => {
+        failures = 0;
+        heartbeat(&near, conn, link, connect_timeout).await;
+      }
+      Err(_) => failures = failures.saturating_add(1),
+    }
+    let Some(n) = near.upgrade() else { return };
+    n.link_lost(link);
+    if n.closed.load(Relaxed) {
+      return;
+    }
+    // At once after a link that worked, then 50 ms doubling up to 1 s.
+    let wait = if failures == 0 {
+      Duration::from_millis(10)
+    } else {
+      Duration::from_millis(50 << failures.min(5).saturating_sub(1)).min(Duration::from_secs(1))
+    };
+    let wake = n.wake.clone();
+    drop(n);
+    let _ = tokio::time::timeout(wait, wake.notified()).await;
+  }
+}
+
+/// Dials link `link` and turns tracking on; returns once hits may start.
+async fn connect(
+  near: &Weak<Near>,
+  dialer: &Dialer,
+  link: u64,
+  prefix: &str,
+  connect_timeout: Duration,
+) -> Result<MultiplexedConnection, String> {
+  let pushes = near.clone();
+  let config = AsyncConnectionConfig::new()
+    .set_connection_timeout(Some(connect_timeout))
+    .set_response_timeout(None)
+    .set_push_sender(move |push: PushInfo| {
+      if let Some(n) = pushes.upgrade() {
+        n.on_push(link, push);
+      }
+      Ok::<(), ()>(())
+    });
+  let setup = async {
+    let client = dialer.client().await?;
+    let mut conn = client.get_multiplexed_async_connection_with_config(&config).await.map_err(|e| e.to_string())?;
+    let mut name = redis::cmd("CLIENT");
+    name.arg("SETNAME").arg(LINK_NAME);
+    conn.req_packed_command(&name).await.map_err(|e| e.to_string())?;
+    let asked = near.upgrade().ok_or("closed")?.now_ns();
+    let mut tracking = redis::cmd("CLIENT");
+    tracking.arg("TRACKING").arg("ON").arg("BCAST").arg("PREFIX").arg(prefix);
+    conn.req_packed_command(&tracking).await.map_err(|e| e.to_string())?;
+    Ok::<_, String>((conn, asked))
+  };
+  let (conn, asked) = tokio::time::timeout(connect_timeout * 2, setup)
+    .await
+    .map_err(|_| format!("link setup timed out after {} ms", (connect_timeout * 2).as_millis()))??;
+  near.upgrade().ok_or("closed")?.link_ready(link, asked);
+  Ok(conn)
+}
+
+/// Pings link `link` until it fails, is replaced or its lane leaves the set,
+/// or the near cache is closed or dropped.
+async fn heartbeat(near: &Weak<Near>, mut conn: MultiplexedConnection, link: u64, timeout: Duration) {
+  let ping = redis::cmd("PING");
+  loop {
+    let asked = {
+      let Some(n) = near.upgrade() else { return };
+      if !n.is_live(link) {
+        return;
+      }
+      let wake = n.wake.clone();
+      drop(n);
+      let _ = tokio::time::timeout(HEARTBEAT, wake.notified()).await;
+      let Some(n) = near.upgrade() else { return };
+      n.now_ns()
+    };
+    match tokio::time::timeout(timeout, conn.req_packed_command(&ping)).await {
+      Ok(Ok(_)) => match near.upgrade() {
+        Some(n) => n.renew(link, asked),
+        None => return,
+      },
+      _ => return,
+    }
+  }
+}
