@@ -263,7 +263,7 @@ export interface AlertThresholds {
   disconnectedMs?: number
   /** `redis_memory_high` (warning) over this share of Redis's `maxmemory`, in %. Env: `REDIS_ALERT_MEMORY_PCT`. Default 80. */
   memoryPct?: number
-  /** `journal_filling` (warning) over this share of `replayMaxEntries`, in %. Env: `REDIS_ALERT_JOURNAL_PCT`. Default 80. */
+  /** `journal_filling` (warning) over this share of `replayMaxEntries` or of `replayMaxBytes` (the nearer), in %. Env: `REDIS_ALERT_JOURNAL_PCT`. Default 80. */
   journalPct?: number
 }
 

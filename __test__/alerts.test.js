@@ -218,6 +218,52 @@ describe('redis_memory_high', () => {
   })
 })
 
+describe('journal_filling', () => {
+  // Writes made while Redis is killed fill the journal; past 80 % of either bound the alert is raised,
+  // and the replay once Redis is back resolves it.
+  for (const [bound, options, write] of [
+    ['replayMaxEntries', { replayMaxEntries: 20 }, (cache, i) => cache.set(`k${i}`, { i })],
+    // 8 KB values: the byte bound (64 KB) is met by 7 of them, far before any entry bound.
+    ['replayMaxBytes', { replayMaxBytes: 64 * 1024 }, (cache, i) => cache.set(`k${i}`, { i, pad: 'x'.repeat(8 * 1024) })],
+  ]) {
+    test(`Redis killed and writes past 80 % of ${bound} raise it; the replay resolves it`, { timeout: 60_000 }, async () => {
+      const redis = await startRedis()
+      const cache = new CacheAdapter({
+        url: redis.url,
+        keyPrefix: uniquePrefix(),
+        commandTimeoutMs: 200,
+        connectTimeoutMs: 300,
+        breakerCooldownMs: 200,
+        ...options,
+        // Only this alert's own cause: no disconnection alert within the test.
+        alerts: shortAlerts({ thresholds: { disconnectedMs: 600_000 } }),
+      })
+      try {
+        await until(async () => (await cache.getStats()).cache.mode === 'redis', 5000, 'connected')
+        await redis.kill()
+        await until(async () => (await cache.getStats()).cache.mode === 'memory', 5000, 'the breaker opens')
+        for (let i = 0; i < 6; i++) assert.equal(await write(cache, i), true)
+        await sleep(FOR * 3)
+        assert.equal(await alertNamed(cache, 'journal_filling'), undefined, 'under 80 % of the bound')
+
+        for (let i = 6; i < 17; i++) assert.equal(await write(cache, i), true)
+        const alert = await until(() => alertNamed(cache, 'journal_filling'), 5000, 'journal_filling raised')
+        assert.equal(alert.severity, 'warning')
+        assert.ok(alert.value > 80, `value ${alert.value}`)
+        assert.equal(alert.threshold, 80)
+        assert.match(alert.message, bound === 'replayMaxBytes' ? /bytes/ : /writes/)
+
+        await redis.restart()
+        await until(async () => (await cache.getStats()).cache.replay.pending === 0, 10_000, 'the journal replays')
+        await until(async () => !(await alertNamed(cache, 'journal_filling')), 10_000, 'journal_filling resolved')
+      } finally {
+        await cache.close()
+        await redis.stop()
+      }
+    })
+  }
+})
+
 describe('the webhook off the cache path', () => {
   /** Median and worst of `n` sequential reads, in ms. */
   async function readTimes(cache, n) {

@@ -182,3 +182,58 @@ test('a load that was under way when a write of its key was acknowledged never s
   assert.equal(await onRedis.get('m1'), 'written')
   assert.equal(await onRedis.get('m2'), 'loaded')
 })
+
+test('a read made after an acknowledged write never shares a read that was sent before it', async (t) => {
+  // Two connections, one of them held: a read of `k` is stuck on it. A write of `k` is then made and
+  // acknowledged; a read made after that acknowledgement must see the write, not share the stuck read
+  // (which Redis would answer with the older value once the path delivers it).
+  const server = await startRedis()
+  const proxy = await startProxy(server.port)
+  const prefix = uniquePrefix()
+  const a = new CacheAdapter({ keyPrefix: prefix, url: proxy.url, poolSize: 2, commandTimeoutMs: 5000, alerts: false })
+  t.after(async () => {
+    await a.close()
+    await proxy.stop()
+    await server.stop()
+  })
+  await redisReady(a)
+  await until(async () => (await a.getStats()).cache.pool.connections === 2, 5000, 'both connections open')
+  const keys = Array.from({ length: 16 }, (_, i) => `k${i}`)
+  assert.equal(await a.setMany(keys.map((k) => [k, 'v1'])), true)
+
+  // Its commands reach Redis and run; only the replies are held (a reply late on the path).
+  assert.equal(proxy.hold(1, { repliesOnly: true }), 1, 'one connection held')
+  // One read per tick: a tick's calls are answered together, so they would all wait for the held part.
+  const stuck = new Map()
+  for (const k of keys) {
+    stuck.set(k, a.get(k))
+    await new Promise((resolve) => setImmediate(resolve))
+  }
+  const settled = new Set()
+  for (const [k, p] of stuck) p.then(() => settled.add(k))
+  await sleep(200)
+  const held = keys.filter((k) => !settled.has(k))
+  assert.ok(held.length > 0 && held.length < keys.length, `reads spread over both connections: ${held.length} held`)
+
+  // Deliver what was held in a moment, so that the stuck reads (and whatever shared them) settle.
+  const releasing = sleep(300).then(() => proxy.release())
+  const results = []
+  // Also one write per tick, so that without routing by key some would go out on the other connection.
+  const tick = () => new Promise((resolve) => setImmediate(resolve))
+  await guard(
+    Promise.all(
+      held.map(async (k, i) => {
+        for (let n = 0; n < i; n++) await tick()
+        assert.equal(await a.set(k, 'v2'), true)
+        results.push([k, await a.get(k)])
+      }),
+    ),
+    6000,
+    'the writes and the reads after them',
+  )
+  await releasing
+  for (const p of stuck.values()) await guard(p, 6000, 'a held read')
+  const stale = results.filter(([, v]) => v !== 'v2')
+  assert.deepEqual(stale, [], 'a read after the acknowledged write returned the older value')
+  for (const k of held) assert.equal(await a.get(k), 'v2')
+})

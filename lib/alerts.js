@@ -81,15 +81,18 @@ const RULES = {
     return { severity: 'warning', value, threshold, message: `Redis uses ${value} % of its maxmemory (${watch.usedMemory} of ${watch.maxmemory} bytes; over ${threshold} %)` }
   },
   journal_filling(c, w, cfg) {
-    if (!(c.replayMaxEntries > 0)) return null
-    const value = round2((100 * c.replayPending) / c.replayMaxEntries)
+    // Whichever bound is nearer: large values fill replayMaxBytes long before replayMaxEntries.
+    const byEntries = c.replayMaxEntries > 0 ? (100 * c.replayPending) / c.replayMaxEntries : 0
+    const byBytes = c.replayMaxBytes > 0 ? (100 * c.replayBytes) / c.replayMaxBytes : 0
+    const value = round2(Math.max(byEntries, byBytes))
     const threshold = cfg.thresholds.journalPct
     if (!(value > threshold)) return null
+    const held = byBytes > byEntries ? `${c.replayBytes} of ${c.replayMaxBytes} bytes` : `${c.replayPending} of ${c.replayMaxEntries} writes`
     return {
       severity: 'warning',
       value,
       threshold,
-      message: `the outage journal holds ${c.replayPending} of ${c.replayMaxEntries} writes (over ${threshold} %); beyond its bound the oldest are dropped`,
+      message: `the outage journal holds ${held} (over ${threshold} %); beyond its bound the oldest writes are dropped`,
     }
   },
 }

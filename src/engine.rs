@@ -460,13 +460,14 @@ impl Cache {
     }
   }
 
-  /// The counters the alert rules sample on every evaluation: atomics only,
-  /// without the rest of `stats()` (its memory-tier upkeep, and the JSON an
-  /// evaluation every few seconds has no use for).
+  /// The counters the alert rules sample on every evaluation: atomics and the
+  /// journal's figures (one short lock), without the rest of `stats()` (its
+  /// memory-tier upkeep, and the JSON an evaluation has no use for).
   pub fn alert_inputs(&self) -> Json {
     let inner = &self.inner;
     let m = &inner.metrics;
     let latency = m.latency();
+    let journal = inner.journal.stats();
     json!({
       "redisEnabled": inner.redis.is_some(),
       "hits": m.hits.load(Relaxed),
@@ -476,8 +477,11 @@ impl Cache {
       "servedFromMemory": m.served_from_memory.load(Relaxed),
       "latencyCount": latency.count,
       "latencySumMs": latency.mean_ms * latency.count as f64,
-      "replayPending": inner.journal.len(),
+      // The journal's fill against each of its two bounds (tombstones have their own).
+      "replayPending": journal.pending,
       "replayMaxEntries": inner.cfg.replay_max_entries,
+      "replayBytes": journal.bytes,
+      "replayMaxBytes": inner.cfg.replay_max_bytes,
       "redisWatch": inner.redis.as_ref().filter(|_| inner.cfg.alerts.enabled).map(|_| inner.watch.stats()),
     })
   }

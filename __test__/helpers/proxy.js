@@ -8,7 +8,8 @@
  *
  * `hold(n)` stops forwarding on the connections open now (all, or the oldest
  * `n`), in both directions, keeping what arrives; new connections are
- * forwarded as usual. `release()` delivers what was held, in order, and
+ * forwarded as usual. `hold(n, { repliesOnly: true })` lets commands reach
+ * the server and holds only its replies: a command that ran, answered late. `release()` delivers what was held, in order, and
  * forwards again. `retarget(port)` sends new connections to another server.
  */
 const net = require('node:net')
@@ -20,9 +21,9 @@ async function startProxy(targetPort) {
   const server = net.createServer((client) => {
     const n = ++state.accepted
     const upstream = net.connect({ host: HOST, port: state.target })
-    const link = { client, upstream, n, held: false, toServer: [], toClient: [] }
+    const link = { client, upstream, n, held: false, repliesOnly: false, toServer: [], toClient: [] }
     links.add(link)
-    client.on('data', (d) => (link.held ? link.toServer.push(d) : upstream.write(d)))
+    client.on('data', (d) => (link.held && !link.repliesOnly ? link.toServer.push(d) : upstream.write(d)))
     upstream.on('data', (d) => (link.held ? link.toClient.push(d) : client.write(d)))
     const end = () => {
       links.delete(link)
@@ -45,9 +46,9 @@ async function startProxy(targetPort) {
     /** Connections open and forwarding now. */
     open: () => [...links].filter((l) => !l.held).length,
     /** Silences the open connections (oldest first, at most `n`); returns how many. */
-    hold(n = Infinity) {
+    hold(n = Infinity, { repliesOnly = false } = {}) {
       const open = [...links].filter((l) => !l.held).sort((a, b) => a.n - b.n).slice(0, n)
-      for (const l of open) l.held = true
+      for (const l of open) Object.assign(l, { held: true, repliesOnly })
       return open.length
     },
     /** Delivers what was held, in order, and forwards again. */
