@@ -365,6 +365,31 @@ describe('read-through across instances (real Redis)', () => {
     const raw = await server.cli('GET', `${keyPrefix}:kv:k`)
     assert.match(raw, /u0000rt/, 'stored as an envelope')
   })
+  test('a tagged write made during an outage is replayed with its tags: invalidateTags afterwards finds it', async (t) => {
+    const server = await startRedis()
+    t.after(() => server.stop())
+    const keyPrefix = uniquePrefix()
+    const a = new CacheAdapter({ ...FAST, url: server.url, keyPrefix })
+    t.after(() => guard(a.close(), 10000, 'close'))
+    await until(async () => (await a.getStats()).cache.mode === 'redis', 5000, 'connected')
+    await server.kill()
+    assert.equal(await a.set('lead:5:note', 'n', { ttl: 60, tags: ['lead:5'] }), true)
+    assert.equal(await a.getOrLoad('lead:5:summary', () => 'sum', { ttl: 60, grace: 60, tags: ['lead:5'] }), 'sum')
+    await server.restart()
+    await until(async () => {
+      const s = (await a.getStats()).cache
+      return s.mode === 'redis' && s.replay.pending === 0
+    }, 15000, 'replay')
+    assert.equal(await server.cli('EXISTS', `${keyPrefix}:kv:lead:5:note`), '1', 'the value was replayed')
+
+    // Another instance (which never saw those writes) invalidates the tag: both go, from Redis.
+    const b = new CacheAdapter({ ...FAST, url: server.url, keyPrefix })
+    t.after(() => guard(b.close(), 10000, 'close b'))
+    await until(async () => (await b.getStats()).cache.mode === 'redis', 5000, 'b connected')
+    assert.equal(await b.invalidateTags(['lead:5']), 2)
+    assert.equal(await server.cli('EXISTS', `${keyPrefix}:kv:lead:5:note`, `${keyPrefix}:kv:lead:5:summary`), '0')
+    assert.equal(await a.get('lead:5:note'), null)
+  })
 })
 
 describe('metrics', () => {

@@ -958,8 +958,11 @@ impl Inner {
           }
           Reply::Int(n as i64)
         }
-        Op::Tag { key, tag_keys, .. } => {
+        Op::Tag { key, tag_keys, ttl } => {
           self.index_tags(key, tag_keys);
+          if journal {
+            self.journal.record_tags(key, tag_keys, *ttl, at);
+          }
           Reply::Bool(true)
         }
       })

@@ -8,6 +8,10 @@
 //! value cannot come back. When even the tombstones overflow, or too many
 //! tenant clears are pending, one write-time-checked sweep of the whole
 //! namespace replaces them (sound: a cache may always miss).
+//!
+//! Tags given with those writes are journaled too (the key and its tags' set
+//! keys), and replayed before the values, so that an `invalidateTags` made
+//! after the outage, by any instance, finds the key in Redis's tag sets.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -103,6 +107,15 @@ pub struct Limits {
   pub max_bytes: usize,
 }
 
+/// A key written during the outage and the tag sets it must join.
+#[derive(Debug, Clone)]
+pub struct Tagged {
+  pub key: String,
+  pub tag_keys: Vec<String>,
+  /// The latest expiry of the writes that carried the tags.
+  pub expires_at: Instant,
+}
+
 /// Tombstones kept at least (they are a key and a time each) even when `replayMaxEntries` is small.
 const MIN_TOMBSTONES: usize = 10_000;
 /// Tenant clears pending at most; past it they merge into one namespace sweep.
@@ -120,6 +133,8 @@ struct Inner {
   pending_fields: HashMap<String, usize>,
   /// At most one per scope, at most `MAX_CLEARS` (+ the sweep).
   clears: Vec<Clear>,
+  /// Tag memberships to replay, by entry key (at most `max_entries`).
+  tagged: HashMap<String, Tagged>,
   live: usize,
   live_bytes: usize,
   tombstones: usize,
@@ -283,6 +298,67 @@ impl Journal {
     self.update_len(&inner);
   }
 
+  /// `key`, written during the outage, carries these tags (their sets'
+  /// keys) for `ttl`. Past the bound, the key's write becomes a tombstone
+  /// instead: deleted at the replay, it leaves nothing for an invalidation
+  /// to miss.
+  pub fn record_tags(&self, key: &str, tag_keys: &[String], ttl: Duration, written_ms: u64) {
+    let mut inner = self.inner.lock().unwrap();
+    if !inner.tagged.contains_key(key) && inner.tagged.len() >= self.limits.max_entries {
+      let slot = Slot::whole(key);
+      if Self::remove_locked(&mut inner, &slot).is_some_and(|old| old.pending != Pending::Delete) {
+        self.dropped.fetch_add(1, Ordering::Relaxed);
+      }
+      inner.next_seq += 1;
+      let seq = inner.next_seq;
+      Self::insert_locked(&mut inner, Entry { slot, pending: Pending::Tombstone, written_ms, seq, in_flight: false });
+      self.enforce_bounds(&mut inner);
+    } else {
+      let expires_at = Instant::now() + ttl;
+      let tagged = inner.tagged.entry(key.to_string()).or_insert_with(|| Tagged {
+        key: key.to_string(),
+        tag_keys: Vec::new(),
+        expires_at,
+      });
+      for tag in tag_keys {
+        if !tagged.tag_keys.contains(tag) {
+          tagged.tag_keys.push(tag.clone());
+        }
+      }
+      tagged.expires_at = tagged.expires_at.max(expires_at);
+    }
+    self.update_len(&inner);
+  }
+
+  /// Every tag membership waiting, handed to the replay (`restore_tags` if it fails).
+  pub fn take_tags(&self) -> Vec<Tagged> {
+    let mut inner = self.inner.lock().unwrap();
+    let tagged = inner.tagged.drain().map(|(_, t)| t).collect();
+    self.update_len(&inner);
+    tagged
+  }
+
+  /// Puts back memberships a failed replay did not write (merged with any recorded since).
+  pub fn restore_tags(&self, tagged: Vec<Tagged>) {
+    let mut inner = self.inner.lock().unwrap();
+    for t in tagged {
+      match inner.tagged.get_mut(&t.key) {
+        Some(now) => {
+          for tag in t.tag_keys {
+            if !now.tag_keys.contains(&tag) {
+              now.tag_keys.push(tag);
+            }
+          }
+          now.expires_at = now.expires_at.max(t.expires_at);
+        }
+        None => {
+          inner.tagged.insert(t.key.clone(), t);
+        }
+      }
+    }
+    self.update_len(&inner);
+  }
+
   /// Forgets pending writes and clears under `scope` (a tenant clear, done
   /// on Redis or journaled, made them void).
   pub fn void_scope(&self, scope: &str) {
@@ -295,6 +371,7 @@ impl Journal {
       Self::remove_locked(&mut inner, &slot);
     }
     inner.clears.retain(|c| !c.scope.starts_with(scope));
+    inner.tagged.retain(|key, _| !key.starts_with(scope));
     self.update_len(&inner);
   }
 
@@ -497,7 +574,7 @@ impl Journal {
   }
 
   fn update_len(&self, inner: &Inner) {
-    self.len.store(inner.entries.len() + inner.clears.len(), Ordering::Release);
+    self.len.store(inner.entries.len() + inner.clears.len() + inner.tagged.len(), Ordering::Release);
   }
 }
 
@@ -672,5 +749,28 @@ mod tests {
     let sweep = j.next_clear().unwrap();
     assert_eq!(j.stats().pending, 2, "the clears merged into one sweep (+ b's write)");
     assert_eq!((sweep.scope.as_str(), sweep.written_ms), ("p:", 10 + MAX_CLEARS as u64 - 1));
+  }
+
+  #[test]
+  fn tags_are_journaled_merged_bounded_and_voided_by_a_clear() {
+    let j = journal(2, 1 << 20);
+    let tags = |t: &[&str]| t.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    j.record_tags("p:a", &tags(&["t1"]), Duration::from_secs(60), 1);
+    j.record_tags("p:a", &tags(&["t1", "t2"]), Duration::from_secs(120), 2);
+    j.record_tags("p:b", &tags(&["t1"]), Duration::from_secs(60), 3);
+    assert_eq!(j.len(), 2);
+    // Past the bound, the key is deleted at the replay instead.
+    j.record(key("p:c"), set("c"), 4);
+    j.record_tags("p:c", &tags(&["t1"]), Duration::from_secs(60), 4);
+    assert_eq!(j.lookup("p:c"), Some(Pending::Tombstone));
+    let mut taken = j.take_tags();
+    taken.sort_by(|x, y| x.key.cmp(&y.key));
+    assert_eq!(
+      taken.iter().map(|t| (t.key.as_str(), t.tag_keys.clone())).collect::<Vec<_>>(),
+      vec![("p:a", tags(&["t1", "t2"])), ("p:b", tags(&["t1"]))]
+    );
+    j.restore_tags(taken);
+    j.void_scope("p:a");
+    assert_eq!(j.take_tags().len(), 1, "a tenant clear voids the memberships under it");
   }
 }

@@ -11,6 +11,7 @@ use crate::batch::Op;
 use crate::codec;
 use crate::journal::{Clear, Entry, Journal, Pending};
 use crate::scripts::{self, CLEAR_SCRIPT};
+use crate::tags::TAG_SCRIPT;
 use crate::tiers::redis::{push_op, RedisTier, Span, Unavailable};
 
 /// How many journal entries one replay round trip carries.
@@ -46,6 +47,12 @@ pub async fn write_back(
         return done;
       }
     }
+  }
+  // Tag memberships before the values: a member whose value is not there
+  // yet is harmless, a value whose membership is missing is not.
+  if let Err(e) = write_back_tags(journal, redis).await {
+    done.outcome = Err(e);
+    return done;
   }
   // Entries whose part of Redis failed (one cluster master, one pooled
   // connection) wait here while the others go on; put back at the end.
@@ -131,6 +138,36 @@ pub async fn write_back(
     done.outcome = Err(e);
   }
   done
+}
+
+/// Adds the keys written during the outage to their tags' sets (the same
+/// `SADD` a tagged write sends), for what remains of their TTL; all of them
+/// stay journaled if any part fails (`SADD` twice is harmless).
+async fn write_back_tags(journal: &Journal, redis: &RedisTier) -> Result<(), Unavailable> {
+  let tagged = journal.take_tags();
+  let now = Instant::now();
+  let mut pipe = Pipeline::new();
+  let mut spans = Vec::new();
+  for t in tagged.iter().filter(|t| t.expires_at > now) {
+    let ttl_ms = t.expires_at.duration_since(now).as_millis().max(1) as u64;
+    for tag in &t.tag_keys {
+      pipe.cmd("EVAL").arg(TAG_SCRIPT).arg(1).arg(tag).arg(&t.key).arg(ttl_ms);
+      // Routed by the tag set's key: on a cluster, the set lives on its own slot.
+      spans.push(Span { key: tag, commands: 1, retry: true });
+    }
+  }
+  if spans.is_empty() {
+    return Ok(());
+  }
+  let replies = redis.run(&pipe, &spans).await;
+  match replies.failure() {
+    None => Ok(()),
+    Some(e) => {
+      let e = e.clone();
+      journal.restore_tags(tagged);
+      Err(e)
+    }
+  }
 }
 
 /// `SCAN` steps (of up to 1000 keys each) one call replays of a clear
