@@ -157,7 +157,7 @@ export interface ReadThroughOptions {
   eagerRefresh?: number
   /** Tags of the stored value, for `invalidateTags`. */
   tags?: string[]
-  /** Take the per-key Redis lock for the load (N instances, one loader call). Default: the adapter's `distributedLock`. Not for `getOrLoadMany`. */
+  /** Take the per-key Redis lock for the load (N instances, one loader call). Default: the adapter's `distributedLock`. With `getOrLoadMany`: one lock per key; the free keys load in one call, the contested ones wait for their holders' values (a second call loads what is still missing). */
   distributedLock?: boolean
 }
 
@@ -634,7 +634,7 @@ export declare class CacheAdapter extends EventEmitter {
   getOrLoadMany<T = JsonValue>(
     keys: string[],
     loadMany: (keys: string[], ctx: BatchLoaderContext) => Promise<Map<string, T> | Record<string, T>> | Map<string, T> | Record<string, T>,
-    ttlOrOptions?: number | Omit<ReadThroughOptions, 'distributedLock'>,
+    ttlOrOptions?: number | ReadThroughOptions,
   ): Promise<Array<T | undefined>>
   /**
    * A memoised async `fn`: each call is `getOrLoad(key(...args), () => fn(...args), options)`, the seeds'

@@ -313,6 +313,27 @@ describe('read-through across instances (real Redis)', () => {
     assert.equal(await redis.cli('EXISTS', `${keyPrefix}:lock:lead`), '0', 'the lock was released')
   })
 
+  test('distributed lock with getOrLoadMany: three instances, overlapping keys, each key loaded once across them', async (t) => {
+    const keyPrefix = uniquePrefix()
+    const adapters = [0, 1, 2].map(() => open(t, 'redis', { keyPrefix, distributedLock: true }))
+    await ready(...adapters)
+    const loaded = []
+    const loadMany = (keys) =>
+      new Promise((resolve) => {
+        loaded.push(...keys)
+        setTimeout(() => resolve(new Map(keys.map((k) => [k, { k }]))), 300)
+      })
+    // Instance i asks for keys i..i+3 of k0..k5: every key but the ends is asked by two or three instances.
+    const asks = adapters.map((a, i) => ['k0', 'k1', 'k2', 'k3', 'k4', 'k5'].slice(i, i + 4))
+    const values = await guard(Promise.all(adapters.map((a, i) => a.getOrLoadMany(asks[i], loadMany, { ttl: 60 }))), 10000, 'three instances')
+    values.forEach((vs, i) => assert.deepStrictEqual(vs, asks[i].map((k) => ({ k })), `instance ${i}`))
+    assert.deepStrictEqual(loaded.sort(), ['k0', 'k1', 'k2', 'k3', 'k4', 'k5'], 'each key loaded once across the instances')
+    let waits = 0
+    for (const a of adapters) waits += (await rt(a)).lockWaits
+    assert.ok(waits >= 4, `the others waited for the holders' values (${waits} waits)`)
+    assert.equal(await redis.cli('KEYS', `${keyPrefix}:lock:*`), '', 'every lock was released')
+  })
+
   test('distributed lock: a dead holder blocks nobody past its lock TTL; one of the survivors loads', async (t) => {
     const keyPrefix = uniquePrefix()
     const holder = new CacheAdapter({ ...FAST, url: redis.url, keyPrefix, distributedLock: true, lockTtlMs: 600 })

@@ -10,7 +10,7 @@
 const { resolvePolicy } = require('./options.js')
 const envelope = require('./envelope.js')
 const { LoaderRunner } = require('./loader-runner.js')
-const { DistributedLock } = require('./lock.js')
+const { DistributedLock, BUSY } = require('./lock.js')
 const { ReadThroughStats } = require('./stats.js')
 const { describe } = require('../args.js')
 const { checkTags } = require('../tags.js')
@@ -180,7 +180,6 @@ class ReadThrough {
       })
       if (typeof loadMany !== 'function') throw new TypeError(`loadMany must be a function, got ${describe(loadMany)}`)
       const policy = resolvePolicy(options, this.defaults, 'options')
-      if (policy.distributedLock) throw new TypeError('options.distributedLock is not supported by getOrLoadMany (use getOrLoad)')
       const unique = [...new Set(keys)]
       return Promise.all(unique.map((k) => this.read(k))).then((entries) => this.serveMany(unique, entries, keys, loadMany, policy))
     } catch (e) {
@@ -211,7 +210,9 @@ class ReadThrough {
     })
     if (missing.length > 0) {
       const flights = new Map()
-      const batch = this.loadBatch(
+      const load = policy.distributedLock ? this.loadBatchLocked : this.loadBatch
+      const batch = load.call(
+        this,
         missing.map(([k]) => k),
         loadMany,
         policy,
@@ -247,6 +248,41 @@ class ReadThrough {
     }
     await Promise.all(stores)
     return wanted
+  }
+
+  /**
+   * `loadBatch` under each key's distributed lock: the keys whose lock is
+   * free (or that have no Redis now) are loaded at once in one call; the
+   * others wait for their holders' values, and those still missing when the
+   * wait ends are loaded in a second call. At most two `loadMany` calls.
+   */
+  async loadBatchLocked(keys, loadMany, policy, flights) {
+    const tokens = new Map()
+    const release = (ks) => ks.forEach((k) => tokens.has(k) && this.lock.release(k, tokens.get(k)))
+    const loadHeld = (ks) => (ks.length === 0 ? new Map() : this.loadBatch(ks, loadMany, policy, flights).finally(() => release(ks)))
+    const firsts = await Promise.all(keys.map((k) => this.lock.tryAcquire(k)))
+    const free = []
+    const busy = []
+    keys.forEach((k, i) => {
+      if (firsts[i] === BUSY) return busy.push(k)
+      free.push(k)
+      if (firsts[i]) tokens.set(k, firsts[i].token)
+    })
+    const waited = async () => {
+      const out = new Map()
+      const still = []
+      const answers = await Promise.all(busy.map((k) => this.lock.waitFor(k, (key) => this.readFresh(key))))
+      busy.forEach((k, i) => {
+        const answer = answers[i]
+        if (answer && answer.found) return out.set(k, answer.found.value)
+        still.push(k)
+        if (answer && answer.token) tokens.set(k, answer.token)
+      })
+      for (const [k, v] of await loadHeld(still)) out.set(k, v)
+      return out
+    }
+    const [now, later] = await Promise.all([loadHeld(free), busy.length > 0 ? waited() : new Map()])
+    return new Map([...now, ...later])
   }
 
   /** A memoised async `fn`: results cached under `key(...args)` with the read-through's options. */

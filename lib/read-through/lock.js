@@ -7,6 +7,8 @@
 
 const { randomUUID } = require('node:crypto')
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms))
+/** `tryAcquire`'s answer when another instance holds the lock. */
+const BUSY = Symbol('busy')
 
 class DistributedLock {
   constructor(native, stats, { lockTtlMs, lockWaitMs }) {
@@ -23,12 +25,22 @@ class DistributedLock {
    * `readFresh(key)` resolves to a fresh entry or null.
    */
   async acquire(key, readFresh) {
+    const first = await this.tryAcquire(key)
+    return first === BUSY ? this.waitFor(key, readFresh) : first
+  }
+
+  /** One attempt: `{ token }`, `BUSY` (another instance holds it), or `null` (no Redis now). */
+  async tryAcquire(key) {
     const token = randomUUID()
-    const first = await this.native.lockAcquire(key, token, this.ttlMs)
-    if (first !== false) {
-      if (first) this.stats.lockAcquired++
-      return first ? { token } : null
-    }
+    const got = await this.native.lockAcquire(key, token, this.ttlMs)
+    if (got === false) return BUSY
+    if (got) this.stats.lockAcquired++
+    return got ? { token } : null
+  }
+
+  /** After `BUSY`: polls for the holder's value, retrying the lock; resolves as `acquire` does. */
+  async waitFor(key, readFresh) {
+    const token = randomUUID()
     this.stats.lockWaits++
     const deadline = Date.now() + this.waitMs
     let delay = 5
@@ -60,4 +72,4 @@ class DistributedLock {
   }
 }
 
-module.exports = { DistributedLock }
+module.exports = { DistributedLock, BUSY }
