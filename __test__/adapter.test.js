@@ -3,11 +3,11 @@
  * Contract tests for CacheAdapter, written from /work/shared/API.md.
  * Each test owns its adapters (unique keyPrefix) and closes them; the file owns its redis-server.
  */
-const { describe, test, before, after } = require('node:test')
+const { describe, test } = require('node:test')
 const assert = require('node:assert/strict')
 const path = require('node:path')
 const { execFile } = require('node:child_process')
-const { startRedis, freePort } = require('./helpers/redis')
+const { redisForFile, freePort } = require('./helpers/redis')
 const { sleep, guard, until } = require('./helpers/wait')
 
 require('./helpers/env').isolateFromEnvironment()
@@ -26,16 +26,9 @@ const DEFAULT_TTLS = {
   preComputedContext: 120,
 }
 
-let server
+const server = redisForFile()
 let seq = 0
 
-before(async () => {
-  server = await startRedis()
-})
-
-after(async () => {
-  await server?.stop()
-})
 
 // ---------------------------------------------------------------- helpers
 

@@ -5,27 +5,20 @@
  * `maxValueBytes`, thousands of loaders that never settle, loader errors that
  * keep their class and code, and a cached null in getOrLoad.
  */
-const { describe, test, before, after } = require('node:test')
+const { describe, test } = require('node:test')
 const assert = require('node:assert/strict')
 const v8 = require('node:v8')
 const vm = require('node:vm')
-const { startRedis } = require('./helpers/redis')
+const { startRedis, redisForFile } = require('./helpers/redis')
 const { guard, until, sleep } = require('./helpers/wait')
 
 require('./helpers/env').isolateFromEnvironment()
 
 const { CacheAdapter } = require('..')
 
-let server
+const server = redisForFile()
 let seq = 0
 
-before(async () => {
-  server = await startRedis()
-})
-
-after(async () => {
-  await server?.stop()
-})
 
 async function make(t, opts = {}) {
   const keyPrefix = `bad-${process.pid}-${++seq}`

@@ -9,9 +9,9 @@
  * Each test owns its adapters (unique keyPrefix) and closes them; the file
  * owns its redis-servers. Every loop is bounded in count and in time.
  */
-const { test, before, after } = require('node:test')
+const { test } = require('node:test')
 const assert = require('node:assert/strict')
-const { startRedis } = require('./helpers/redis')
+const { startRedis, redisForFile } = require('./helpers/redis')
 const { sleep, guard, until } = require('./helpers/wait')
 
 require('./helpers/env').isolateFromEnvironment()
@@ -20,16 +20,9 @@ const { CacheAdapter } = require('..')
 // The test-only hook lives on the native module, not on the public class.
 const binding = require('../binding.js')
 
-let server
+const server = redisForFile()
 let seq = 0
 
-before(async () => {
-  server = await startRedis()
-})
-
-after(async () => {
-  await server?.stop()
-})
 
 const uniquePrefix = () => `hard-${process.pid}-${++seq}`
 

@@ -5,9 +5,9 @@
  * them: its `/api/cache/stats` and `/api/health` handlers and its deployment
  * checks. On Redis, with Redis killed, after Redis comes back, and memory-only.
  */
-const { describe, test, before, after } = require('node:test')
+const { describe, test } = require('node:test')
 const assert = require('node:assert/strict')
-const { startRedis } = require('./helpers/redis')
+const { startRedis, redisForFile } = require('./helpers/redis')
 const { guard, until, sleep } = require('./helpers/wait')
 
 require('./helpers/env').isolateFromEnvironment()
@@ -24,16 +24,9 @@ const LEGACY_MAPS = [
   'activeCallSessions',
 ]
 
-let server
+const server = redisForFile()
 let seq = 0
 
-before(async () => {
-  server = await startRedis()
-})
-
-after(async () => {
-  await server?.stop()
-})
 
 async function make(t, redis, opts = {}) {
   const keyPrefix = `legacy-${process.pid}-${++seq}`

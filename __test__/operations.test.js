@@ -1,20 +1,14 @@
 'use strict'
 // Operations: the Prometheus exposition, migrateFromMaps, mode-change
 // observation and the stats an operator reads.
-const { test, before, after } = require('node:test')
+const { test } = require('node:test')
 const assert = require('node:assert/strict')
-const { startRedis } = require('./helpers/redis')
+const { redisForFile } = require('./helpers/redis')
 const { guard } = require('./helpers/wait')
 require('./helpers/env').isolateFromEnvironment()
 const { CacheAdapter } = require('..')
 
-let redis
-before(async () => {
-  redis = await startRedis()
-})
-after(async () => {
-  await redis?.stop()
-})
+const redis = redisForFile()
 
 /**
  * An adapter once its first change to 'redis' has reached JavaScript (not

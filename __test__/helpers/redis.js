@@ -521,6 +521,32 @@ async function startSentinel(opts = {}) {
   }
 }
 
+/**
+ * One redis-server for the tests of a file (or of the describe block it is
+ * called in): started before them, stopped after. Returns a stand-in that
+ * forwards to the server once it runs (`server.url`, `server.cli(...)`...).
+ */
+function redisForFile(options) {
+  const { before, after } = require('node:test')
+  let server = null
+  before(async () => {
+    server = await startRedis(options)
+  })
+  after(async () => {
+    await server?.stop()
+  })
+  return new Proxy(
+    {},
+    {
+      get(_, name) {
+        if (!server) throw new Error(`redisForFile: server.${String(name)} read before the server started`)
+        const value = server[name]
+        return typeof value === 'function' ? value.bind(server) : value
+      },
+    },
+  )
+}
+
 /** Stop every server this process started (for a global after hook). */
 async function stopAll() {
   await Promise.all([...live].map((s) => s.stop().catch(() => {})))
@@ -539,4 +565,4 @@ for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP']) {
   })
 }
 
-module.exports = { startRedis, startCluster, startSentinel, parseClusterNodes, stopAll, freePort, HOST }
+module.exports = { startRedis, redisForFile, startCluster, startSentinel, parseClusterNodes, stopAll, freePort, HOST }
