@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::sentinel::SentinelClient;
-use redis::{AsyncConnectionConfig, Client, PushInfo};
+use redis::{AsyncConnectionConfig, Client, PushInfo, Value};
 
 use super::Near;
 
@@ -32,6 +32,13 @@ pub enum Dialer {
 }
 
 impl Dialer {
+  /// What a heartbeat asks: `PING`, or behind Sentinel `ROLE`, so that a link
+  /// left on a demoted master (one Sentinel did not disconnect, or a
+  /// `REPLICAOF` made by hand) ends and the next dial finds the new master.
+  fn heartbeat(&self) -> redis::Cmd {
+    redis::cmd(if matches!(self, Dialer::Sentinel(_)) { "ROLE" } else { "PING" })
+  }
+
   async fn client(&self) -> Result<Client, String> {
     match self {
       Dialer::Direct(client) => Ok(client.clone()),
@@ -85,7 +92,7 @@ pub async fn run_link(
     match connect(&near, &dialer, link, &prefix, connect_timeout).await {
       Ok(conn) => {
         failures = 0;
-        heartbeat(&near, conn, link, connect_timeout).await;
+        heartbeat(&near, conn, link, dialer.heartbeat(), connect_timeout).await;
       }
       Err(_) => failures = failures.saturating_add(1),
     }
@@ -143,10 +150,10 @@ async fn connect(
   Ok(conn)
 }
 
-/// Pings link `link` until it fails, is replaced or its lane leaves the set,
-/// or the near cache is closed or dropped.
-async fn heartbeat(near: &Weak<Near>, mut conn: MultiplexedConnection, link: u64, timeout: Duration) {
-  let ping = redis::cmd("PING");
+/// Pings link `link` (with `ping`: `PING` or `ROLE`) until it fails, its
+/// server is no master, it is replaced or its lane leaves the set, or the
+/// near cache is closed or dropped.
+async fn heartbeat(near: &Weak<Near>, mut conn: MultiplexedConnection, link: u64, ping: redis::Cmd, timeout: Duration) {
   loop {
     let asked = {
       let Some(n) = near.upgrade() else { return };
@@ -160,11 +167,38 @@ async fn heartbeat(near: &Weak<Near>, mut conn: MultiplexedConnection, link: u64
       n.now_ns()
     };
     match tokio::time::timeout(timeout, conn.req_packed_command(&ping)).await {
-      Ok(Ok(_)) => match near.upgrade() {
+      Ok(Ok(reply)) if is_master_or_pong(&reply) => match near.upgrade() {
         Some(n) => n.renew(link, asked),
         None => return,
       },
       _ => return,
     }
+  }
+}
+
+/// A `PING`'s answer, or a `ROLE` answer that starts with `master`.
+fn is_master_or_pong(reply: &Value) -> bool {
+  match reply {
+    Value::Array(items) => match items.first() {
+      Some(Value::BulkString(role)) => role.as_slice() == b"master",
+      Some(Value::SimpleString(role)) => role == "master",
+      _ => false,
+    },
+    Value::SimpleString(_) | Value::BulkString(_) | Value::Okay => true,
+    _ => false,
+  }
+}
+
+#[cfg(test)]
+mod tests {
+  use super::*;
+
+  #[test]
+  fn a_link_on_a_replica_ends() {
+    let role = |r: &str| Value::Array(vec![Value::BulkString(r.as_bytes().to_vec()), Value::Int(0)]);
+    assert!(is_master_or_pong(&role("master")));
+    assert!(!is_master_or_pong(&role("slave")));
+    assert!(is_master_or_pong(&Value::SimpleString("PONG".into())));
+    assert!(!is_master_or_pong(&Value::Nil));
   }
 }
