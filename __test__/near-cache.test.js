@@ -11,7 +11,8 @@ const { test } = require('node:test')
 const assert = require('node:assert/strict')
 const { startRedis } = require('./helpers/redis')
 const { sleep, guard, until } = require('./helpers/wait')
-const { STALE_BOUND_MS, nearStats, ready, freshWithinBound, rounds: sharedRounds } = require('./helpers/near')
+const { STALE_BOUND_MS, nearStats, ready, freshWithinBound, linkIds, rounds: sharedRounds } = require('./helpers/near')
+const { startProxy } = require('./helpers/proxy')
 
 require('./helpers/env').isolateFromEnvironment()
 
@@ -194,6 +195,46 @@ test('a paused Redis stops near hits within the lease; a killed one flushes; bot
   await a.get('k')
   assert.equal(await a.get('k'), 'back')
   assert.ok((await nearStats(a)).hits > hits)
+})
+
+test('a failover behind a stable address: the link leaves the demoted server, and no read is stale', async (t) => {
+  // A managed failover as a hosted Redis does it: the replica is promoted, the old master becomes its
+  // replica (still answering, read-only), and the address (here a proxy) leads new connections to the new one.
+  const old = await startRedis()
+  const promoted = await startRedis()
+  const proxy = await startProxy(old.port)
+  t.after(async () => {
+    await proxy.stop()
+    await old.stop()
+    await promoted.stop()
+  })
+  const prefix = uniquePrefix()
+  const a = new CacheAdapter({ url: proxy.url, keyPrefix: prefix, nearCache: true, alerts: false })
+  t.after(() => a.close())
+  await ready(a, 'adapter')
+  await a.set('k', 'v1')
+  await a.get('k')
+  assert.equal(await a.get('k'), 'v1')
+  assert.equal((await linkIds(old)).length, 1)
+
+  await promoted.cli('replicaof', '127.0.0.1', String(old.port))
+  await until(async () => /master_link_status:up/.test(await promoted.cli('info', 'replication')), 5000, 'the replica syncs')
+  proxy.retarget(promoted.port)
+  await promoted.cli('replicaof', 'no', 'one')
+  await old.cli('replicaof', '127.0.0.1', String(promoted.port))
+
+  // The link leaves the demoted server within a heartbeat and comes back on the promoted one.
+  await until(async () => (await linkIds(old)).length === 0 && (await linkIds(promoted)).length === 1, 3000, 'the link moves to the promoted server')
+  // Another instance writes on the promoted master: never answered stale by the near cache.
+  const other = adapter(promoted, prefix, false)
+  t.after(() => other.close())
+  await ready(other, 'other')
+  for (let round = 0; round < 10; round++) {
+    await a.get('k')
+    assert.equal(await other.set('k', { round }), true)
+    await freshWithinBound(() => a.get('k'), { round }, `round ${round} after the failover`)
+  }
+  await ready(a, 'adapter on the promoted server')
 })
 
 test('stats, metrics and options', async (t) => {

@@ -42,15 +42,20 @@ async function freshWithinBound(read, expected, what) {
   assert.fail(`${what}: still ${JSON.stringify(last)} ${STALE_BOUND_MS} ms after the write of ${JSON.stringify(expected)} was acknowledged`)
 }
 
-/** `CLIENT KILL`s every invalidation link on `servers` (each with `cli`); returns how many. */
+/** The client ids of the invalidation links on `server` (with `cli`). */
+async function linkIds(server) {
+  const list = await server.cli('client', 'list')
+  return list
+    .split('\n')
+    .filter((l) => l.includes(` name=${LINK_NAME} `))
+    .map((l) => /^id=(\d+)/.exec(l)[1])
+}
+
+/** `CLIENT KILL`s every invalidation link on `servers`; returns how many. */
 async function killLinks(servers) {
   let killed = 0
   for (const server of servers) {
-    const list = await server.cli('client', 'list')
-    const ids = list
-      .split('\n')
-      .filter((l) => l.includes(` name=${LINK_NAME} `))
-      .map((l) => /^id=(\d+)/.exec(l)[1])
+    const ids = await linkIds(server)
     for (const id of ids) await server.cli('client', 'kill', 'id', id)
     killed += ids.length
   }
@@ -111,4 +116,4 @@ async function rounds({ makeAdapter, near, keys = ['lead'], kill = false, server
   }
 }
 
-module.exports = { LINK_NAME, STALE_BOUND_MS, nearStats, ready, freshWithinBound, killLinks, rounds }
+module.exports = { LINK_NAME, STALE_BOUND_MS, nearStats, ready, freshWithinBound, linkIds, killLinks, rounds }

@@ -13,8 +13,8 @@ use redis::{AsyncConnectionConfig, Client, PushInfo, Value};
 
 use super::Near;
 
-/// How often a link is pinged: a few lease renewals fit in one lease, so one
-/// slow `PING` does not stop hits.
+/// How often a link is asked for a heartbeat: a few lease renewals fit in one
+/// lease, so one slow answer does not stop hits.
 const HEARTBEAT: Duration = Duration::from_millis(25);
 /// How often a cluster's masters are compared with the lanes.
 const LANES_EVERY: Duration = Duration::from_millis(100);
@@ -32,13 +32,6 @@ pub enum Dialer {
 }
 
 impl Dialer {
-  /// What a heartbeat asks: `PING`, or behind Sentinel `ROLE`, so that a link
-  /// left on a demoted master (one Sentinel did not disconnect, or a
-  /// `REPLICAOF` made by hand) ends and the next dial finds the new master.
-  fn heartbeat(&self) -> redis::Cmd {
-    redis::cmd(if matches!(self, Dialer::Sentinel(_)) { "ROLE" } else { "PING" })
-  }
-
   async fn client(&self) -> Result<Client, String> {
     match self {
       Dialer::Direct(client) => Ok(client.clone()),
@@ -92,7 +85,7 @@ pub async fn run_link(
     match connect(&near, &dialer, link, &prefix, connect_timeout).await {
       Ok(conn) => {
         failures = 0;
-        heartbeat(&near, conn, link, dialer.heartbeat(), connect_timeout).await;
+        heartbeat(&near, conn, link, connect_timeout).await;
       }
       Err(_) => failures = failures.saturating_add(1),
     }
@@ -141,6 +134,11 @@ async fn connect(
     let mut tracking = redis::cmd("CLIENT");
     tracking.arg("TRACKING").arg("ON").arg("BCAST").arg("PREFIX").arg(prefix);
     conn.req_packed_command(&tracking).await.map_err(|e| e.to_string())?;
+    // Writes go to a master only: a link on anything else would hear none of them.
+    let role = conn.req_packed_command(&redis::cmd("ROLE")).await.map_err(|e| e.to_string())?;
+    if !is_master(&role) {
+      return Err("the server is not a master".to_string());
+    }
     Ok::<_, String>((conn, asked))
   };
   let (conn, asked) = tokio::time::timeout(connect_timeout * 2, setup)
@@ -150,10 +148,13 @@ async fn connect(
   Ok(conn)
 }
 
-/// Pings link `link` (with `ping`: `PING` or `ROLE`) until it fails, its
-/// server is no master, it is replaced or its lane leaves the set, or the
-/// near cache is closed or dropped.
-async fn heartbeat(near: &Weak<Near>, mut conn: MultiplexedConnection, link: u64, ping: redis::Cmd, timeout: Duration) {
+/// Asks link `link` for its server's `ROLE` every [`HEARTBEAT`] (the answer
+/// renews its lease, like a `PING` would) until it fails, its server is no
+/// longer a master (a failover behind a stable address, a `REPLICAOF` made by
+/// hand, a demotion Sentinel did not disconnect), it is replaced or its lane
+/// leaves the set, or the near cache is closed or dropped.
+async fn heartbeat(near: &Weak<Near>, mut conn: MultiplexedConnection, link: u64, timeout: Duration) {
+  let ping = redis::cmd("ROLE");
   loop {
     let asked = {
       let Some(n) = near.upgrade() else { return };
@@ -167,7 +168,7 @@ async fn heartbeat(near: &Weak<Near>, mut conn: MultiplexedConnection, link: u64
       n.now_ns()
     };
     match tokio::time::timeout(timeout, conn.req_packed_command(&ping)).await {
-      Ok(Ok(reply)) if is_master_or_pong(&reply) => match near.upgrade() {
+      Ok(Ok(reply)) if is_master(&reply) => match near.upgrade() {
         Some(n) => n.renew(link, asked),
         None => return,
       },
@@ -176,15 +177,14 @@ async fn heartbeat(near: &Weak<Near>, mut conn: MultiplexedConnection, link: u64
   }
 }
 
-/// A `PING`'s answer, or a `ROLE` answer that starts with `master`.
-fn is_master_or_pong(reply: &Value) -> bool {
+/// A `ROLE` answer that starts with `master`.
+fn is_master(reply: &Value) -> bool {
   match reply {
     Value::Array(items) => match items.first() {
       Some(Value::BulkString(role)) => role.as_slice() == b"master",
       Some(Value::SimpleString(role)) => role == "master",
       _ => false,
     },
-    Value::SimpleString(_) | Value::BulkString(_) | Value::Okay => true,
     _ => false,
   }
 }
@@ -196,9 +196,9 @@ mod tests {
   #[test]
   fn a_link_on_a_replica_ends() {
     let role = |r: &str| Value::Array(vec![Value::BulkString(r.as_bytes().to_vec()), Value::Int(0)]);
-    assert!(is_master_or_pong(&role("master")));
-    assert!(!is_master_or_pong(&role("slave")));
-    assert!(is_master_or_pong(&Value::SimpleString("PONG".into())));
-    assert!(!is_master_or_pong(&Value::Nil));
+    assert!(is_master(&role("master")));
+    assert!(!is_master(&role("slave")));
+    assert!(!is_master(&Value::SimpleString("PONG".into())));
+    assert!(!is_master(&Value::Nil));
   }
 }

@@ -6,13 +6,13 @@
 //!
 //! What it guarantees, and how:
 //! - A hit is served only while every lane's link is up, the adapter is in
-//!   'redis' mode, and every link's lease is current: a `PING` sent on a link
+//!   'redis' mode, and every link's lease is current: a heartbeat (`ROLE`) sent on a link
 //!   at `t` and answered renews its lease to `t + LEASE`. Redis writes an
 //!   invalidation to the link before the reply of any later command on it, so
-//!   an answered `PING` proves that every write that server ran before it has
+//!   an answered heartbeat proves that every write that server ran before it has
 //!   been applied here; a write acknowledged after `t` is therefore served
 //!   stale for less than `LEASE` (100 ms), even when a link goes silent.
-//! - Any lane's link dropping (EOF, `CLIENT KILL`, a `PING` unanswered), a new
+//! - Any lane's link dropping (EOF, `CLIENT KILL`, a heartbeat unanswered, its server no longer master), a new
 //!   lane (a master promoted, one added), or the breaker opening empties the
 //!   cache; it is bypassed until every lane has tracking on again.
 //! - A read fills the cache only if no invalidation of its key (nor a flush)
@@ -36,7 +36,7 @@ use tokio::sync::Notify;
 
 use crate::config::NearConfig;
 
-/// How long an answered `PING` of a link vouches for the near cache.
+/// How long an answered heartbeat of a link vouches for the near cache.
 pub const LEASE: Duration = Duration::from_millis(100);
 /// Bytes counted per entry besides its key and value (map slot, order queue, Arcs).
 const ENTRY_OVERHEAD: usize = 96;
@@ -114,7 +114,7 @@ struct Lane {
   link: u64,
   /// Tracking is on.
   up: bool,
-  /// Nanoseconds since `origin` until which its last answered `PING` vouches.
+  /// Nanoseconds since `origin` until which its last answered heartbeat vouches.
   lease_until: u64,
 }
 
@@ -405,7 +405,7 @@ impl Near {
     self.on_link(link, |l| *l = Lane { up: true, lease_until: lease, ..*l });
   }
 
-  /// A `PING` sent at `asked_ns` on link `link` was answered.
+  /// A heartbeat sent at `asked_ns` on link `link` was answered.
   fn renew(&self, link: u64, asked_ns: u64) {
     let lease = asked_ns + LEASE.as_nanos() as u64;
     self.on_link(link, |l| l.lease_until = l.lease_until.max(lease));
