@@ -217,8 +217,10 @@ test('a failover behind a stable address: the link leaves the demoted server, an
   assert.equal(await a.get('k'), 'v1')
   assert.equal((await linkIds(old)).length, 1)
 
+  // Redis 7 waits 5 s before a diskless sync by default, for more replicas to join.
+  await old.cli('config', 'set', 'repl-diskless-sync-delay', '0')
   await promoted.cli('replicaof', '127.0.0.1', String(old.port))
-  await until(async () => /master_link_status:up/.test(await promoted.cli('info', 'replication')), 5000, 'the replica syncs')
+  await until(async () => /master_link_status:up/.test(await promoted.cli('info', 'replication')), 10000, 'the replica syncs')
   proxy.retarget(promoted.port)
   await promoted.cli('replicaof', 'no', 'one')
   await old.cli('replicaof', '127.0.0.1', String(promoted.port))
