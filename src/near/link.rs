@@ -11,7 +11,7 @@ use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::sentinel::SentinelClient;
 use redis::{AsyncConnectionConfig, Client, PushInfo, Value};
 
-use super::Near;
+use super::{LaneId, Near};
 
 /// How often a link is asked for a heartbeat: a few lease renewals fit in one
 /// lease, so one slow answer does not stop hits.
@@ -60,7 +60,7 @@ where
     for lane in added {
       // A master whose address makes no client leaves its lane down, and the
       // near cache bypassed: never a hit that a write there could not undo.
-      if let Ok(client) = client_for(&lane) {
+      if let Ok(client) = client_for(&lane.name) {
         let dialer = Arc::new(Dialer::Direct(client));
         tokio::spawn(run_link(near.clone(), lane, dialer, prefix.clone(), connect_timeout));
       }
@@ -69,16 +69,10 @@ where
   }
 }
 
-/// Keeps `lane`'s link up for as long as the lane and the near cache live:
+/// Keeps `lane`'s link up for as long as the lane (this epoch of it) and the near cache live:
 /// dials, turns tracking on for `prefix`, pings every [`HEARTBEAT`], and on
 /// any failure empties the cache and dials again (with a backoff).
-pub async fn run_link(
-  near: Weak<Near>,
-  lane: Arc<str>,
-  dialer: Arc<Dialer>,
-  prefix: String,
-  connect_timeout: Duration,
-) {
+pub async fn run_link(near: Weak<Near>, lane: LaneId, dialer: Arc<Dialer>, prefix: String, connect_timeout: Duration) {
   let mut failures: u32 = 0;
   loop {
     let Some(link) = near.upgrade().and_then(|n| n.dialing(&lane)) else { return };

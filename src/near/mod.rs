@@ -106,9 +106,19 @@ fn entry_bytes(key: &str, json: &str) -> usize {
   key.len() + json.len() + ENTRY_OVERHEAD
 }
 
+/// A lane as one link task knows it. A lane that leaves the set and comes
+/// back (a master that flaps in the slot map) is a new lane: the old task,
+/// holding the old epoch, ends instead of fighting the new one over the link.
+pub struct LaneId {
+  pub name: Arc<str>,
+  epoch: u64,
+}
+
 /// The state of one lane's invalidation link.
 #[derive(Clone, Copy, Default)]
 struct Lane {
+  /// Set when the lane joins the set, never reused.
+  epoch: u64,
   /// The number of its current link (0: none yet); numbers are never reused,
   /// so a late report of an older link is recognised and ignored.
   link: u64,
@@ -126,6 +136,7 @@ pub struct Near {
   /// Lanes by name (`host:port` on a cluster); written only by link tasks.
   lanes: Mutex<HashMap<Arc<str>, Lane>>,
   next_link: AtomicU64,
+  next_epoch: AtomicU64,
   /// What the hit path reads of the lanes (see `settle`): all of them up...
   link_up: AtomicBool,
   /// ...and the earliest of their leases.
@@ -201,6 +212,7 @@ impl Near {
       origin: Instant::now(),
       lanes: Mutex::new(HashMap::new()),
       next_link: AtomicU64::new(0),
+      next_epoch: AtomicU64::new(0),
       link_up: AtomicBool::new(false),
       lease_until: AtomicU64::new(0),
       serving: AtomicBool::new(false),
@@ -356,15 +368,16 @@ impl Near {
   /// The lanes that must have a link for hits to be served; returns the ones
   /// new to the set (whose link tasks the caller starts). A lane that leaves
   /// the set ends its task at its next heartbeat.
-  pub fn set_lanes(&self, names: &[impl AsRef<str>]) -> Vec<Arc<str>> {
+  pub fn set_lanes(&self, names: &[impl AsRef<str>]) -> Vec<LaneId> {
     let mut lanes = self.lanes();
     lanes.retain(|lane, _| names.iter().any(|n| n.as_ref() == &**lane));
     let mut added = Vec::new();
     for name in names {
       if !lanes.contains_key(name.as_ref()) {
         let lane: Arc<str> = name.as_ref().into();
-        lanes.insert(lane.clone(), Lane::default());
-        added.push(lane);
+        let epoch = self.next_epoch.fetch_add(1, Relaxed) + 1;
+        lanes.insert(lane.clone(), Lane { epoch, ..Lane::default() });
+        added.push(LaneId { name: lane, epoch });
       }
     }
     self.settle(&lanes);
@@ -372,15 +385,16 @@ impl Near {
   }
 
   /// A link of `lane` is about to be dialled: its number (`None` once the
-  /// lane has left the set or the cache is closed: the task ends).
-  fn dialing(&self, lane: &str) -> Option<u64> {
+  /// lane has left the set, even if it came back since, or the cache is
+  /// closed: the task ends).
+  fn dialing(&self, lane: &LaneId) -> Option<u64> {
     if self.closed.load(Relaxed) {
       return None;
     }
     let mut lanes = self.lanes();
-    let state = lanes.get_mut(lane)?;
+    let state = lanes.get_mut(&lane.name).filter(|l| l.epoch == lane.epoch)?;
     let link = self.next_link.fetch_add(1, Relaxed) + 1;
-    *state = Lane { link, up: false, lease_until: 0 };
+    *state = Lane { link, up: false, lease_until: 0, ..*state };
     self.settle(&lanes);
     Some(link)
   }
@@ -494,8 +508,8 @@ mod tests {
   fn near(max_entries: usize, max_bytes: usize) -> Arc<Near> {
     let n = Near::new(NearConfig { max_entries, max_bytes, ttl: Duration::from_secs(60) });
     n.set_serving(true);
-    n.set_lanes(&["a"]);
-    let link = n.dialing("a").unwrap();
+    let a = n.set_lanes(&["a"]).pop().unwrap();
+    let link = n.dialing(&a).unwrap();
     assert_eq!(link, 1);
     n.link_ready(link, n.now_ns() + 3_600_000_000_000);
     n
@@ -601,10 +615,10 @@ mod tests {
     let far = n.now_ns() + 3_600_000_000_000;
     n.begin("k").unwrap().fill(&Arc::from("1"), -1);
     // A second master appears (a replica promoted): not covered yet, so emptied and bypassed.
-    assert_eq!(n.set_lanes(&["a", "b"]).len(), 1);
+    let lane_b = n.set_lanes(&["a", "b"]).pop().unwrap();
     assert!(n.get("k").is_none() && n.begin("k").is_none());
     assert_eq!(n.usage(), (0, 0));
-    let b = n.dialing("b").unwrap();
+    let b = n.dialing(&lane_b).unwrap();
     n.link_ready(b, far);
     n.begin("k").unwrap().fill(&Arc::from("2"), -1);
     assert_eq!(n.get("k").as_deref(), Some("2"));
@@ -616,7 +630,11 @@ mod tests {
     assert!(n.set_lanes(&["a"]).is_empty());
     n.begin("k").unwrap().fill(&Arc::from("3"), -1);
     assert_eq!(n.get("k").as_deref(), Some("3"));
-    assert!(n.dialing("b").is_none(), "a lane gone ends its task");
+    assert!(n.dialing(&lane_b).is_none(), "a lane gone ends its task");
+    // It comes back (a master that flapped): a new lane; the old task still ends.
+    let again = n.set_lanes(&["a", "b"]).pop().unwrap();
+    assert!(n.dialing(&lane_b).is_none(), "the old task does not take the new lane");
+    assert!(n.dialing(&again).is_some());
     // No lanes at all (a cluster before its first slot map): never a hit.
     n.set_lanes(&[] as &[&str]);
     assert!(!n.active());
@@ -625,8 +643,8 @@ mod tests {
   #[test]
   fn the_earliest_lease_rules() {
     let n = near(10, 1 << 20);
-    n.set_lanes(&["a", "b"]);
-    let b = n.dialing("b").unwrap();
+    let lane_b = n.set_lanes(&["a", "b"]).pop().unwrap();
+    let b = n.dialing(&lane_b).unwrap();
     n.link_ready(b, n.now_ns());
     std::thread::sleep(LEASE + Duration::from_millis(10));
     assert!(!n.active(), "lane b's lease ran out, though lane a's has not");
