@@ -239,6 +239,27 @@ test('a failover behind a stable address: the link leaves the demoted server, an
   await ready(a, 'adapter on the promoted server')
 })
 
+test('a user an ACL keeps from ROLE (an @admin command) still gets a coherent near cache', async (t) => {
+  const server = await startRedis()
+  t.after(() => server.kill())
+  await server.cli('acl', 'setuser', 'app', 'on', '>app-secret', '~*', '&*', '+@all', '-@admin')
+  assert.match(await server.cli('--user', 'app', '--pass', 'app-secret', '--no-auth-warning', 'role').catch((e) => e.message), /NOPERM|no permissions/i)
+  const prefix = uniquePrefix()
+  const url = `redis://app:app-secret@127.0.0.1:${server.port}`
+  const a = new CacheAdapter({ url, keyPrefix: prefix, nearCache: true, alerts: false })
+  const b = new CacheAdapter({ url, keyPrefix: prefix, alerts: false })
+  t.after(() => Promise.all([a.close(), b.close()]))
+  await ready(a, 'adapter as app')
+  await ready(b, 'writer as app')
+  for (let round = 0; round < 10; round++) {
+    await a.get('k')
+    await a.get('k')
+    assert.equal(await b.set('k', { round }), true)
+    await freshWithinBound(() => a.get('k'), { round }, `round ${round}`)
+  }
+  assert.ok((await nearStats(a)).hits >= 10, 'the near cache served hits')
+})
+
 test('stats, metrics and options', async (t) => {
   const server = await startRedis()
   t.after(() => server.kill())

@@ -77,9 +77,9 @@ pub async fn run_link(near: Weak<Near>, lane: LaneId, dialer: Arc<Dialer>, prefi
   loop {
     let Some(link) = near.upgrade().and_then(|n| n.dialing(&lane)) else { return };
     match connect(&near, &dialer, link, &prefix, connect_timeout).await {
-      Ok(conn) => {
+      Ok((conn, beat)) => {
         failures = 0;
-        heartbeat(&near, conn, link, connect_timeout).await;
+        heartbeat(&near, conn, link, beat, connect_timeout).await;
       }
       Err(_) => failures = failures.saturating_add(1),
     }
@@ -107,7 +107,7 @@ async fn connect(
   link: u64,
   prefix: &str,
   connect_timeout: Duration,
-) -> Result<MultiplexedConnection, String> {
+) -> Result<(MultiplexedConnection, Heartbeat), String> {
   let pushes = near.clone();
   let config = AsyncConnectionConfig::new()
     .set_connection_timeout(Some(connect_timeout))
@@ -129,26 +129,67 @@ async fn connect(
     tracking.arg("TRACKING").arg("ON").arg("BCAST").arg("PREFIX").arg(prefix);
     conn.req_packed_command(&tracking).await.map_err(|e| e.to_string())?;
     // Writes go to a master only: a link on anything else would hear none of them.
-    let role = conn.req_packed_command(&redis::cmd("ROLE")).await.map_err(|e| e.to_string())?;
-    if !is_master(&role) {
-      return Err("the server is not a master".to_string());
-    }
-    Ok::<_, String>((conn, asked))
+    let heartbeat = match Heartbeat::Role.check(&conn.req_packed_command(&redis::cmd("ROLE")).await) {
+      Ok(()) => Heartbeat::Role,
+      // ROLE is an @admin command: a user an ACL keeps from it gets PING (role unknown).
+      Err(Refusal::Denied) => Heartbeat::Ping,
+      Err(Refusal::NotMaster) => return Err("the server is not a master".to_string()),
+      Err(Refusal::Failed(e)) => return Err(e),
+    };
+    Ok::<_, String>((conn, asked, heartbeat))
   };
-  let (conn, asked) = tokio::time::timeout(connect_timeout * 2, setup)
+  let (conn, asked, heartbeat) = tokio::time::timeout(connect_timeout * 2, setup)
     .await
     .map_err(|_| format!("link setup timed out after {} ms", (connect_timeout * 2).as_millis()))??;
   near.upgrade().ok_or("closed")?.link_ready(link, asked);
-  Ok(conn)
+  Ok((conn, heartbeat))
 }
 
-/// Asks link `link` for its server's `ROLE` every [`HEARTBEAT`] (the answer
-/// renews its lease, like a `PING` would) until it fails, its server is no
-/// longer a master (a failover behind a stable address, a `REPLICAOF` made by
-/// hand, a demotion Sentinel did not disconnect), it is replaced or its lane
-/// leaves the set, or the near cache is closed or dropped.
-async fn heartbeat(near: &Weak<Near>, mut conn: MultiplexedConnection, link: u64, timeout: Duration) {
-  let ping = redis::cmd("ROLE");
+/// What a link's heartbeat asks.
+#[derive(Clone, Copy)]
+enum Heartbeat {
+  /// `ROLE`, which must answer `master`.
+  Role,
+  /// `PING`, where the user may not run `ROLE`.
+  Ping,
+}
+
+/// Why a heartbeat's answer does not renew the lease.
+enum Refusal {
+  /// The server refused the command itself (an ACL, a renamed command).
+  Denied,
+  NotMaster,
+  Failed(String),
+}
+
+impl Heartbeat {
+  fn cmd(self) -> redis::Cmd {
+    redis::cmd(match self {
+      Heartbeat::Role => "ROLE",
+      Heartbeat::Ping => "PING",
+    })
+  }
+
+  fn check(self, answer: &redis::RedisResult<Value>) -> Result<(), Refusal> {
+    match answer {
+      Ok(Value::ServerError(_)) => Err(Refusal::Denied),
+      Err(e) if e.code().is_some() && !e.is_io_error() => Err(Refusal::Denied),
+      Err(e) => Err(Refusal::Failed(e.to_string())),
+      Ok(reply) => match self {
+        Heartbeat::Role if !is_master(reply) => Err(Refusal::NotMaster),
+        _ => Ok(()),
+      },
+    }
+  }
+}
+
+/// Asks link `link` for its server's `ROLE` (or a `PING`) every
+/// [`HEARTBEAT`]; each answer renews its lease. Ends when it fails, its
+/// server is no longer a master (a failover behind a stable address, a
+/// `REPLICAOF` made by hand, a demotion Sentinel did not disconnect), it is
+/// replaced or its lane leaves the set, or the near cache is closed or dropped.
+async fn heartbeat(near: &Weak<Near>, mut conn: MultiplexedConnection, link: u64, beat: Heartbeat, timeout: Duration) {
+  let ping = beat.cmd();
   loop {
     let asked = {
       let Some(n) = near.upgrade() else { return };
@@ -162,7 +203,7 @@ async fn heartbeat(near: &Weak<Near>, mut conn: MultiplexedConnection, link: u64
       n.now_ns()
     };
     match tokio::time::timeout(timeout, conn.req_packed_command(&ping)).await {
-      Ok(Ok(reply)) if is_master(&reply) => match near.upgrade() {
+      Ok(answer) if beat.check(&answer).is_ok() => match near.upgrade() {
         Some(n) => n.renew(link, asked),
         None => return,
       },
