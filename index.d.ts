@@ -245,6 +245,8 @@ export interface NearCacheStats {
   invalidations: number
   /** Times it was emptied: link lost, breaker open, FLUSHALL/FLUSHDB. */
   flushes: number
+  /** Why a link last failed to come up (`host:port` or lane, then the reason), while not every link is up; else null. */
+  lastError: string | null
 }
 
 /** Thresholds of the alerts (see README, Alerts). */

@@ -260,6 +260,25 @@ test('a user an ACL keeps from ROLE (an @admin command) still gets a coherent ne
   assert.ok((await nearStats(a)).hits >= 10, 'the near cache served hits')
 })
 
+test('a user an ACL keeps from CLIENT TRACKING: no near cache, reads from Redis, and lastError says why', async (t) => {
+  const server = await startRedis()
+  t.after(() => server.kill())
+  await server.cli('acl', 'setuser', 'app', 'on', '>app-secret', '~*', '&*', '+@all', '-client|tracking')
+  const a = new CacheAdapter({ url: `redis://app:app-secret@127.0.0.1:${server.port}`, keyPrefix: uniquePrefix(), nearCache: true, alerts: false })
+  t.after(() => a.close())
+  await until(async () => (await nearStats(a)).lastError !== null, 5000, 'a link error is reported')
+  const s = await nearStats(a)
+  assert.equal(s.enabled, true)
+  assert.equal(s.active, false)
+  assert.match(s.lastError, /NOPERM|permission/i)
+  assert.doesNotMatch(s.lastError, /app-secret/)
+  assert.equal(await a.set('k', 'v'), true)
+  assert.equal(await a.get('k'), 'v')
+  assert.equal(await a.get('k'), 'v')
+  assert.equal((await nearStats(a)).hits, 0, 'no hit without a link')
+  assert.equal((await a.getStats()).cache.mode, 'redis')
+})
+
 test('stats, metrics and options', async (t) => {
   const server = await startRedis()
   t.after(() => server.kill())

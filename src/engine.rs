@@ -420,7 +420,11 @@ impl Cache {
       },
       "taggedSets": inner.tags.len(),
       "redisWatch": inner.redis.as_ref().filter(|_| inner.cfg.alerts.enabled).map(|_| inner.watch.stats()),
-      "near": inner.near.as_ref().map_or_else(near::off_stats, |n| n.stats()),
+      "near": inner.near.as_ref().map_or_else(near::off_stats, |n| {
+        let mut stats = n.stats();
+        stats["lastError"] = json!(n.last_error().map(|e| inner.secrets.redact(&e)));
+        stats
+      }),
     })
   }
 

@@ -81,7 +81,12 @@ pub async fn run_link(near: Weak<Near>, lane: LaneId, dialer: Arc<Dialer>, prefi
         failures = 0;
         heartbeat(&near, conn, link, beat, connect_timeout).await;
       }
-      Err(_) => failures = failures.saturating_add(1),
+      Err(why) => {
+        failures = failures.saturating_add(1);
+        if let Some(n) = near.upgrade() {
+          n.link_failed(&lane.name, &why);
+        }
+      }
     }
     let Some(n) = near.upgrade() else { return };
     n.link_lost(link);
@@ -121,13 +126,16 @@ async fn connect(
   let setup = async {
     let client = dialer.client().await?;
     let mut conn = client.get_multiplexed_async_connection_with_config(&config).await.map_err(|e| e.to_string())?;
+    // The name is for operators (CLIENT LIST); a server that refuses it is no reason to stop.
     let mut name = redis::cmd("CLIENT");
     name.arg("SETNAME").arg(LINK_NAME);
     conn.req_packed_command(&name).await.map_err(|e| e.to_string())?;
     let asked = near.upgrade().ok_or("closed")?.now_ns();
     let mut tracking = redis::cmd("CLIENT");
     tracking.arg("TRACKING").arg("ON").arg("BCAST").arg("PREFIX").arg(prefix);
-    conn.req_packed_command(&tracking).await.map_err(|e| e.to_string())?;
+    // An error reply arrives as a value: without this check a refused
+    // TRACKING (an ACL, an old Redis) would leave a link that hears nothing.
+    answered(conn.req_packed_command(&tracking).await).map_err(|e| format!("CLIENT TRACKING: {e}"))?;
     // Writes go to a master only: a link on anything else would hear none of them.
     let heartbeat = match Heartbeat::Role.check(&conn.req_packed_command(&redis::cmd("ROLE")).await) {
       Ok(()) => Heartbeat::Role,
@@ -209,6 +217,18 @@ async fn heartbeat(near: &Weak<Near>, mut conn: MultiplexedConnection, link: u64
       },
       _ => return,
     }
+  }
+}
+
+/// A reply, with an error reply (which redis-rs hands over as a value) as an error.
+fn answered(reply: redis::RedisResult<Value>) -> Result<Value, String> {
+  match reply {
+    Ok(Value::ServerError(e)) => Err(match e.details() {
+      Some(details) => format!("{} {details}", e.code()),
+      None => e.code().to_string(),
+    }),
+    Ok(v) => Ok(v),
+    Err(e) => Err(e.to_string()),
   }
 }
 

@@ -144,6 +144,10 @@ pub struct Near {
   /// The adapter is in 'redis' mode (the breaker is closed).
   serving: AtomicBool,
   closed: AtomicBool,
+  /// Why a link last failed (cleared when every lane is up): what an
+  /// operator needs when `linkUp` stays false (an ACL refusing `CLIENT
+  /// TRACKING`, a Redis older than 6 without RESP3...).
+  last_error: Mutex<Option<String>>,
   wake: Arc<Notify>,
   hits: AtomicU64,
   misses: AtomicU64,
@@ -217,6 +221,7 @@ impl Near {
       lease_until: AtomicU64::new(0),
       serving: AtomicBool::new(false),
       closed: AtomicBool::new(false),
+      last_error: Mutex::new(None),
       wake: Arc::new(Notify::new()),
       hits: AtomicU64::new(0),
       misses: AtomicU64::new(0),
@@ -436,6 +441,7 @@ impl Near {
   fn settle(&self, lanes: &HashMap<Arc<str>, Lane>) {
     let covered = !lanes.is_empty() && lanes.values().all(|l| l.up);
     if covered {
+      *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
       let lease = lanes.values().map(|l| l.lease_until).min().unwrap_or(0);
       self.lease_until.store(lease, Relaxed);
       self.link_up.store(true, Relaxed);
@@ -445,6 +451,16 @@ impl Near {
         self.flush();
       }
     }
+  }
+
+  /// A link of `lane` failed to come up, or ended, for `why`.
+  fn link_failed(&self, lane: &str, why: &str) {
+    *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(format!("{lane}: {why}"));
+  }
+
+  /// Why a link last failed, while not every link is up.
+  pub fn last_error(&self) -> Option<String> {
+    self.last_error.lock().unwrap_or_else(|p| p.into_inner()).clone()
   }
 
   /// Ends the link tasks.
@@ -497,7 +513,7 @@ impl Near {
 pub fn off_stats() -> Json {
   json!({
     "enabled": false, "linkUp": false, "links": 0, "active": false, "entries": 0, "bytes": 0,
-    "hits": 0, "misses": 0, "invalidations": 0, "flushes": 0,
+    "hits": 0, "misses": 0, "invalidations": 0, "flushes": 0, "lastError": null,
   })
 }
 
