@@ -189,6 +189,27 @@ test('a wrong password fails auth, exits non-zero, and is never printed', async 
   }
 })
 
+test('nearCache on: a near-cache line; an ACL that refuses CLIENT TRACKING warns, naming why', async () => {
+  const run = await doctor(['--url', healthy.url, '--options', '{"nearCache":true}'])
+  assert.equal(run.code, 0, explain(run))
+  const near = lines(run.stdout)['near-cache']
+  assert.equal(near?.status, 'PASS', explain(run))
+  assert.match(near.detail, /client tracking of jack:dev: allowed on 1 master\(s\); the link's heartbeat is ROLE/)
+
+  const server = await startRedis()
+  try {
+    await server.cli('acl', 'setuser', 'app', 'on', '>app-secret', '~*', '&*', '+@all', '-client|tracking')
+    const refused = await doctor(['--url', `redis://app:app-secret@127.0.0.1:${server.port}`, '--options', '{"nearCache":true}'])
+    assert.equal(refused.code, 0, explain(refused))
+    const line = lines(refused.stdout)['near-cache']
+    assert.equal(line?.status, 'WARN', explain(refused))
+    assert.match(line.detail, /would stay bypassed .*CLIENT TRACKING refused: NOPERM/)
+    assert.doesNotMatch(refused.stdout, /app-secret/)
+  } finally {
+    await server.stop()
+  }
+})
+
 test('nothing listening: reachability fails quickly, exit non-zero', async () => {
   const port = await freePort()
   const run = await doctor(['--url', `redis://:not-shown-pw@127.0.0.1:${port}`])
@@ -331,6 +352,8 @@ test('a cluster: cluster state and slot coverage pass; every primary is inspecte
     assert.match(checks.cluster.detail, /^cluster_state ok, 16384\/16384 slots assigned, 16384 ok, 0 pfail, 0 fail; 3 primaries/)
     assert.match(checks.server.detail, /\(all 3 servers\)$/)
     assert.equal(checks['round-trip'].status, 'PASS')
+    const withNear = lines((await doctor(['--cluster-nodes', cluster.seeds.join(','), '--options', '{"nearCache":true}'])).stdout)
+    assert.match(withNear['near-cache']?.detail ?? '', /allowed on 3 master\(s\)/, 'the near cache is checked on every master')
 
     // Old keys on every node are found: SCAN runs on each primary.
     for (let i = 0; i < 30; i++) {

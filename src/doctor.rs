@@ -242,12 +242,7 @@ impl Link {
     };
     match tokio::time::timeout(timeout, work).await {
       Err(_) => Err(format!("no reply within {} ms", timeout.as_millis())),
-      Ok(Err(e)) => Err(describe_error(&e)),
-      Ok(Ok(Value::ServerError(e))) => Err(match e.details() {
-        Some(d) => format!("{} {d}", e.code()),
-        None => e.code().to_string(),
-      }),
-      Ok(Ok(v)) => Ok(v),
+      Ok(answer) => reply(answer),
     }
   }
 
@@ -255,6 +250,17 @@ impl Link {
     let v = self.query(route, cmd, timeout).await?;
     redis::from_redis_value::<String>(v).map_err(|e| e.to_string())
   }
+}
+
+/// One command on a plain connection.
+async fn cmd_on(conn: &mut MultiplexedConnection, cmd: &Cmd) -> redis::RedisResult<Value> {
+  use redis::aio::ConnectionLike;
+  conn.req_packed_command(cmd).await
+}
+
+/// A reply, with an error reply (handed over as a value) as an error.
+fn reply(r: redis::RedisResult<Value>) -> Result<Value, String> {
+  r.map_err(|e| describe_error(&e)).and_then(crate::tiers::redis::outcome)
 }
 
 fn describe_error(e: &RedisError) -> String {
@@ -309,6 +315,64 @@ impl Inspection<'_> {
     self.judge_each("persistence", &facts, |f| judge_persistence(&f.info, f.save.as_deref(), f.appendfsync.as_deref()));
     self.round_trip(&mut link).await;
     self.old_layout(&mut link, &nodes).await;
+    if self.cfg.near.is_some() {
+      self.near_cache(&nodes).await;
+    }
+  }
+
+  /// With `nearCache` on: on each master, what the near cache's link does
+  /// (RESP3, `CLIENT TRACKING ON BCAST PREFIX`, `ROLE`), on a connection of
+  /// its own that ends at once. A refusal leaves the near cache bypassed:
+  /// the adapter works, without it, hence a warning.
+  async fn near_cache(&mut self, nodes: &[Node]) {
+    let prefix = format!("{}:", self.cfg.key_prefix.trim_end_matches(':'));
+    let timeout = self.probe_timeout;
+    let mut problems = Vec::new();
+    let mut heartbeats = Vec::new();
+    for node in nodes {
+      let mut target = self.target.clone();
+      (target.host, target.port) = (node.host.clone(), node.port);
+      if !self.target.cluster_nodes.is_empty() {
+        target.db = 0;
+      }
+      let tried = async {
+        let client = crate::tiers::redis::push_client_for(&target)?;
+        let config =
+          AsyncConnectionConfig::new().set_connection_timeout(Some(timeout)).set_response_timeout(Some(timeout));
+        let mut conn =
+          client.get_multiplexed_async_connection_with_config(&config).await.map_err(|e| describe_error(&e))?;
+        let mut on = redis::cmd("CLIENT");
+        on.arg("TRACKING").arg("ON").arg("BCAST").arg("PREFIX").arg(&prefix);
+        reply(cmd_on(&mut conn, &on).await).map_err(|e| format!("CLIENT TRACKING refused: {e}"))?;
+        let mut off = redis::cmd("CLIENT");
+        off.arg("TRACKING").arg("OFF");
+        let _ = cmd_on(&mut conn, &off).await;
+        Ok::<_, String>(match reply(cmd_on(&mut conn, &redis::cmd("ROLE")).await) {
+          Ok(Value::Array(items)) if matches!(items.first(), Some(Value::BulkString(r)) if r.as_slice() == b"master") => {
+            "ROLE"
+          }
+          Ok(_) => return Err("not a master (ROLE)".to_string()),
+          Err(_) => "PING (ROLE refused)",
+        })
+      };
+      match tokio::time::timeout(timeout * 3, tried).await {
+        Ok(Ok(beat)) => heartbeats.push(beat),
+        Ok(Err(why)) => problems.push(format!("{node}: {why}")),
+        Err(_) => problems.push(format!("{node}: no answer within {} ms", (timeout * 3).as_millis())),
+      }
+    }
+    if problems.is_empty() {
+      let beat = if heartbeats.iter().all(|b| *b == "ROLE") { "ROLE" } else { "PING where ROLE is refused" };
+      let detail = format!(
+        "client tracking of {prefix} allowed on {} master(s); the link's heartbeat is {beat}",
+        heartbeats.len()
+      );
+      self.push("near-cache", Status::Pass, detail);
+    } else {
+      let detail =
+        format!("the near cache would stay bypassed (the adapter works without it): {}", problems.join("; "));
+      self.push("near-cache", Status::Warn, detail);
+    }
   }
 
   /// TCP connects to every seed, concurrently, each bounded by connectTimeoutMs.

@@ -222,14 +222,7 @@ async fn heartbeat(near: &Weak<Near>, mut conn: MultiplexedConnection, link: u64
 
 /// A reply, with an error reply (which redis-rs hands over as a value) as an error.
 fn answered(reply: redis::RedisResult<Value>) -> Result<Value, String> {
-  match reply {
-    Ok(Value::ServerError(e)) => Err(match e.details() {
-      Some(details) => format!("{} {details}", e.code()),
-      None => e.code().to_string(),
-    }),
-    Ok(v) => Ok(v),
-    Err(e) => Err(e.to_string()),
-  }
+  reply.map_err(|e| e.to_string()).and_then(crate::tiers::redis::outcome)
 }
 
 /// A `ROLE` answer that starts with `master`.

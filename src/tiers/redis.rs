@@ -651,6 +651,11 @@ pub(crate) fn client(target: &RedisTarget) -> Result<Client, String> {
   client_speaking(target, redis::ProtocolVersion::RESP2)
 }
 
+/// A RESP3 client of a single-node target (the doctor's near-cache check).
+pub(crate) fn push_client_for(target: &RedisTarget) -> Result<Client, String> {
+  client_speaking(target, redis::ProtocolVersion::RESP3)
+}
+
 /// How the near cache's link reaches a single server or the master Sentinel
 /// names, speaking RESP3 (it receives pushes); `None` on a cluster, where
 /// each master has a link of its own (`node_push_client`).
@@ -1129,7 +1134,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
   m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-fn outcome(v: Value) -> Outcome {
+/// A reply as an outcome: an error reply (which redis-rs hands over as a value) is an `Err`.
+pub(crate) fn outcome(v: Value) -> Outcome {
   match v {
     Value::ServerError(e) => Err(match e.details() {
       Some(details) => format!("{} {details}", e.code()),
