@@ -15,6 +15,7 @@ const path = require('node:path')
 const { performance, monitorEventLoopDelay } = require('node:perf_hooks')
 const Redis = require('ioredis')
 const { makeWorkload, prng } = require('./workloads')
+const { sleep, withTimeout } = require('./processes')
 
 const SYSTEMS = {
   native: {
@@ -67,17 +68,7 @@ const SYSTEMS = {
   },
 }
 
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms))
 
-function withTimeout(promise, ms, what) {
-  let t
-  return Promise.race([
-    promise,
-    new Promise((_, rej) => {
-      t = setTimeout(() => rej(new Error(`${what} timed out after ${ms} ms`)), ms)
-    }),
-  ]).finally(() => clearTimeout(t))
-}
 
 /** ns on CPU of the main thread (tid == pid): first field of its schedstat. */
 function mainThreadCpuNs() {

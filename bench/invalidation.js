@@ -32,11 +32,12 @@
 //                    (default bench/results-invalidation.md, none in quick mode)
 //   REDIS_SERVER     redis-server binary (default: redis-server on PATH)
 
-const { fork, spawn, execFileSync } = require('node:child_process')
+const { fork, execFileSync } = require('node:child_process')
 const fs = require('node:fs')
 const net = require('node:net')
 const os = require('node:os')
 const path = require('node:path')
+const { owned, cleanup, cleanupOnExit, sleep, withTimeout, startRedis, stopRedis } = require('./processes')
 
 const PREFIX = 'p:'
 const CHANNEL = 'p:invalidate'
@@ -46,17 +47,7 @@ const SAMPLE_EVERY = 100
 const ALL_MODES = ['none', 'tracking', 'pubsub']
 
 const nowMs = () => Number(process.hrtime.bigint()) / 1e6 // CLOCK_MONOTONIC, same in every process
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms))
 
-function withTimeout(promise, ms, what) {
-  let t
-  return Promise.race([
-    promise,
-    new Promise((_, rej) => {
-      t = setTimeout(() => rej(new Error(`${what} timed out after ${ms} ms`)), ms)
-    }),
-  ]).finally(() => clearTimeout(t))
-}
 
 // ---------------------------------------------------------------- RESP3 reader
 
@@ -317,83 +308,6 @@ async function listenerMain(cfg) {
 
 // ---------------------------------------------------------------- processes
 
-const owned = new Set() // child processes we started; ended by pid on exit
-let tmpDir = null
-
-function cleanup() {
-  for (const child of owned) {
-    try {
-      process.kill(child.pid, 'SIGKILL')
-    } catch {}
-  }
-  owned.clear()
-  if (tmpDir) {
-    fs.rmSync(tmpDir, { recursive: true, force: true })
-    tmpDir = null
-  }
-}
-
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const srv = net.createServer()
-    srv.on('error', reject)
-    srv.listen(0, '127.0.0.1', () => {
-      const { port } = srv.address()
-      srv.close(() => resolve(port))
-    })
-  })
-}
-
-function ping(port) {
-  return new Promise((resolve) => {
-    const s = net.connect({ port, host: '127.0.0.1' })
-    let buf = ''
-    const done = (ok) => {
-      s.destroy()
-      resolve(ok)
-    }
-    s.setTimeout(500, () => done(false))
-    s.on('error', () => done(false))
-    s.on('connect', () => s.write('PING\r\n'))
-    s.on('data', (d) => {
-      buf += d
-      if (buf.includes('\r\n')) done(buf.startsWith('+PONG'))
-    })
-  })
-}
-
-async function startRedis(bin) {
-  tmpDir = fs.mkdtempSync(path.join(os.tmpdir(), 'cache-adapter-bench-inval-'))
-  for (let attempt = 0; attempt < 5; attempt++) {
-    const port = await freePort()
-    if (port === 6379) continue
-    const child = spawn(bin, ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no',
-      '--dir', tmpDir, '--logfile', path.join(tmpDir, 'redis.log')], { stdio: 'ignore' })
-    owned.add(child)
-    let exited = false
-    child.on('exit', () => {
-      exited = true
-      owned.delete(child)
-    })
-    child.on('error', () => {
-      exited = true
-    })
-    for (let i = 0; i < 100 && !exited; i++) {
-      if (await ping(port)) return { port, child }
-      await sleep(50)
-    }
-    if (!exited) process.kill(child.pid, 'SIGKILL')
-  }
-  throw new Error(`could not start ${bin} on a loopback port (see the log in ${tmpDir})`)
-}
-
-async function stopRedis(child) {
-  if (!owned.has(child)) return
-  const gone = new Promise((r) => child.once('exit', r))
-  process.kill(child.pid, 'SIGTERM')
-  await Promise.race([gone, sleep(3000)])
-  if (owned.has(child)) process.kill(child.pid, 'SIGKILL')
-}
 
 /** Forks this file as the listener process of one mode; resolves once every listener is subscribed. */
 function startListeners(cfg, mode, port) {
@@ -768,7 +682,7 @@ async function main() {
   const load0 = os.loadavg()
   const Redis = require('ioredis')
 
-  const { port, child: redis } = await startRedis(cfg.redisServer)
+  const { port, child: redis } = await startRedis(cfg.redisServer, 'cache-adapter-bench-inval-')
   console.log(`redis-server ${machine.redis} on 127.0.0.1:${port}; ${cfg.runs} round(s) of ${cfg.seconds}s (after ${cfg.warmupSeconds}s warm-up) per mode, ` +
     `${cfg.inflight} SETs in flight over ${cfg.keys} keys, ${cfg.listeners} listeners${cfg.quick ? ' (quick mode)' : ''}`)
   const runs = new Map(cfg.modes.map((m) => [m, []])) // mode -> result of each round
@@ -872,13 +786,7 @@ if (process.argv[2] === '--listeners') {
     process.exit(1)
   })
 } else {
-  process.on('exit', cleanup)
-  for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP']) {
-    process.on(sig, () => {
-      cleanup()
-      process.exit(130)
-    })
-  }
+  cleanupOnExit()
   main().then(
     (code) => {
       cleanup()

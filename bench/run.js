@@ -24,13 +24,14 @@
 //                   none in quick mode)
 //   REDIS_SERVER    redis-server binary (default: redis-server on PATH)
 
-const { fork, spawn, spawnSync, execFileSync } = require('node:child_process')
+const { fork, spawnSync, execFileSync } = require('node:child_process')
 const fs = require('node:fs')
 const net = require('node:net')
 const os = require('node:os')
 const path = require('node:path')
 const { performance } = require('node:perf_hooks')
 const { GOALS } = require('./goals')
+const { owned, cleanup, cleanupOnExit, startRedis, stopRedis } = require('./processes')
 const { payloadStats } = require('./workloads')
 
 const ROOT = path.join(__dirname, '..')
@@ -75,92 +76,7 @@ function config() {
 
 // ---------------------------------------------------------------- processes
 
-const owned = new Set() // child processes we started; ended by pid on exit
-let tmpDir = null
-
-function cleanup() {
-  for (const child of owned) {
-    try {
-      process.kill(child.pid, 'SIGKILL')
-    } catch {}
-  }
-  owned.clear()
-  if (tmpDir) {
-    fs.rmSync(tmpDir, { recursive: true, force: true })
-    tmpDir = null
-  }
-}
-process.on('exit', cleanup)
-for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP']) {
-  process.on(sig, () => {
-    cleanup()
-    process.exit(130)
-  })
-}
-
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const srv = net.createServer()
-    srv.on('error', reject)
-    srv.listen(0, '127.0.0.1', () => {
-      const { port } = srv.address()
-      srv.close(() => resolve(port))
-    })
-  })
-}
-
-function ping(port) {
-  return new Promise((resolve) => {
-    const s = net.connect({ port, host: '127.0.0.1' })
-    let buf = ''
-    const done = (ok) => {
-      s.destroy()
-      resolve(ok)
-    }
-    s.setTimeout(500, () => done(false))
-    s.on('error', () => done(false))
-    s.on('connect', () => s.write('PING\r\n'))
-    s.on('data', (d) => {
-      buf += d
-      if (buf.includes('\r\n')) done(buf.startsWith('+PONG'))
-    })
-  })
-}
-
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms))
-
-async function startRedis(bin) {
-  tmpDir = fs.mkdtempSync(path.join(os.tmpdir(), 'cache-adapter-bench-'))
-  for (let attempt = 0; attempt < 5; attempt++) {
-    const port = await freePort()
-    if (port === 6379) continue
-    const child = spawn(bin, ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no',
-      '--dir', tmpDir, '--logfile', path.join(tmpDir, 'redis.log')], { stdio: 'ignore' })
-    owned.add(child)
-    let exited = false
-    child.on('exit', () => {
-      exited = true
-      owned.delete(child)
-    })
-    child.on('error', () => {
-      exited = true
-    })
-    for (let i = 0; i < 100 && !exited; i++) {
-      if (await ping(port)) return { port, child }
-      await sleep(50)
-    }
-    if (!exited) process.kill(child.pid, 'SIGKILL')
-  }
-  throw new Error(`could not start ${bin} on a loopback port (see the log in ${tmpDir})`)
-}
-
-async function stopRedis(child) {
-  if (!owned.has(child)) return
-  const gone = new Promise((r) => child.once('exit', r))
-  process.kill(child.pid, 'SIGTERM')
-  await Promise.race([gone, sleep(3000)])
-  if (owned.has(child)) process.kill(child.pid, 'SIGKILL')
-}
+cleanupOnExit()
 
 /** Starts delay-proxy.js in a child process; resolves to its port. */
 function startProxy(targetPort, rttMs) {
