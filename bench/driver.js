@@ -15,7 +15,7 @@ const path = require('node:path')
 const { performance, monitorEventLoopDelay } = require('node:perf_hooks')
 const Redis = require('ioredis')
 const { makeWorkload, prng } = require('./workloads')
-const { sleep, withTimeout } = require('./processes')
+const { sleep, withTimeout } = require('./harness')
 
 const SYSTEMS = {
   native: {

@@ -32,12 +32,12 @@
 //                    (default bench/results-invalidation.md, none in quick mode)
 //   REDIS_SERVER     redis-server binary (default: redis-server on PATH)
 
-const { fork, execFileSync } = require('node:child_process')
+const { fork } = require('node:child_process')
 const fs = require('node:fs')
 const net = require('node:net')
 const os = require('node:os')
 const path = require('node:path')
-const { owned, cleanup, cleanupOnExit, sleep, withTimeout, startRedis, stopRedis } = require('./processes')
+const { owned, runMain, sleep, withTimeout, startRedis, stopRedis, machineInfo } = require('./harness')
 
 const PREFIX = 'p:'
 const CHANNEL = 'p:invalidate'
@@ -559,30 +559,6 @@ function config() {
   return cfg
 }
 
-function machineInfo(redisBin) {
-  const sh = (cmd, args) => {
-    try {
-      return execFileSync(cmd, args, { encoding: 'utf8', timeout: 5000 }).trim()
-    } catch {
-      return null
-    }
-  }
-  let cpu = 'unknown'
-  try {
-    const m = fs.readFileSync('/proc/cpuinfo', 'utf8').match(/^model name\s*:\s*(.+)$/m)
-    if (m) cpu = m[1].trim()
-  } catch {}
-  const rv = sh(redisBin, ['--version']) || ''
-  const m = rv.match(/v=(\S+)/)
-  return {
-    nproc: sh('nproc', []) || String(os.availableParallelism ? os.availableParallelism() : os.cpus().length),
-    cpu,
-    node: process.version,
-    redis: m ? m[1] : rv || 'unknown',
-    kernel: `${os.type()} ${os.release()} ${os.arch()}`,
-    memGiB: (os.totalmem() / 2 ** 30).toFixed(1),
-  }
-}
 
 const f0 = (x) => (Number.isFinite(x) ? Math.round(x).toLocaleString('en-US') : '–')
 const f1 = (x) => (Number.isFinite(x) ? x.toFixed(1) : '–')
@@ -786,16 +762,5 @@ if (process.argv[2] === '--listeners') {
     process.exit(1)
   })
 } else {
-  cleanupOnExit()
-  main().then(
-    (code) => {
-      cleanup()
-      process.exit(code)
-    },
-    (e) => {
-      console.error(e && e.stack ? e.stack : e)
-      cleanup()
-      process.exit(2)
-    },
-  )
+  runMain(main)
 }

@@ -24,14 +24,14 @@
 //                   none in quick mode)
 //   REDIS_SERVER    redis-server binary (default: redis-server on PATH)
 
-const { fork, spawnSync, execFileSync } = require('node:child_process')
+const { fork, spawnSync } = require('node:child_process')
 const fs = require('node:fs')
 const net = require('node:net')
 const os = require('node:os')
 const path = require('node:path')
 const { performance } = require('node:perf_hooks')
 const { GOALS } = require('./goals')
-const { owned, cleanup, cleanupOnExit, startRedis, stopRedis } = require('./processes')
+const { owned, runMain, startRedis, stopRedis, machineInfo } = require('./harness')
 const { payloadStats } = require('./workloads')
 
 const ROOT = path.join(__dirname, '..')
@@ -76,7 +76,6 @@ function config() {
 
 // ---------------------------------------------------------------- processes
 
-cleanupOnExit()
 
 /** Starts delay-proxy.js in a child process; resolves to its port. */
 function startProxy(targetPort, rttMs) {
@@ -237,30 +236,6 @@ function goalLines(cfg, get) {
   })
 }
 
-function machineInfo(redisBin) {
-  const sh = (cmd, args) => {
-    try {
-      return execFileSync(cmd, args, { encoding: 'utf8', timeout: 5000 }).trim()
-    } catch {
-      return null
-    }
-  }
-  let cpu = 'unknown'
-  try {
-    const m = fs.readFileSync('/proc/cpuinfo', 'utf8').match(/^model name\s*:\s*(.+)$/m)
-    if (m) cpu = m[1].trim()
-  } catch {}
-  const rv = sh(redisBin, ['--version']) || ''
-  const m = rv.match(/v=(\S+)/)
-  return {
-    nproc: sh('nproc', []) || String(os.availableParallelism ? os.availableParallelism() : os.cpus().length),
-    cpu,
-    node: process.version,
-    redis: m ? m[1] : rv || 'unknown',
-    kernel: `${os.type()} ${os.release()} ${os.arch()}`,
-    memGiB: (os.totalmem() / 2 ** 30).toFixed(1),
-  }
-}
 
 // ---------------------------------------------------------------- main
 
@@ -397,14 +372,4 @@ async function main() {
   return failures.length ? 1 : 0
 }
 
-main().then(
-  (code) => {
-    cleanup()
-    process.exit(code)
-  },
-  (e) => {
-    console.error(e && e.stack ? e.stack : e)
-    cleanup()
-    process.exit(2)
-  },
-)
+runMain(main)

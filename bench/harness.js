@@ -1,10 +1,10 @@
 'use strict'
-// What the benchmark scripts share about processes: the redis-server each
-// starts on a free loopback port (in a temporary directory), the children
-// they own (ended by pid when the script exits, however it exits), and
-// bounded waits.
+// What the benchmark scripts share: the redis-server each starts on a free
+// loopback port (in a temporary directory), the children they own (ended by
+// pid when the script exits, however it exits), bounded waits, and what a
+// report says about the machine.
 
-const { spawn } = require('node:child_process')
+const { spawn, execFileSync } = require('node:child_process')
 const fs = require('node:fs')
 const net = require('node:net')
 const os = require('node:os')
@@ -111,4 +111,46 @@ async function stopRedis(child) {
   if (owned.has(child)) process.kill(child.pid, 'SIGKILL')
 }
 
-module.exports = { owned, cleanup, cleanupOnExit, sleep, withTimeout, freePort, ping, startRedis, stopRedis }
+/** Runs a script's `main()` (resolving to its exit code) with the cleanup above, on any ending. */
+function runMain(main) {
+  cleanupOnExit()
+  main().then(
+    (code) => {
+      cleanup()
+      process.exit(code)
+    },
+    (e) => {
+      console.error(e && e.stack ? e.stack : e)
+      cleanup()
+      process.exit(2)
+    },
+  )
+}
+
+/** CPU, cores, memory, kernel, Node and redis-server versions, for a report's header. */
+function machineInfo(redisBin) {
+  const sh = (cmd, args) => {
+    try {
+      return execFileSync(cmd, args, { encoding: 'utf8', timeout: 5000 }).trim()
+    } catch {
+      return null
+    }
+  }
+  let cpu = 'unknown'
+  try {
+    const m = fs.readFileSync('/proc/cpuinfo', 'utf8').match(/^model name\s*:\s*(.+)$/m)
+    if (m) cpu = m[1].trim()
+  } catch {}
+  const rv = sh(redisBin, ['--version']) || ''
+  const m = rv.match(/v=(\S+)/)
+  return {
+    nproc: sh('nproc', []) || String(os.availableParallelism ? os.availableParallelism() : os.cpus().length),
+    cpu,
+    node: process.version,
+    redis: m ? m[1] : rv || 'unknown',
+    kernel: `${os.type()} ${os.release()} ${os.arch()}`,
+    memGiB: (os.totalmem() / 2 ** 30).toFixed(1),
+  }
+}
+
+module.exports = { owned, cleanup, cleanupOnExit, runMain, sleep, withTimeout, freePort, ping, startRedis, stopRedis, machineInfo }
