@@ -336,6 +336,8 @@ export interface RedisWatchStats {
   usedMemory: number
   /** 0: no limit. */
   maxmemory: number
+  /** Why the memory figures are unknown though Redis answers (`INFO` refused by an ACL, or renamed); else null. `redis_memory_high` cannot fire then. */
+  memoryUnknown: string | null
 }
 
 export type Mode = 'redis' | 'memory'

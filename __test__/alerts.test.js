@@ -264,6 +264,36 @@ describe('journal_filling', () => {
   }
 })
 
+describe('a user an ACL keeps from INFO (an @dangerous command)', () => {
+  test('is not a Redis outage: the breaker stays closed, no alert, the memory figures are marked unknown', { timeout: 60_000 }, async () => {
+    const redis = await startRedis()
+    await redis.cli('acl', 'setuser', 'app', 'on', '>app-secret', '~*', '&*', '+@all', '-@dangerous')
+    const cache = new CacheAdapter({
+      url: `redis://app:app-secret@127.0.0.1:${redis.port}`,
+      keyPrefix: uniquePrefix(),
+      breakerCooldownMs: 200,
+      alerts: shortAlerts(),
+    })
+    try {
+      await until(async () => (await cache.getStats()).cache.mode === 'redis', 5000, 'connected')
+      await until(async () => (await cache.getStats()).cache.redisWatch.checks >= 10, 5000, 'ten watch checks')
+      await sleep(DISCONNECTED + FOR)
+      const stats = (await cache.getStats()).cache
+      assert.equal(stats.mode, 'redis', `the adapter left Redis: ${stats.lastError}`)
+      assert.equal(stats.outages, 0)
+      assert.equal(stats.redisWatch.failures, 0)
+      assert.match(stats.redisWatch.memoryUnknown, /NOPERM/)
+      assert.deepEqual(await cache.getAlerts(), [])
+      assert.equal(await cache.set('k', 1), true)
+      assert.equal(await cache.get('k'), 1)
+      assert.equal((await cache.getStats()).cache.servedFromMemory, 0, 'every call went to Redis')
+    } finally {
+      await cache.close()
+      await redis.stop()
+    }
+  })
+})
+
 describe('the webhook off the cache path', () => {
   /** Median and worst of `n` sequential reads, in ms. */
   async function readTimes(cache, n) {

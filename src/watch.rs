@@ -24,6 +24,9 @@ pub struct RedisWatch {
   checks: AtomicU64,
   failures: AtomicU64,
   last_failure: Mutex<Option<String>>,
+  /// Why `INFO memory` gave no figures though Redis answered (an ACL
+  /// without `@dangerous`, a managed service that renamed `INFO`).
+  memory_unknown: Mutex<Option<String>>,
 }
 
 impl Default for RedisWatch {
@@ -38,12 +41,16 @@ impl Default for RedisWatch {
       checks: AtomicU64::new(0),
       failures: AtomicU64::new(0),
       last_failure: Mutex::new(None),
+      memory_unknown: Mutex::new(None),
     }
   }
 }
 
 impl RedisWatch {
-  /// One check: `PING`, then `INFO memory`. Each is bounded by the tier's command timeout.
+  /// One check: `PING`, then `INFO memory`. Each is bounded by the tier's
+  /// command timeout. Only Redis not answering fails it: `INFO` refused (by
+  /// an ACL: it is an `@dangerous` command) leaves the memory figures
+  /// unknown, never a healthy Redis reported down (and its breaker opened).
   pub async fn check(&self, redis: &RedisTier) -> Result<(), Unavailable> {
     self.checks.fetch_add(1, Relaxed);
     let result = async {
@@ -52,7 +59,10 @@ impl RedisWatch {
       let ping = t0.elapsed();
       let mut info = redis::cmd("INFO");
       info.arg("memory");
-      let text: String = redis::from_redis_value(redis.run_one(info).await?).map_err(|e| Unavailable(e.to_string()))?;
+      let text = match redis.run_one_answer(info).await? {
+        Ok(v) => redis::from_redis_value::<String>(v).map_err(|e| e.to_string()),
+        Err(refused) => Err(refused),
+      };
       Ok::<_, Unavailable>((ping, text))
     }
     .await;
@@ -60,9 +70,13 @@ impl RedisWatch {
     match result {
       Ok((ping, text)) => {
         self.ping_us.store(ping.as_micros() as u64, Relaxed);
-        let (used, max) = memory_figures(&text);
+        let ((used, max), unknown) = match text {
+          Ok(text) => (memory_figures(&text), None),
+          Err(why) => ((0, 0), Some(format!("INFO memory: {why}"))),
+        };
         self.used_memory.store(used, Relaxed);
         self.maxmemory.store(max, Relaxed);
+        *self.memory_unknown.lock().unwrap_or_else(|p| p.into_inner()) = unknown;
         self.last_ok_ms.store(now_ms(), Relaxed);
         Ok(())
       }
@@ -96,6 +110,7 @@ impl RedisWatch {
       "pingMs": self.ping_us.load(Relaxed) as f64 / 1000.0,
       "usedMemory": self.used_memory.load(Relaxed),
       "maxmemory": self.maxmemory.load(Relaxed),
+      "memoryUnknown": *self.memory_unknown.lock().unwrap_or_else(|p| p.into_inner()),
     })
   }
 }

@@ -583,13 +583,23 @@ impl RedisTier {
     self.run_keyed(cmd, "").await
   }
 
+  /// One command: `Err` only when Redis could not be reached; its answer,
+  /// error replies included (a refusal by an ACL is an answer), otherwise.
+  pub async fn run_one_answer(&self, cmd: Cmd) -> Result<Outcome, Unavailable> {
+    self.run_keyed_answer(cmd, "").await
+  }
+
   async fn run_keyed(&self, cmd: Cmd, key: &str) -> Result<Value, Unavailable> {
+    self.run_keyed_answer(cmd, key).await?.map_err(Unavailable)
+  }
+
+  async fn run_keyed_answer(&self, cmd: Cmd, key: &str) -> Result<Outcome, Unavailable> {
     let mut pipe = Pipeline::with_capacity(1);
     pipe.add_command(cmd);
     // Maintenance commands (PING, INFO, SCAN, UNLINK, write-time-checked
     // scripts) give the same result when run twice.
     let mut out = self.run(&pipe, &[Span { key, commands: 1, retry: true }]).await.into_result()?;
-    out.pop().unwrap_or_else(|| Err("no reply".into())).map_err(Unavailable)
+    Ok(out.pop().unwrap_or_else(|| Err("no reply".into())))
   }
 
   /// `SCAN`s for `pattern` and `UNLINK`s what it finds, in batches, each step
