@@ -116,6 +116,18 @@ pub struct Tagged {
   pub expires_at: Instant,
 }
 
+impl Tagged {
+  /// Adds tags (not twice) and keeps the later expiry.
+  fn join(&mut self, tag_keys: impl IntoIterator<Item = String>, expires_at: Instant) {
+    for tag in tag_keys {
+      if !self.tag_keys.contains(&tag) {
+        self.tag_keys.push(tag);
+      }
+    }
+    self.expires_at = self.expires_at.max(expires_at);
+  }
+}
+
 /// Tombstones kept at least (they are a key and a time each) even when `replayMaxEntries` is small.
 const MIN_TOMBSTONES: usize = 10_000;
 /// Tenant clears pending at most; past it they merge into one namespace sweep.
@@ -305,13 +317,7 @@ impl Journal {
   pub fn record_tags(&self, key: &str, tag_keys: &[String], ttl: Duration, written_ms: u64) {
     let mut inner = self.inner.lock().unwrap();
     if !inner.tagged.contains_key(key) && inner.tagged.len() >= self.limits.max_entries {
-      let slot = Slot::whole(key);
-      if Self::remove_locked(&mut inner, &slot).is_some_and(|old| old.pending != Pending::Delete) {
-        self.dropped.fetch_add(1, Ordering::Relaxed);
-      }
-      inner.next_seq += 1;
-      let seq = inner.next_seq;
-      Self::insert_locked(&mut inner, Entry { slot, pending: Pending::Tombstone, written_ms, seq, in_flight: false });
+      self.tombstone_locked(&mut inner, Slot::whole(key), written_ms);
       self.enforce_bounds(&mut inner);
     } else {
       let expires_at = Instant::now() + ttl;
@@ -320,12 +326,7 @@ impl Journal {
         tag_keys: Vec::new(),
         expires_at,
       });
-      for tag in tag_keys {
-        if !tagged.tag_keys.contains(tag) {
-          tagged.tag_keys.push(tag.clone());
-        }
-      }
-      tagged.expires_at = tagged.expires_at.max(expires_at);
+      tagged.join(tag_keys.iter().cloned(), expires_at);
     }
     self.update_len(&inner);
   }
@@ -343,14 +344,7 @@ impl Journal {
     let mut inner = self.inner.lock().unwrap();
     for t in tagged {
       match inner.tagged.get_mut(&t.key) {
-        Some(now) => {
-          for tag in t.tag_keys {
-            if !now.tag_keys.contains(&tag) {
-              now.tag_keys.push(tag);
-            }
-          }
-          now.expires_at = now.expires_at.max(t.expires_at);
-        }
+        Some(now) => now.join(t.tag_keys, t.expires_at),
         None => {
           inner.tagged.insert(t.key.clone(), t);
         }
@@ -521,6 +515,18 @@ impl Journal {
     Some(entry)
   }
 
+  /// Replaces `slot`'s pending write (if any) by a tombstone written at
+  /// `written_ms`; a forgotten value or delta counts as dropped.
+  fn tombstone_locked(&self, inner: &mut Inner, slot: Slot, written_ms: u64) {
+    // A delete loses nothing by becoming a tombstone: it replays the same way.
+    if Self::remove_locked(inner, &slot).is_some_and(|old| old.pending != Pending::Delete) {
+      self.dropped.fetch_add(1, Ordering::Relaxed);
+    }
+    inner.next_seq += 1;
+    let seq = inner.next_seq;
+    Self::insert_locked(inner, Entry { slot, pending: Pending::Tombstone, written_ms, seq, in_flight: false });
+  }
+
   /// Past a bound, the oldest entries become tombstones; past the
   /// tombstones' bound, the oldest tombstones become the namespace sweep.
   fn enforce_bounds(&self, inner: &mut Inner) {
@@ -530,14 +536,8 @@ impl Journal {
       if !inner.entries.get(&slot).is_some_and(|e| e.seq == seq && !e.in_flight) {
         continue;
       }
-      let Some(old) = Self::remove_locked(inner, &slot) else { continue };
-      // A delete loses nothing by becoming a tombstone: it replays the same way.
-      if old.pending != Pending::Delete {
-        self.dropped.fetch_add(1, Ordering::Relaxed);
-      }
-      inner.next_seq += 1;
-      let tomb = Entry { pending: Pending::Tombstone, seq: inner.next_seq, in_flight: false, ..old };
-      Self::insert_locked(inner, tomb);
+      let written_ms = inner.entries[&slot].written_ms;
+      self.tombstone_locked(inner, slot, written_ms);
     }
     let mut swept_at = None;
     while inner.tombstones > max_entries.max(MIN_TOMBSTONES) || inner.tomb_bytes > max_bytes {
