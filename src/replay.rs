@@ -11,7 +11,6 @@ use crate::batch::Op;
 use crate::codec;
 use crate::journal::{Clear, Entry, Journal, Pending};
 use crate::scripts::{self, CLEAR_SCRIPT};
-use crate::tags::TAG_SCRIPT;
 use crate::tiers::redis::{push_op, RedisTier, Span, Unavailable};
 
 /// How many journal entries one replay round trip carries.
@@ -151,7 +150,7 @@ async fn write_back_tags(journal: &Journal, redis: &RedisTier) -> Result<(), Una
   for t in tagged.iter().filter(|t| t.expires_at > now) {
     let ttl_ms = t.expires_at.duration_since(now).as_millis().max(1) as u64;
     for tag in &t.tag_keys {
-      pipe.cmd("EVAL").arg(TAG_SCRIPT).arg(1).arg(tag).arg(&t.key).arg(ttl_ms);
+      crate::tags::push_join(&mut pipe, tag, &t.key, ttl_ms);
       // Routed by the tag set's key: on a cluster, the set lives on its own slot.
       spans.push(Span { key: tag, commands: 1, retry: true });
     }

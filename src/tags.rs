@@ -34,6 +34,12 @@ if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[2]) then redis.call('PEXPIRE', KE
 return 1
 "#;
 
+/// Adds `key` to the tag set `tag_key` (a tagged write, or its replay after
+/// an outage), the set living at least `ttl_ms`.
+pub fn push_join(pipe: &mut redis::Pipeline, tag_key: &str, key: &str, ttl_ms: u64) {
+  pipe.cmd("EVAL").arg(TAG_SCRIPT).arg(1).arg(tag_key).arg(key).arg(ttl_ms);
+}
+
 /// The Redis key of a tag's set of entry keys.
 pub fn tag_key(keys: &KeySpace, tag: &str) -> String {
   format!("{}:tag:{}", keys.prefix(), escape_id(tag))

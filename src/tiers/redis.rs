@@ -360,7 +360,7 @@ impl RedisTier {
   /// A RESP3 client of one cluster node, for a connection that receives
   /// pushes (the near cache's link to that master).
   pub fn node_push_client(&self, node: &str) -> Result<Client, String> {
-    client_speaking(&self.node_target(node)?, redis::ProtocolVersion::RESP3)
+    push_client_for(&self.node_target(node)?)
   }
 
   /// On a cluster: may a failure be left to the failing node's breaker?
@@ -661,7 +661,8 @@ pub(crate) fn client(target: &RedisTarget) -> Result<Client, String> {
   client_speaking(target, redis::ProtocolVersion::RESP2)
 }
 
-/// A RESP3 client of a single-node target (the doctor's near-cache check).
+/// A RESP3 client of a single-node target, for a connection that receives
+/// pushes (a near-cache link, and the doctor's check of one).
 pub(crate) fn push_client_for(target: &RedisTarget) -> Result<Client, String> {
   client_speaking(target, redis::ProtocolVersion::RESP3)
 }
@@ -677,7 +678,7 @@ pub fn push_dialer(target: &RedisTarget) -> Option<Result<crate::near::Dialer, S
   Some(match target.sentinel {
     Some(_) => sentinel_client_speaking(target, redis::ProtocolVersion::RESP3)
       .map(|c| Dialer::Sentinel(tokio::sync::Mutex::new(c))),
-    None => client_speaking(target, redis::ProtocolVersion::RESP3).map(Dialer::Direct),
+    None => push_client_for(target).map(Dialer::Direct),
   })
 }
 
@@ -1325,7 +1326,7 @@ pub fn push_op(op: &Op, pipe: &mut Pipeline, encoded: Option<Vec<u8>>, threshold
     Op::ClearOrg { .. } => {}
     Op::Tag { key, tag_keys, ttl } => {
       for tag in tag_keys {
-        pipe.cmd("EVAL").arg(crate::tags::TAG_SCRIPT).arg(1).arg(tag).arg(key).arg(px(ttl));
+        crate::tags::push_join(pipe, tag, key, px(ttl));
       }
     }
   }
