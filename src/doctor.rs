@@ -22,6 +22,7 @@ use crate::codec;
 use crate::config::{self, Config, RedisTarget};
 use crate::domain;
 use crate::keys::glob_escape;
+use crate::near::Heartbeat;
 use crate::tiers::redis::load_certs;
 
 /// How bad one finding is. `Fail` makes the command exit non-zero.
@@ -341,19 +342,12 @@ impl Inspection<'_> {
           AsyncConnectionConfig::new().set_connection_timeout(Some(timeout)).set_response_timeout(Some(timeout));
         let mut conn =
           client.get_multiplexed_async_connection_with_config(&config).await.map_err(|e| describe_error(&e))?;
-        let mut on = redis::cmd("CLIENT");
-        on.arg("TRACKING").arg("ON").arg("BCAST").arg("PREFIX").arg(&prefix);
-        reply(cmd_on(&mut conn, &on).await).map_err(|e| format!("CLIENT TRACKING refused: {e}"))?;
+        // What the link itself does, then undone (the connection ends here anyway).
+        let beat = crate::near::start_tracking(&mut conn, &prefix).await?;
         let mut off = redis::cmd("CLIENT");
         off.arg("TRACKING").arg("OFF");
         let _ = cmd_on(&mut conn, &off).await;
-        Ok::<_, String>(match reply(cmd_on(&mut conn, &redis::cmd("ROLE")).await) {
-          Ok(Value::Array(items)) if matches!(items.first(), Some(Value::BulkString(r)) if r.as_slice() == b"master") => {
-            "ROLE"
-          }
-          Ok(_) => return Err("not a master (ROLE)".to_string()),
-          Err(_) => "PING (ROLE refused)",
-        })
+        Ok::<_, String>(beat)
       };
       match tokio::time::timeout(timeout * 3, tried).await {
         Ok(Ok(beat)) => heartbeats.push(beat),
@@ -362,7 +356,7 @@ impl Inspection<'_> {
       }
     }
     if problems.is_empty() {
-      let beat = if heartbeats.iter().all(|b| *b == "ROLE") { "ROLE" } else { "PING where ROLE is refused" };
+      let beat = if heartbeats.iter().all(|b| *b == Heartbeat::Role) { "ROLE" } else { "PING where ROLE is refused" };
       let detail = format!(
         "client tracking of {prefix} allowed on {} master(s); the link's heartbeat is {beat}",
         heartbeats.len()

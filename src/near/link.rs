@@ -131,19 +131,7 @@ async fn connect(
     name.arg("SETNAME").arg(LINK_NAME);
     conn.req_packed_command(&name).await.map_err(|e| e.to_string())?;
     let asked = near.upgrade().ok_or("closed")?.now_ns();
-    let mut tracking = redis::cmd("CLIENT");
-    tracking.arg("TRACKING").arg("ON").arg("BCAST").arg("PREFIX").arg(prefix);
-    // An error reply arrives as a value: without this check a refused
-    // TRACKING (an ACL, an old Redis) would leave a link that hears nothing.
-    answered(conn.req_packed_command(&tracking).await).map_err(|e| format!("CLIENT TRACKING: {e}"))?;
-    // Writes go to a master only: a link on anything else would hear none of them.
-    let heartbeat = match Heartbeat::Role.check(&conn.req_packed_command(&redis::cmd("ROLE")).await) {
-      Ok(()) => Heartbeat::Role,
-      // ROLE is an @admin command: a user an ACL keeps from it gets PING (role unknown).
-      Err(Refusal::Denied) => Heartbeat::Ping,
-      Err(Refusal::NotMaster) => return Err("the server is not a master".to_string()),
-      Err(Refusal::Failed(e)) => return Err(e),
-    };
+    let heartbeat = start_tracking(&mut conn, prefix).await?;
     Ok::<_, String>((conn, asked, heartbeat))
   };
   let (conn, asked, heartbeat) = tokio::time::timeout(connect_timeout * 2, setup)
@@ -153,9 +141,28 @@ async fn connect(
   Ok((conn, heartbeat))
 }
 
+/// Turns tracking of `prefix` on for `conn` and says which heartbeat its
+/// server allows: what a link does before it is ready, and what the doctor
+/// tries on each master.
+pub(crate) async fn start_tracking(conn: &mut MultiplexedConnection, prefix: &str) -> Result<Heartbeat, String> {
+  let mut tracking = redis::cmd("CLIENT");
+  tracking.arg("TRACKING").arg("ON").arg("BCAST").arg("PREFIX").arg(prefix);
+  // An error reply arrives as a value: without this check a refused
+  // TRACKING (an ACL, an old Redis) would leave a link that hears nothing.
+  answered(conn.req_packed_command(&tracking).await).map_err(|e| format!("CLIENT TRACKING refused: {e}"))?;
+  // Writes go to a master only: a link on anything else would hear none of them.
+  match Heartbeat::Role.check(&conn.req_packed_command(&redis::cmd("ROLE")).await) {
+    Ok(()) => Ok(Heartbeat::Role),
+    // ROLE is an @admin command: a user an ACL keeps from it gets PING (role unknown).
+    Err(Refusal::Denied) => Ok(Heartbeat::Ping),
+    Err(Refusal::NotMaster) => Err("the server is not a master".to_string()),
+    Err(Refusal::Failed(e)) => Err(e),
+  }
+}
+
 /// What a link's heartbeat asks.
-#[derive(Clone, Copy)]
-enum Heartbeat {
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Heartbeat {
   /// `ROLE`, which must answer `master`.
   Role,
   /// `PING`, where the user may not run `ROLE`.

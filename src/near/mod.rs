@@ -23,7 +23,8 @@
 
 mod link;
 
-pub use link::{run_lanes, run_link, Dialer, LINK_NAME};
+pub(crate) use link::start_tracking;
+pub use link::{run_lanes, run_link, Dialer, Heartbeat, LINK_NAME};
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
