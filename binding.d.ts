@@ -22,12 +22,11 @@ export declare class NativeCache {
    */
   submit(id: number, codes: Array<number>, nums: Array<number>, strs: Array<string>): void
   /**
-   * The near cache's answer to one read call (`code` and `strs` as in a
-   * batch: a generic or domain `get`), or `null` when it has none (off,
-   * bypassed, or not held): then the read goes into the batch. Synchronous,
-   * on Node's thread: a hit never wakes the I/O thread.
+   * The memory shared with `lib/near.js`, whose table serves near-cache
+   * hits on Node's thread with no native call (see `near::board`); `null`
+   * without a near cache. `nowMs`: the caller's `performance.now()`.
    */
-  nearGet(code: number, strs: Array<string>): string | null
+  nearBoard(nowMs: number): ArrayBuffer | null
   /**
    * A write call (`code` and `strs` as in a batch) is being queued: the
    * near cache drops what it writes now, on Node's thread, so that no read
@@ -111,6 +110,9 @@ export declare function doctor(optionsJson: string): Promise<{ ok: boolean; targ
 
 /** The domain table: the JavaScript class builds its methods from it. */
 export declare function domainMethods(): Array<Record<string, any>>
+
+/** Where `lib/near.js` finds each part of the near-cache board. */
+export declare function nearLayout(): { activeCell: number; epochCell: number; leaseOffset: number; countsOffset: number; gensOffset: number; slots: number; bytes: number }
 
 /** Opcode numbers and flags of the batch format. */
 export declare function protocol(): Record<string, number>

@@ -840,4 +840,5 @@ module.exports.__testPanicOnce = nativeBinding.__testPanicOnce
 module.exports.createOrgKey = nativeBinding.createOrgKey
 module.exports.doctor = nativeBinding.doctor
 module.exports.domainMethods = nativeBinding.domainMethods
+module.exports.nearLayout = nativeBinding.nearLayout
 module.exports.protocol = nativeBinding.protocol

@@ -14,7 +14,8 @@ const { NativeCache, domainMethods, protocol, createOrgKey } = require('./bindin
 const { Alerts } = require('./lib/alerts.js')
 const { ReadThrough } = require('./lib/read-through/index.js')
 const { Tags, checkTags } = require('./lib/tags.js')
-const { Batcher, fromNative } = require('./lib/batcher.js')
+const { Batcher, fromNative, FIRST_REPLY } = require('./lib/batcher.js')
+const { NearCache } = require('./lib/near.js')
 const { describe, requireString, ttlSeconds } = require('./lib/args.js')
 
 const OP = protocol()
@@ -177,7 +178,7 @@ class CacheAdapter extends EventEmitter {
       }
     })
     this._leftover = NONE
-    this._cursor = 2
+    this._cursor = FIRST_REPLY
     this._draining = false
     this._drainSoon = () => this._drain()
     this._native = new NativeCache(json, wakeUp(this))
@@ -188,8 +189,10 @@ class CacheAdapter extends EventEmitter {
     this._maxValueBytes = config.maxValueBytes
     this._readThrough = new ReadThrough(this, config, parse, OP)
     this._tags = new Tags(this._native, this._readThrough.stats, this._native.redisEnabled())
-    // Reads ask the near cache first (synchronously, on this thread) when there is one.
-    this._near = config.near?.enabled ?? this._native.stats().near.enabled
+    // Reads ask the near cache first (on this thread, no native call) when there is one.
+    const near = this._native.stats().near
+    this._near = near.enabled ? new NearCache(this._native, near) : null
+    this._batch.near = this._near
     this._onModeChange = onModeChange
     this._inflightRequests = new Map()
     this._humanControl = new Map()
@@ -237,7 +240,7 @@ class CacheAdapter extends EventEmitter {
         budget -= spent
         if (next === done.length) {
           k++
-          this._cursor = 2
+          this._cursor = FIRST_REPLY
         } else this._cursor = next
       }
     } catch (e) {
@@ -272,15 +275,15 @@ class CacheAdapter extends EventEmitter {
     }
   }
 
-  /** Queues one call; argument errors become rejections, never throws. */
-  _call(code, num, strs, map) {
+  /** Queues one call; argument errors become rejections, never throws. `near`: a read the near cache may keep. */
+  _call(code, num, strs, map, near) {
     if (this._closed) return Promise.reject(Object.assign(new Error('the cache adapter is closed'), { code: 'ERR_CACHE_CLOSED' }))
     if (!READS.has(code & 0xff)) {
-      if (this._near) this._nearForget(code, strs)
+      if (this._near !== null) this._nearForget(code, strs)
       // A generic key written: a read-through load of it under way must not store its older result.
       if (((code >> 8) & 0xff) === 0 && code & 0xff && (code & 0xff) !== OP.ClearOrg) this._readThrough.keyWritten(strs[0])
     }
-    return this._batch.call(code, num, strs, map)
+    return this._batch.call(code, num, strs, map, near)
   }
 
   /**
@@ -309,13 +312,8 @@ class CacheAdapter extends EventEmitter {
    * round trip, parsed afresh for each caller), else one call of the batch.
    */
   _read(code, strs, map) {
-    if (this._near && !this._closed) {
-      let json = null
-      try {
-        json = this._native.nearGet(code, strs)
-      } catch {
-        // The near cache failing is a miss, never the caller's error.
-      }
+    if (this._near !== null && !this._closed) {
+      const json = this._near.get(code, strs)
       if (json !== null) {
         try {
           return Promise.resolve(map(json))
@@ -323,6 +321,7 @@ class CacheAdapter extends EventEmitter {
           return Promise.reject(e)
         }
       }
+      return this._call(code, NaN, strs, map, true)
     }
     return this._call(code, NaN, strs, map)
   }
@@ -642,6 +641,7 @@ class CacheAdapter extends EventEmitter {
   }
 
   async getStats() {
+    this._near?.sweep()
     const stats = this._native.stats()
     const cache = {
       ...stats,
@@ -674,6 +674,7 @@ class CacheAdapter extends EventEmitter {
 
   async healthCheck() {
     const redis = this._closed ? { status: 'unhealthy', error: 'adapter closed' } : await this._native.redisHealth()
+    this._near?.sweep()
     const stats = this._native.stats()
     const redisEnabled = stats.redisEnabled
     const mode = stats.mode
@@ -704,6 +705,7 @@ class CacheAdapter extends EventEmitter {
 
   /** Prometheus text exposition of the counters, gauges and latency histogram. */
   async metrics() {
+    this._near?.sweep()
     return this._native.metrics() + this._alerts.metricsText() + this._readThrough.stats.metricsText()
   }
 
@@ -720,6 +722,7 @@ class CacheAdapter extends EventEmitter {
     if (this._closed) return this._closed
     this._closed = (async () => {
       this._alerts.stop()
+      this._near?.clear()
       this._batch.flush()
       const deadline = Date.now() + 5000
       while (this._batch.pending > 0 && Date.now() < deadline) {

@@ -279,6 +279,96 @@ test('a user an ACL keeps from CLIENT TRACKING: no near cache, reads from Redis,
   assert.equal((await a.getStats()).cache.mode, 'redis')
 })
 
+test('an invalidation that overtakes a read in flight keeps that read\'s reply out of the near cache', async (t) => {
+  // The classic tracking race: the read runs in Redis, another client's write
+  // follows and its invalidation arrives, then the read's reply. Kept, that
+  // reply would be served stale until ttlMs.
+  const server = await startRedis()
+  t.after(() => server.kill())
+  const proxy = await startProxy(server.port)
+  t.after(() => proxy.stop())
+  const prefix = uniquePrefix()
+  const reader = new CacheAdapter({ url: proxy.url, keyPrefix: prefix, nearCache: true, alerts: false, poolSize: 1, commandTimeoutMs: 5000 })
+  const writer = adapter(server, prefix, false)
+  t.after(() => Promise.all([reader.close(), writer.close()]))
+  await ready(reader, 'reader')
+  await ready(writer, 'writer')
+  assert.equal(await writer.set('k', 'v1'), true)
+  const linkPorts = (await server.cli('client', 'list'))
+    .split('\n')
+    .filter((line) => line.includes('name=cache-near-invalidation'))
+    .map((line) => Number(/ addr=[^ ]*:(\d+) /.exec(line)[1]))
+  assert.equal(linkPorts.length, 1, 'the reader has one invalidation link')
+
+  for (let round = 0; round < 3; round++) {
+    const before = (await nearStats(reader)).invalidations
+    assert.ok(proxy.hold(Infinity, { repliesOnly: true, except: linkPorts }) >= 1, 'the reader has a data connection to hold')
+    const read = reader.get('k') // runs in Redis now; its reply waits in the proxy
+    await sleep(50)
+    const next = `v${round + 2}`
+    assert.equal(await writer.set('k', next), true)
+    await until(async () => (await nearStats(reader)).invalidations > before, 2000, 'the invalidation reaches the reader')
+    proxy.release()
+    assert.equal(await guard(read, 3000, 'the held read'), `v${round + 1}`, 'the read answers what Redis held when it ran')
+    const hits = (await nearStats(reader)).hits
+    assert.equal(await reader.get('k'), next, `round ${round}: the overtaken reply was kept and served`)
+    assert.equal(await reader.get('k'), next)
+    assert.equal((await nearStats(reader)).hits, hits + 1, 'the fresh value is kept and served')
+  }
+})
+
+test('a hit makes no native call; bounds hold and evict the oldest first', async (t) => {
+  const server = await startRedis()
+  t.after(() => server.kill())
+  const a = adapter(server, uniquePrefix(), { maxEntries: 8, maxBytes: 1 << 20 })
+  t.after(() => a.close())
+  await ready(a, 'adapter')
+  for (let k = 0; k < 8; k++) {
+    await a.set(`k${k}`, { k })
+    await a.get(`k${k}`)
+  }
+  const native = a._native
+  let calls = 0
+  a._native = new Proxy(native, {
+    get(target, name) {
+      const v = Reflect.get(target, name)
+      return typeof v === 'function' ? (...args) => (calls++, v.apply(target, args)) : v
+    },
+  })
+  let got
+  try {
+    for (let i = 0; i < 200; i++) got = await a.get(`k${i % 8}`)
+  } finally {
+    a._native = native
+  }
+  assert.deepEqual(got, { k: 7 })
+  assert.equal(calls, 0, 'hits crossed into native code')
+  let s = await nearStats(a)
+  assert.equal(s.entries, 8)
+  assert.ok(s.hits >= 200, `hits counted (${s.hits})`)
+  // A ninth value: the oldest (k0) goes.
+  await a.set('k8', { k: 8 })
+  await a.get('k8')
+  s = await nearStats(a)
+  assert.equal(s.entries, 8)
+  const hits = s.hits
+  await a.get('k0')
+  assert.equal((await nearStats(a)).hits, hits, 'the oldest entry was still served')
+  await a.get('k8')
+  assert.equal((await nearStats(a)).hits, hits + 1)
+
+  // Bytes: values of about 1 KB under a 4 KB bound.
+  const small = adapter(server, uniquePrefix(), { maxEntries: 100, maxBytes: 4096 })
+  t.after(() => small.close())
+  await ready(small, 'small')
+  for (let k = 0; k < 10; k++) {
+    await small.set(`b${k}`, 'x'.repeat(1000))
+    await small.get(`b${k}`)
+  }
+  s = await nearStats(small)
+  assert.ok(s.entries >= 2 && s.entries <= 3 && s.bytes <= 4096, `bounded by maxBytes (${s.entries} entries, ${s.bytes} B)`)
+})
+
 test('stats, metrics and options', async (t) => {
   const server = await startRedis()
   t.after(() => server.kill())

@@ -12,10 +12,17 @@ function fromNative(e) {
   return Object.assign(new Class(m[2]), { code: m[1] })
 }
 
+/** Where a completion's replies start: `[id, first, fills, ...replies]`. */
+const FIRST_REPLY = 3
+/** `settle` holds resolve, reject, map, the strings of a read the near cache may keep, and the opcode per call. */
+const STRIDE = 5
+
 /** Collects one tick's calls and submits them as one batch. */
 class Batcher {
   constructor(onIdleChange) {
     this.native = null
+    /** The near cache (lib/near.js) that keeps the replies Rust marks as fills, or null. */
+    this.near = null
     this.onIdleChange = onIdleChange
     this.nextId = 1
     this.inflight = new Map()
@@ -29,14 +36,17 @@ class Batcher {
     this.settle = []
   }
 
-  /** Queues one call; `strs` are its strings in wire order, `map` turns the reply into the result. */
-  call(code, num, strs, map) {
+  /**
+   * Queues one call; `strs` are its strings in wire order, `map` turns the
+   * reply into the result; `near`: a read whose reply the near cache may keep.
+   */
+  call(code, num, strs, map, near) {
     return new Promise((resolve, reject) => {
       if (this.codes.length === 0) process.nextTick(() => this.flush())
       this.codes.push(code)
       this.nums.push(num)
       for (let i = 0; i < strs.length; i++) this.strs.push(strs[i])
-      this.settle.push(resolve, reject, map)
+      this.settle.push(resolve, reject, map, near ? strs : undefined, code)
     })
   }
 
@@ -51,23 +61,25 @@ class Batcher {
     try {
       this.native.submit(id, codes, nums, strs)
     } catch (e) {
-      this.complete([id, 0, ...codes.map(() => e)], 2, Infinity)
+      this.complete([id, 0, null, ...codes.map(() => e)], FIRST_REPLY, Infinity)
     }
   }
 
   /**
-   * Settles Promises from `done` (`[id, first, ...replies]` from Rust: the
-   * replies to calls `first`, `first + 1`, ... of batch `id`), from index
-   * `from` on, until `budget` characters of reply text are spent. Returns
-   * where it stopped (`done.length`: all of `done` is settled) and what it spent.
+   * Settles Promises from `done` (`[id, first, fills, ...replies]` from Rust:
+   * the replies to calls `first`, `first + 1`, ... of batch `id`, and the
+   * near-cache fills among them), from index `from` on, until `budget`
+   * characters of reply text are spent. Returns where it stopped
+   * (`done.length`: all of `done` is settled) and what it spent.
    */
   complete(done, from, budget) {
     const batch = this.inflight.get(done[0])
     if (batch === undefined) return [done.length, 0]
     const { settle } = batch
+    if (from === FIRST_REPLY && done[2] !== null && this.near !== null) this.keep(done, settle)
     let i = from
     let spent = 0
-    for (let j = (done[1] + i - 2) * 3; i < done.length && spent < budget; i++, j += 3) {
+    for (let j = (done[1] + i - FIRST_REPLY) * STRIDE; i < done.length && spent < budget; i++, j += STRIDE) {
       const v = done[i]
       if (v instanceof Error) settle[j + 1](fromNative(v))
       else {
@@ -92,9 +104,22 @@ class Batcher {
     return [i, spent]
   }
 
+  /** Hands the near cache the replies Rust marked as fills (`[call, slot, gen, epoch, ttlMs, ...]`). */
+  keep(done, settle) {
+    const fills = done[2]
+    for (let k = 0; k + 4 < fills.length; k += 5) {
+      const call = fills[k]
+      const strs = settle[call * STRIDE + 3]
+      const json = done[FIRST_REPLY + call - done[1]]
+      if (strs !== undefined && typeof json === 'string') {
+        this.near.fill(settle[call * STRIDE + 4], strs, json, fills[k + 1], fills[k + 2], fills[k + 3], fills[k + 4])
+      }
+    }
+  }
+
   get pending() {
     return this.inflight.size + (this.codes.length > 0 ? 1 : 0)
   }
 }
 
-module.exports = { Batcher, fromNative }
+module.exports = { Batcher, fromNative, FIRST_REPLY }

@@ -173,6 +173,8 @@ pub enum Reply {
   Bool(bool),
   Int(i64),
   Json(Arc<str>),
+  /// JSON that JavaScript's near cache may keep (see `near::board`).
+  Filled(Arc<str>, crate::near::Fill),
   Error(CacheError),
 }
 

@@ -244,7 +244,7 @@ impl Cache {
     let generic_key = self.inner.keys.generic(&key);
     let m = &self.inner.metrics;
     match self.execute(vec![Ok(vec![Op::Get { key: generic_key.clone(), unwrap: None }])]).await.pop() {
-      Some(Reply::Json(json)) => {
+      Some(Reply::Json(json) | Reply::Filled(json, _)) => {
         m.hits.fetch_sub(1, Relaxed);
         return Ok(Some(json));
       }
@@ -356,6 +356,7 @@ impl Cache {
 
   pub fn stats(&self) -> Json {
     let inner = &self.inner;
+    inner.take_near_hits();
     let m = &inner.metrics;
     let latency = m.latency();
     let (entries, bytes) = inner.memory.usage();
@@ -428,19 +429,10 @@ impl Cache {
     })
   }
 
-  /// The near cache's value of a read (a domain or generic `get`), if it may
-  /// answer it: counted as a hit and an operation of the whole cache.
-  pub fn near_get(&self, key: &str, unwrap: Option<&'static str>) -> Option<Arc<str>> {
-    let json = shape_read(self.inner.near.as_ref()?.get(key)?, unwrap);
-    let m = &self.inner.metrics;
-    m.hits.fetch_add(1, Relaxed);
-    m.operations.fetch_add(1, Relaxed);
-    Some(json)
-  }
-
-  /// Whether the near cache may answer reads now (a read it cannot is counted as its miss).
-  pub fn near_usable(&self) -> bool {
-    self.inner.near.as_ref().is_some_and(|n| n.usable())
+  /// The board JavaScript's near cache serves hits by (`None`: no near
+  /// cache), for a caller whose `performance.now()` reads `js_now_ms`.
+  pub fn near_board(&self, js_now_ms: f64) -> Option<Arc<near::Board>> {
+    self.inner.near.as_ref().map(|n| n.board_for_js(js_now_ms))
   }
 
   /// Whether a near cache is configured (it may still be bypassed).
@@ -469,6 +461,7 @@ impl Cache {
   /// memory-tier upkeep, and the JSON an evaluation has no use for).
   pub fn alert_inputs(&self) -> Json {
     let inner = &self.inner;
+    inner.take_near_hits();
     let m = &inner.metrics;
     let latency = m.latency();
     let journal = inner.journal.stats();
@@ -516,6 +509,7 @@ impl Cache {
 
   /// Prometheus text exposition.
   pub fn metrics_text(&self) -> String {
+    self.inner.take_near_hits();
     let inner = &self.inner;
     let (entries, bytes) = inner.memory.usage();
     let breaker_state = if inner.redis.is_some() { inner.breaker.state() as u8 as f64 } else { -1.0 };
@@ -554,6 +548,16 @@ impl Cache {
 }
 
 impl Inner {
+  /// Adds the hits JavaScript's near cache served since the last call to the
+  /// adapter's hits and operations, before anything reads them.
+  fn take_near_hits(&self) {
+    if let Some(near) = &self.near {
+      let hits = near.take_new_hits();
+      self.metrics.hits.fetch_add(hits, Relaxed);
+      self.metrics.operations.fetch_add(hits, Relaxed);
+    }
+  }
+
   fn mode(&self) -> Mode {
     if self.mode.load(Relaxed) == Mode::Redis as u8 {
       Mode::Redis
@@ -738,10 +742,16 @@ impl Inner {
         let op = &ops[i].1;
         match replies.span(j) {
           Ok(outcomes) => {
-            let (reply, read) = self.apply(op, outcomes);
-            // The near cache keeps the value as stored; each hit is shaped as its read asks.
-            if let (Some(fill), Ok(Some(json)), Some(Ok(pttl))) = (fill, &read, outcomes.get(1)) {
-              fill.fill(json, redis::from_redis_value_ref::<i64>(pttl).unwrap_or(-2));
+            let (mut reply, read) = self.apply(op, outcomes);
+            // JavaScript's near cache keeps the reply as its caller got it, with the read's snapshot.
+            if let (Some(near), Some(snapshot), Ok(Some(_)), Some(Ok(pttl))) =
+              (&self.near, fill, &read, outcomes.get(1))
+            {
+              if let (Some(fill), Reply::Json(json)) =
+                (near.fill(snapshot, redis::from_redis_value_ref::<i64>(pttl).unwrap_or(-2)), &reply)
+              {
+                reply = Reply::Filled(json.clone(), fill);
+              }
             }
             if let Some(lead) = lead {
               lead.finish(read);

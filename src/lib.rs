@@ -183,24 +183,25 @@ impl NativeCache {
     })
   }
 
-  /// The near cache's answer to one read call (`code` and `strs` as in a
-  /// batch: a generic or domain `get`), or `null` when it has none (off,
-  /// bypassed, or not held): then the read goes into the batch. Synchronous,
-  /// on Node's thread: a hit never wakes the I/O thread.
-  #[napi]
-  pub fn near_get(&self, code: u32, strs: Vec<String>) -> Result<Option<String>> {
+  /// The memory shared with `lib/near.js`, whose table serves near-cache
+  /// hits on Node's thread with no native call (see `near::board`); `null`
+  /// without a near cache. `nowMs`: the caller's `performance.now()`.
+  #[napi(ts_return_type = "ArrayBuffer | null")]
+  pub fn near_board<'env>(&self, env: &'env Env, now_ms: f64) -> Result<Option<ArrayBuffer<'env>>> {
     contain(|| {
-      if !self.cache.near_usable() {
-        return Ok(None);
+      let Some(board) = self.cache.near_board(now_ms) else { return Ok(None) };
+      let data = Arc::as_ptr(&board) as *mut u8;
+      // SAFETY: the memory is the board's, kept alive by the Arc the finalizer drops.
+      let buffer = unsafe {
+        ArrayBuffer::from_external(env, data, std::mem::size_of::<near::Board>(), board, |_, board| drop(board))
+      }?;
+      // A runtime that forbids external buffers hands back a copy, which Rust would never update.
+      if !std::ptr::eq(buffer.as_ptr(), data) {
+        return Err(Error::from_reason(
+          "ERR_NEAR_CACHE: this runtime copies external ArrayBuffers; the near cache needs shared memory",
+        ));
       }
-      let call = batch::decode(&[code], &[f64::NAN], strs, self.cache.config(), self.cache.keys(), 0).pop();
-      Ok(match call {
-        Some(Ok(ops)) => match ops.as_slice() {
-          [batch::Op::Get { key, unwrap }] => self.cache.near_get(key, *unwrap).map(|json| json.to_string()),
-          _ => None,
-        },
-        _ => None,
-      })
+      Ok(Some(buffer))
     })
   }
 
@@ -457,6 +458,14 @@ fn protocol_table() -> serde_json::Value {
   serde_json::Value::Object(map)
 }
 
+/// Where `lib/near.js` finds each part of the near-cache board.
+#[napi(
+  ts_return_type = "{ activeCell: number; epochCell: number; leaseOffset: number; countsOffset: number; gensOffset: number; slots: number; bytes: number }"
+)]
+pub fn near_layout() -> Result<serde_json::Value> {
+  contain(|| Ok(near::layout()))
+}
+
 /// `npx native-cache-adapter doctor`: resolves the options (JSON) and the
 /// environment as the adapter does, checks the Redis they point at, and
 /// resolves to the report (a bad option is a failed `config` line).
@@ -562,8 +571,29 @@ unsafe fn reply_to_js(env: sys::napi_env, reply: Reply) -> Result<sys::napi_valu
       Reply::Null => Null::to_napi_value(env, Null),
       Reply::Bool(b) => bool::to_napi_value(env, b),
       Reply::Int(n) => f64::to_napi_value(env, n as f64),
-      Reply::Json(s) => <&str>::to_napi_value(env, &s),
+      Reply::Json(s) | Reply::Filled(s, _) => <&str>::to_napi_value(env, &s),
       Reply::Error(e) => js_error(env, &e),
+    }
+  }
+}
+
+/// The near-cache fills of a chunk, as `[call, slot, gen, epoch, ttlMs, ...]`
+/// (`call` counted from the batch's start), or `null` when there are none.
+unsafe fn fills_to_js(env: sys::napi_env, first: u32, replies: &[Reply]) -> Result<sys::napi_value> {
+  let fills: Vec<u32> = replies
+    .iter()
+    .enumerate()
+    .filter_map(|(i, r)| match r {
+      Reply::Filled(_, f) => Some([first + i as u32, f.snapshot.slot, f.snapshot.gen, f.snapshot.epoch, f.ttl_ms]),
+      _ => None,
+    })
+    .flatten()
+    .collect();
+  unsafe {
+    if fills.is_empty() {
+      Null::to_napi_value(env, Null)
+    } else {
+      Vec::<u32>::to_napi_value(env, fills)
     }
   }
 }
@@ -573,9 +603,10 @@ impl ToNapiValue for Completion {
     unsafe {
       let items = match val {
         Completion::Batch { id, first, replies } => {
-          let mut items = Vec::with_capacity(replies.len() + 2);
+          let mut items = Vec::with_capacity(replies.len() + 3);
           items.push(u32::to_napi_value(env, id)?);
           items.push(u32::to_napi_value(env, first)?);
+          items.push(fills_to_js(env, first, &replies)?);
           for r in replies {
             items.push(reply_to_js(env, r)?);
           }

@@ -7,7 +7,7 @@
  * middlebox that held them), and a failover behind a stable address.
  *
  * `hold(n)` stops forwarding on the connections open now (all, or the oldest
- * `n`), in both directions, keeping what arrives; new connections are
+ * `n`, or all but some), in both directions, keeping what arrives; new connections are
  * forwarded as usual. `hold(n, { repliesOnly: true })` lets commands reach
  * the server and holds only its replies: a command that ran, answered late. `release()` delivers what was held, in order, and
  * forwards again. `retarget(port)` sends new connections to another server.
@@ -45,9 +45,16 @@ async function startProxy(targetPort) {
     },
     /** Connections open and forwarding now. */
     open: () => [...links].filter((l) => !l.held).length,
-    /** Silences the open connections (oldest first, at most `n`); returns how many. */
-    hold(n = Infinity, { repliesOnly = false } = {}) {
-      const open = [...links].filter((l) => !l.held).sort((a, b) => a.n - b.n).slice(0, n)
+    /**
+     * Silences the open connections (oldest first, at most `n`); returns how
+     * many. `except`: local ports of connections to the server (as its
+     * `CLIENT LIST` shows them) that keep forwarding.
+     */
+    hold(n = Infinity, { repliesOnly = false, except = [] } = {}) {
+      const open = [...links]
+        .filter((l) => !l.held && !except.includes(l.upstream.localPort))
+        .sort((a, b) => a.n - b.n)
+        .slice(0, n)
       for (const l of open) Object.assign(l, { held: true, repliesOnly })
       return open.length
     },

@@ -4,7 +4,9 @@
 //! own: one link per server that takes writes (a lane: the server, the master
 //! Sentinel names, or each master of a cluster; see `link`).
 //!
-//! What it guarantees, and how:
+//! The values themselves live in JavaScript (`lib/near.js`), where a hit costs
+//! no native call; this module decides, through the shared [`board`], which of
+//! them may be served. What it guarantees, and how:
 //! - A hit is served only while every lane's link is up, the adapter is in
 //!   'redis' mode, and every link's lease is current: a heartbeat (`ROLE`) sent on a link
 //!   at `t` and answered renews its lease to `t + LEASE`. Redis writes an
@@ -15,19 +17,22 @@
 //! - Any lane's link dropping (EOF, `CLIENT KILL`, a heartbeat unanswered, its server no longer master), a new
 //!   lane (a master promoted, one added), or the breaker opening empties the
 //!   cache; it is bypassed until every lane has tracking on again.
-//! - A read fills the cache only if no invalidation of its key (nor a flush)
-//!   arrived since it was sent: it leaves a placeholder when sent, and an
-//!   invalidation removes it (the classic tracking race).
+//! - A read's value is kept only with the [`Snapshot`] of its key taken before
+//!   it was sent, and served only while that snapshot holds: an invalidation
+//!   that arrives while the read is on its way retires it (the classic
+//!   tracking race).
 //! - Values are JSON text: every hit is parsed afresh by the caller, so a
 //!   caller mutating what it got changes nothing for the next one.
 
+mod board;
 mod link;
 
+pub use board::{layout, Board, Snapshot};
 pub(crate) use link::start_tracking;
 pub use link::{run_lanes, run_link, Dialer, Heartbeat, LINK_NAME};
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -39,72 +44,13 @@ use crate::config::NearConfig;
 
 /// How long an answered heartbeat of a link vouches for the near cache.
 pub const LEASE: Duration = Duration::from_millis(100);
-/// Bytes counted per entry besides its key and value (map slot, order queue, Arcs).
-const ENTRY_OVERHEAD: usize = 96;
-/// The table is split in this many shards, each under its own lock: Node's
-/// thread (hits) and the I/O thread (fills, invalidations) then rarely wait
-/// for each other, and a wait on a loaded 2-core machine costs a time slice.
-const SHARDS: usize = 16;
 
-enum Slot {
-  /// A read of this key is on its way to Redis; its reply may fill the slot
-  /// if the token is still this one when it arrives.
-  Pending(u64),
-  Ready {
-    token: u64,
-    json: Arc<str>,
-    expires: Instant,
-  },
-}
-
-#[derive(Default)]
-struct Table {
-  map: HashMap<Arc<str>, Slot>,
-  /// Ready entries in the order they were filled (oldest first), for
-  /// eviction; a record whose token no longer matches is skipped.
-  order: VecDeque<(Arc<str>, u64)>,
-  ready: usize,
-  bytes: usize,
-}
-
-impl Table {
-  fn remove(&mut self, key: &str) -> bool {
-    match self.map.remove(key) {
-      Some(Slot::Ready { json, .. }) => {
-        self.ready -= 1;
-        self.bytes -= entry_bytes(key, &json);
-        true
-      }
-      Some(Slot::Pending(_)) => true,
-      None => false,
-    }
-  }
-
-  fn clear(&mut self) {
-    self.map.clear();
-    self.order.clear();
-    self.ready = 0;
-    self.bytes = 0;
-  }
-
-  /// Drops the oldest entries until `bounds` hold.
-  fn evict(&mut self, max_entries: usize, max_bytes: usize) {
-    while self.ready > max_entries || self.bytes > max_bytes {
-      let Some((key, token)) = self.order.pop_front() else { return };
-      if matches!(self.map.get(&key), Some(Slot::Ready { token: t, .. }) if *t == token) {
-        self.remove(&key);
-      }
-    }
-    // Records of entries invalidated since: dropped once they dominate.
-    if self.order.len() > 2 * self.ready + 1024 {
-      let map = &self.map;
-      self.order.retain(|(k, t)| matches!(map.get(k), Some(Slot::Ready { token, .. }) if token == t));
-    }
-  }
-}
-
-fn entry_bytes(key: &str, json: &str) -> usize {
-  key.len() + json.len() + ENTRY_OVERHEAD
+/// What JavaScript keeps with a read's reply: the read's snapshot and how
+/// long the value may be kept (at most `ttlMs`, at most its TTL in Redis).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fill {
+  pub snapshot: Snapshot,
+  pub ttl_ms: u32,
 }
 
 /// A lane as one link task knows it. A lane that leaves the set and comes
@@ -132,8 +78,10 @@ struct Lane {
 /// The near cache of one adapter.
 pub struct Near {
   cfg: NearConfig,
-  shards: [Mutex<Table>; SHARDS],
+  board: Arc<Board>,
   origin: Instant,
+  /// `performance.now()` at `origin`, in ns (set when JavaScript takes the board).
+  js_origin_ns: AtomicI64,
   /// Lanes by name (`host:port` on a cluster); written only by link tasks.
   lanes: Mutex<HashMap<Arc<str>, Lane>>,
   next_link: AtomicU64,
@@ -145,76 +93,27 @@ pub struct Near {
   /// The adapter is in 'redis' mode (the breaker is closed).
   serving: AtomicBool,
   closed: AtomicBool,
+  /// One writer of the board's `ACTIVE` and lease at a time, so that an
+  /// older state never overwrites a newer one.
+  publishing: Mutex<()>,
   /// Why a link last failed (cleared when every lane is up): what an
   /// operator needs when `linkUp` stays false (an ACL refusing `CLIENT
   /// TRACKING`, a Redis older than 6 without RESP3...).
   last_error: Mutex<Option<String>>,
   wake: Arc<Notify>,
-  hits: AtomicU64,
-  misses: AtomicU64,
   invalidations: AtomicU64,
   flushes: AtomicU64,
-  next_token: AtomicU64,
-}
-
-fn lock(shard: &Mutex<Table>) -> MutexGuard<'_, Table> {
-  // A panic while holding the lock leaves plain data behind; keep going.
-  shard.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-/// A read on its way to Redis that may fill the near cache. Dropped without
-/// filling (an error, a miss), it removes its placeholder.
-pub struct Ticket<'a> {
-  near: &'a Near,
-  key: Arc<str>,
-  token: u64,
-}
-
-impl Drop for Ticket<'_> {
-  fn drop(&mut self) {
-    let mut t = self.near.lock(&self.key);
-    if matches!(t.map.get(&*self.key), Some(Slot::Pending(p)) if *p == self.token) {
-      t.map.remove(&*self.key);
-    }
-  }
-}
-
-impl Ticket<'_> {
-  /// The read's reply arrived: `json` (the value as callers get it) is kept
-  /// for at most the configured TTL and at most `pttl_ms` (the key's TTL in
-  /// Redis: -1 none, -2 gone), unless an invalidation came first.
-  pub fn fill(self, json: &Arc<str>, pttl_ms: i64) {
-    let near = self.near;
-    let ttl = match pttl_ms {
-      -1 => near.cfg.ttl,
-      ms if ms > 0 => near.cfg.ttl.min(Duration::from_millis(ms as u64)),
-      _ => return,
-    };
-    let size = entry_bytes(&self.key, json);
-    // One value may not take more than a shard's bytes.
-    let (max_entries, max_bytes) = near.shard_bounds();
-    if size > max_bytes {
-      return;
-    }
-    let mut t = near.lock(&self.key);
-    let Some(slot) = t.map.get_mut(&*self.key) else { return };
-    if !matches!(slot, Slot::Pending(p) if *p == self.token) {
-      return;
-    }
-    *slot = Slot::Ready { token: self.token, json: json.clone(), expires: Instant::now() + ttl };
-    t.ready += 1;
-    t.bytes += size;
-    t.order.push_back((self.key.clone(), self.token));
-    t.evict(max_entries, max_bytes);
-  }
+  /// JavaScript's hits already added to the adapter's own counters.
+  hits_absorbed: AtomicU64,
 }
 
 impl Near {
   pub fn new(cfg: NearConfig) -> Arc<Near> {
     Arc::new(Near {
       cfg,
-      shards: Default::default(),
+      board: Board::new(),
       origin: Instant::now(),
+      js_origin_ns: AtomicI64::new(0),
       lanes: Mutex::new(HashMap::new()),
       next_link: AtomicU64::new(0),
       next_epoch: AtomicU64::new(0),
@@ -222,26 +121,25 @@ impl Near {
       lease_until: AtomicU64::new(0),
       serving: AtomicBool::new(false),
       closed: AtomicBool::new(false),
+      publishing: Mutex::new(()),
       last_error: Mutex::new(None),
       wake: Arc::new(Notify::new()),
-      hits: AtomicU64::new(0),
-      misses: AtomicU64::new(0),
       invalidations: AtomicU64::new(0),
       flushes: AtomicU64::new(0),
-      next_token: AtomicU64::new(0),
+      hits_absorbed: AtomicU64::new(0),
     })
   }
 
-  /// The shard of `key`, locked.
-  fn lock(&self, key: &str) -> MutexGuard<'_, Table> {
-    use std::hash::BuildHasher;
-    let hash = std::hash::BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default().hash_one(key);
-    lock(&self.shards[(hash % SHARDS as u64) as usize])
+  pub fn config(&self) -> &NearConfig {
+    &self.cfg
   }
 
-  /// Bounds of one shard.
-  fn shard_bounds(&self) -> (usize, usize) {
-    (self.cfg.max_entries.div_ceil(SHARDS), self.cfg.max_bytes.div_ceil(SHARDS))
+  /// The board, for JavaScript, whose `performance.now()` reads `js_now_ms` now.
+  pub fn board_for_js(&self, js_now_ms: f64) -> Arc<Board> {
+    let js_origin = js_now_ms * 1e6 - self.now_ns() as f64;
+    self.js_origin_ns.store(js_origin as i64, Relaxed);
+    self.publish();
+    self.board.clone()
   }
 
   fn now_ns(&self) -> u64 {
@@ -250,7 +148,7 @@ impl Near {
 
   /// Whether reads may fill the cache now (hits need a current lease too).
   fn filling(&self) -> bool {
-    self.link_up.load(Relaxed) && self.serving.load(Relaxed)
+    self.link_up.load(Relaxed) && self.serving.load(Relaxed) && !self.closed.load(Relaxed)
   }
 
   /// Whether a hit may be served now.
@@ -258,79 +156,46 @@ impl Near {
     self.filling() && self.now_ns() < self.lease_until.load(Relaxed)
   }
 
-  /// [`active`](Self::active), counting a miss when not.
-  pub fn usable(&self) -> bool {
-    let active = self.active();
-    if !active {
-      self.misses.fetch_add(1, Relaxed);
-    }
-    active
+  /// Writes to the board whether hits may be served, and until when.
+  fn publish(&self) {
+    let _one = self.publishing.lock().unwrap_or_else(|p| p.into_inner());
+    let lease = self.lease_until.load(Relaxed);
+    // 1 ms off the end: JavaScript's clock and this one are read at slightly different times.
+    let lease_js_ms =
+      if lease == 0 { f64::NEG_INFINITY } else { (self.js_origin_ns.load(Relaxed) as f64 + lease as f64) / 1e6 - 1.0 };
+    self.board.publish(self.filling(), lease_js_ms);
   }
 
-  /// The value of `key` as a read would answer it, if held and current.
-  pub fn get(&self, key: &str) -> Option<Arc<str>> {
-    if !self.active() {
-      self.misses.fetch_add(1, Relaxed);
-      return None;
-    }
-    let mut t = self.lock(key);
-    let found = match t.map.get(key) {
-      Some(Slot::Ready { json, expires, .. }) if *expires > Instant::now() => Some(json.clone()),
-      Some(Slot::Ready { .. }) => {
-        t.remove(key);
-        None
-      }
-      _ => None,
-    };
-    drop(t);
-    match &found {
-      Some(_) => self.hits.fetch_add(1, Relaxed),
-      None => self.misses.fetch_add(1, Relaxed),
-    };
-    found
+  /// A read of `key` is about to be sent: its snapshot, if its reply may be
+  /// kept (none while the cache is bypassed).
+  pub fn begin(&self, key: &str) -> Option<Snapshot> {
+    self.filling().then(|| self.board.snapshot(key.as_bytes()))
   }
 
-  /// A read of `key` is about to be sent: its ticket, if its reply may fill
-  /// the cache (no ticket while the cache is off, or when a current value is
-  /// held already).
-  pub fn begin(&self, key: &str) -> Option<Ticket<'_>> {
-    if !self.filling() {
-      return None;
-    }
-    let mut t = self.lock(key);
-    if matches!(t.map.get(key), Some(Slot::Ready { expires, .. }) if *expires > Instant::now()) {
-      return None;
-    }
-    t.remove(key);
-    drop(t);
-    let token = self.next_token.fetch_add(1, Relaxed) + 1;
-    let mut t = self.lock(key);
-    let key: Arc<str> = key.into();
-    t.map.insert(key.clone(), Slot::Pending(token));
-    Some(Ticket { near: self, key, token })
+  /// The read under `snapshot` was answered, and Redis gives the key
+  /// `pttl_ms` to live (-1: no TTL, -2: gone): what JavaScript may keep.
+  pub fn fill(&self, snapshot: Snapshot, pttl_ms: i64) -> Option<Fill> {
+    let ttl = match pttl_ms {
+      -1 => self.cfg.ttl,
+      ms if ms > 0 => self.cfg.ttl.min(Duration::from_millis(ms as u64)),
+      _ => return None,
+    };
+    Some(Fill { snapshot, ttl_ms: ttl.as_millis().min(u32::MAX as u128) as u32 })
   }
 
   /// This adapter is writing `key` (or Redis told us another client did).
   pub fn invalidate(&self, key: &str) {
-    self.lock(key).remove(key);
+    self.board.bump(key.as_bytes());
   }
 
-  /// A tenant clear: every key starting with `scope`.
-  pub fn invalidate_prefix(&self, scope: &str) {
-    for shard in &self.shards {
-      let mut t = lock(shard);
-      let doomed: Vec<Arc<str>> = t.map.keys().filter(|k| k.starts_with(scope)).cloned().collect();
-      for k in doomed {
-        t.remove(&k);
-      }
-    }
+  /// A tenant clear: the board has no index by prefix, so everything goes.
+  pub fn invalidate_prefix(&self, _scope: &str) {
+    self.flush();
   }
 
   /// Empties the cache (counted as a flush).
   pub fn flush(&self) {
-    for shard in &self.shards {
-      lock(shard).clear();
-    }
+    self.board.bump_epoch();
     self.flushes.fetch_add(1, Relaxed);
   }
 
@@ -339,6 +204,7 @@ impl Near {
     if self.serving.swap(serving, Relaxed) && !serving {
       self.flush();
     }
+    self.publish();
   }
 
   /// Pushes from link `link`: invalidations (taken from any link, even an
@@ -452,6 +318,7 @@ impl Near {
         self.flush();
       }
     }
+    self.publish();
   }
 
   /// A link of `lane` failed to come up, or ended, for `why`.
@@ -469,11 +336,12 @@ impl Near {
     self.closed.store(true, Relaxed);
     self.link_up.store(false, Relaxed);
     self.flush();
+    self.publish();
     self.wake.notify_waiters();
   }
 
   pub fn stats(&self) -> Json {
-    let (entries, bytes) = self.usage();
+    let [hits, misses, entries, bytes] = self.board.counts();
     json!({
       "enabled": true,
       "linkUp": self.link_up.load(Relaxed),
@@ -484,28 +352,30 @@ impl Near {
       "maxEntries": self.cfg.max_entries,
       "maxBytes": self.cfg.max_bytes,
       "ttlMs": self.cfg.ttl.as_millis() as u64,
-      "hits": self.hits.load(Relaxed),
-      "misses": self.misses.load(Relaxed),
+      "hits": hits,
+      "misses": misses,
       "invalidations": self.invalidations.load(Relaxed),
       "flushes": self.flushes.load(Relaxed),
     })
   }
 
-  /// Ready entries and their bytes.
-  pub fn usage(&self) -> (usize, usize) {
-    self
-      .shards
-      .iter()
-      .map(|s| {
-        let t = lock(s);
-        (t.ready, t.bytes)
-      })
-      .fold((0, 0), |(e, b), (de, db)| (e + de, b + db))
+  /// Entries held by JavaScript's table, and their bytes.
+  pub fn usage(&self) -> (u64, u64) {
+    let [_, _, entries, bytes] = self.board.counts();
+    (entries, bytes)
   }
 
   /// (hits, misses, invalidations, flushes) for the metrics.
   pub fn counters(&self) -> [u64; 4] {
-    [&self.hits, &self.misses, &self.invalidations, &self.flushes].map(|c| c.load(Relaxed))
+    let [hits, misses, _, _] = self.board.counts();
+    [hits, misses, self.invalidations.load(Relaxed), self.flushes.load(Relaxed)]
+  }
+
+  /// JavaScript's hits since the last call: the adapter adds them to its own
+  /// hits and operations, as reads answered without a round trip.
+  pub fn take_new_hits(&self) -> u64 {
+    let hits = self.board.counts()[0];
+    hits.saturating_sub(self.hits_absorbed.fetch_max(hits, Relaxed))
   }
 }
 
@@ -522,8 +392,8 @@ pub fn off_stats() -> Json {
 mod tests {
   use super::*;
 
-  fn near(max_entries: usize, max_bytes: usize) -> Arc<Near> {
-    let n = Near::new(NearConfig { max_entries, max_bytes, ttl: Duration::from_secs(60) });
+  fn near() -> Arc<Near> {
+    let n = Near::new(NearConfig { max_entries: 10, max_bytes: 1 << 20, ttl: Duration::from_secs(60) });
     n.set_serving(true);
     let a = n.set_lanes(&["a"]).pop().unwrap();
     let link = n.dialing(&a).unwrap();
@@ -532,121 +402,103 @@ mod tests {
     n
   }
 
-  #[test]
-  fn a_filled_read_is_a_hit_until_invalidated() {
-    let n = near(10, 1 << 20);
-    assert!(n.get("k").is_none());
-    n.begin("k").unwrap().fill(&Arc::from("1"), -1);
-    assert_eq!(n.get("k").as_deref(), Some("1"));
-    n.invalidate("k");
-    assert!(n.get("k").is_none());
+  /// Whether JavaScript would serve a value read under `s` now.
+  fn served(n: &Near, s: Snapshot) -> bool {
+    n.active() && n.board.current(s)
+  }
+
+  fn push(n: &Near, link: u64, data: Vec<Value>) {
+    n.on_push(link, PushInfo { kind: PushKind::Invalidate, data });
   }
 
   #[test]
-  fn an_invalidation_during_the_read_stops_the_fill() {
-    let n = near(10, 1 << 20);
-    let ticket = n.begin("k").unwrap();
-    n.on_push(
-      1,
-      PushInfo { kind: PushKind::Invalidate, data: vec![Value::Array(vec![Value::BulkString(b"k".to_vec())])] },
-    );
-    ticket.fill(&Arc::from("old"), -1);
-    assert!(n.get("k").is_none(), "a read that raced an invalidation filled the cache");
+  fn a_read_is_served_until_its_key_is_invalidated() {
+    let n = near();
+    let s = n.begin("k").unwrap();
+    assert!(served(&n, s));
+    n.invalidate("k");
+    assert!(!served(&n, s));
+    assert!(served(&n, n.begin("k").unwrap()), "a read after the write is served again");
+  }
+
+  #[test]
+  fn an_invalidation_during_the_read_retires_it() {
+    let n = near();
+    let s = n.begin("k").unwrap();
+    push(&n, 1, vec![Value::Array(vec![Value::BulkString(b"k".to_vec())])]);
+    assert!(!served(&n, s), "a read that raced an invalidation would be served");
     assert_eq!(n.counters()[2], 1);
-    // A flush (null key) during a read stops it too.
-    let ticket = n.begin("k").unwrap();
-    n.on_push(1, PushInfo { kind: PushKind::Invalidate, data: vec![Value::Nil] });
-    ticket.fill(&Arc::from("old"), -1);
-    assert!(n.get("k").is_none());
+    // A flush (null key) during a read retires it too.
+    let s = n.begin("k").unwrap();
+    push(&n, 1, vec![Value::Nil]);
+    assert!(!served(&n, s));
+    assert_eq!(n.counters()[3], 1);
   }
 
   #[test]
   fn a_lost_link_flushes_and_bypasses() {
-    let n = near(10, 1 << 20);
-    n.begin("k").unwrap().fill(&Arc::from("1"), -1);
+    let n = near();
+    let s = n.begin("k").unwrap();
     n.on_push(2, PushInfo { kind: PushKind::Disconnection, data: vec![] });
-    assert!(n.get("k").is_some(), "an older link's disconnection is ignored");
+    assert!(served(&n, s), "an older link's disconnection is ignored");
     n.on_push(1, PushInfo { kind: PushKind::Disconnection, data: vec![] });
-    assert!(n.get("k").is_none());
-    assert!(n.begin("k").is_none(), "no fill while the link is down");
-    assert_eq!(n.usage(), (0, 0));
+    assert!(!served(&n, s));
+    assert!(n.begin("k").is_none(), "nothing is kept while the link is down");
   }
 
   #[test]
   fn leaving_redis_mode_flushes() {
-    let n = near(10, 1 << 20);
-    n.begin("k").unwrap().fill(&Arc::from("1"), -1);
+    let n = near();
+    let s = n.begin("k").unwrap();
     n.set_serving(false);
-    assert_eq!(n.usage().0, 0);
+    assert!(n.begin("k").is_none());
     n.set_serving(true);
-    assert!(n.get("k").is_none());
+    assert!(!served(&n, s), "a value from before the outage came back");
   }
 
   #[test]
-  fn bounds_evict_oldest_first_and_ttls_cap() {
-    // Bounds hold per shard (maxEntries / 16 each): at most 32 entries here.
-    let n = near(32, 1 << 20);
-    for i in 0..1000 {
-      n.begin(&format!("k{i}")).unwrap().fill(&Arc::from("1"), -1);
-    }
-    assert!(n.usage().0 <= 32 && n.usage().0 >= 16, "{:?}", n.usage());
-    assert!(n.get("k0").is_none(), "the oldest entries go first");
-    assert!(n.get("k999").is_some());
-    n.begin("gone").unwrap().fill(&Arc::from("1"), -2);
-    assert!(n.get("gone").is_none(), "a key Redis no longer holds is not kept");
-    n.begin("short").unwrap().fill(&Arc::from("1"), 1);
-    std::thread::sleep(Duration::from_millis(5));
-    assert!(n.get("short").is_none(), "kept beyond its Redis TTL");
-    // Byte bound: a value over a shard's bytes (maxBytes / 16) is never kept.
-    let n = near(100, 16 * 1024);
-    n.begin("big").unwrap().fill(&Arc::from("x".repeat(2000)), -1);
-    assert!(n.get("big").is_none());
-    assert_eq!(n.usage(), (0, 0));
-  }
-
-  #[test]
-  fn a_dropped_ticket_leaves_no_placeholder_and_prefix_clears() {
-    let n = near(10, 1 << 20);
-    drop(n.begin("k"));
-    assert!(n.lock("k").map.is_empty());
-    n.begin("p:org:{a}:x").unwrap().fill(&Arc::from("1"), -1);
-    n.begin("p:org:{b}:x").unwrap().fill(&Arc::from("1"), -1);
+  fn ttls_cap_what_is_kept_and_a_tenant_clear_flushes() {
+    let n = near();
+    let s = n.begin("k").unwrap();
+    assert_eq!(n.fill(s, -1).unwrap().ttl_ms, 60_000);
+    assert_eq!(n.fill(s, 1500).unwrap().ttl_ms, 1500, "kept beyond its Redis TTL");
+    assert!(n.fill(s, -2).is_none(), "a key Redis no longer holds is not kept");
     n.invalidate_prefix("p:org:{a}:");
-    assert!(n.get("p:org:{a}:x").is_none());
-    assert!(n.get("p:org:{b}:x").is_some());
+    assert!(!served(&n, s));
   }
 
   #[test]
   fn an_expired_lease_bypasses_without_flushing() {
-    let n = near(10, 1 << 20);
-    n.begin("k").unwrap().fill(&Arc::from("1"), -1);
+    let n = near();
+    n.board_for_js(5_000.0);
+    let s = n.begin("k").unwrap();
+    let lease = n.board.lease();
+    // The link was leased an hour and LEASE from its start, a moment before the board was taken at 5 s.
+    assert!((3_604_000.0..3_605_100.0).contains(&lease), "lease {lease} not in JavaScript's clock");
     n.lease_until.store(0, Relaxed);
-    assert!(n.get("k").is_none());
+    assert!(!served(&n, s));
     n.renew(1, n.now_ns());
-    assert!(n.get("k").is_some());
+    assert!(served(&n, s));
   }
 
   #[test]
   fn every_lane_must_be_up_and_a_new_one_bypasses_until_ready() {
-    let n = near(10, 1 << 20);
+    let n = near();
     let far = n.now_ns() + 3_600_000_000_000;
-    n.begin("k").unwrap().fill(&Arc::from("1"), -1);
+    let s = n.begin("k").unwrap();
     // A second master appears (a replica promoted): not covered yet, so emptied and bypassed.
     let lane_b = n.set_lanes(&["a", "b"]).pop().unwrap();
-    assert!(n.get("k").is_none() && n.begin("k").is_none());
-    assert_eq!(n.usage(), (0, 0));
+    assert!(!served(&n, s) && n.begin("k").is_none());
     let b = n.dialing(&lane_b).unwrap();
     n.link_ready(b, far);
-    n.begin("k").unwrap().fill(&Arc::from("2"), -1);
-    assert_eq!(n.get("k").as_deref(), Some("2"));
+    let s = n.begin("k").unwrap();
+    assert!(served(&n, s));
     // One lane's link lost: the whole cache, since its keys may be anywhere.
     n.on_push(b, PushInfo { kind: PushKind::Disconnection, data: vec![] });
-    assert!(n.get("k").is_none());
-    assert_eq!(n.usage(), (0, 0));
+    assert!(!served(&n, s));
     // A lane that leaves the set (its master gone from the map) no longer counts.
     assert!(n.set_lanes(&["a"]).is_empty());
-    n.begin("k").unwrap().fill(&Arc::from("3"), -1);
-    assert_eq!(n.get("k").as_deref(), Some("3"));
+    assert!(served(&n, n.begin("k").unwrap()));
     assert!(n.dialing(&lane_b).is_none(), "a lane gone ends its task");
     // It comes back (a master that flapped): a new lane; the old task still ends.
     let again = n.set_lanes(&["a", "b"]).pop().unwrap();
@@ -659,7 +511,7 @@ mod tests {
 
   #[test]
   fn the_earliest_lease_rules() {
-    let n = near(10, 1 << 20);
+    let n = near();
     let lane_b = n.set_lanes(&["a", "b"]).pop().unwrap();
     let b = n.dialing(&lane_b).unwrap();
     n.link_ready(b, n.now_ns());
@@ -667,5 +519,16 @@ mod tests {
     assert!(!n.active(), "lane b's lease ran out, though lane a's has not");
     n.renew(b, n.now_ns());
     assert!(n.active());
+  }
+
+  #[test]
+  fn javascript_hits_are_taken_once() {
+    let n = near();
+    n.board.set_counts([5.0, 1.0, 2.0, 200.0]);
+    assert_eq!(n.take_new_hits(), 5);
+    assert_eq!(n.take_new_hits(), 0);
+    n.board.set_counts([7.0, 1.0, 2.0, 200.0]);
+    assert_eq!(n.take_new_hits(), 2);
+    assert_eq!(n.usage(), (2, 200));
   }
 }

@@ -1,0 +1,134 @@
+'use strict'
+// The near cache's table: the values of recent reads, kept on Node's thread
+// so that a hit makes no round trip and no native call. Measured (2-core VM):
+// a hit through a native call cost 2.1 µs of this thread, one served here
+// about 0.2 µs.
+//
+// Whether a held value may still be served is not decided here: Rust keeps
+// the invalidation links and writes the verdict to a board of shared memory
+// (src/near/board.rs), read here with Atomics.load:
+// - a generation per slot of key hashes, bumped when a key of that slot is
+//   written (by this adapter, or by anyone as Redis's tracking reports it);
+// - an epoch, bumped when everything must go (a link lost, an outage);
+// - whether hits may be served at all, and until when (the links' lease).
+// Each value is kept with the slot, generation and epoch Rust read *before*
+// its read was sent, and served only while all three still match.
+
+const { nearLayout } = require('../binding.js')
+
+const LAYOUT = nearLayout()
+const ACTIVE = LAYOUT.activeCell
+const EPOCH = LAYOUT.epochCell
+// Bytes counted per entry besides its id and value (the Map slot, the entry object).
+const ENTRY_OVERHEAD = 96
+
+class NearCache {
+  /**
+   * @param native the NativeCache (its `nearBoard()`)
+   * @param bounds `{ maxEntries, maxBytes }`
+   */
+  constructor(native, bounds) {
+    const board = native.nearBoard(performance.now())
+    this.cells = new Uint32Array(board, 0, 8)
+    this.lease = new Float64Array(board, LAYOUT.leaseOffset, 1)
+    // Written here, read by Rust for getStats() and the metrics: hits, misses, entries, bytes.
+    this.counts = new Float64Array(board, LAYOUT.countsOffset, 4)
+    this.gens = new Uint32Array(board, LAYOUT.gensOffset, LAYOUT.slots)
+    /** opcode → Map(first string → ... → Map(last string → entry)) */
+    this.reads = new Map()
+    /** Every entry, oldest first (for eviction). */
+    this.order = new Set()
+    this.bytes = 0
+    /** The epoch the entries were kept under (see `sweep`). */
+    this.epoch = Atomics.load(this.cells, EPOCH)
+    this.maxEntries = bounds.maxEntries
+    this.maxBytes = bounds.maxBytes
+  }
+
+  /**
+   * The JSON text held for the read (`code`, `strs`) if it may be served
+   * now, else null (a miss). Reads are found through one Map per string, not
+   * by one joined key: the caller's strings keep their hashes, a joined key
+   * would be hashed afresh on every read (measured: 430 vs 170 ns).
+   */
+  get(code, strs) {
+    this.sweep()
+    let at = this.reads.get(code)
+    for (let i = 0; at !== undefined && i < strs.length; i++) at = at.get(strs[i])
+    if (at !== undefined) {
+      const now = performance.now()
+      if (now >= at.expires || Atomics.load(this.gens, at.slot) !== at.gen) {
+        this.remove(at) // retired for good
+      } else if (Atomics.load(this.cells, ACTIVE) === 1 && now < this.lease[0]) {
+        this.counts[0]++
+        return at.json
+      }
+      // Otherwise bypassed for now (a lease lapsed): kept, it may be served again.
+    }
+    this.counts[1]++
+    return null
+  }
+
+  /** Keeps the reply of the read (`code`, `strs`), sent under (`slot`, `gen`, `epoch`), for at most `ttlMs`. */
+  fill(code, strs, json, slot, gen, epoch, ttlMs) {
+    let size = json.length + ENTRY_OVERHEAD
+    for (let i = 0; i < strs.length; i++) size += strs[i].length
+    if (size > this.maxBytes || strs.length === 0) return
+    // Retired before it arrived (an invalidation or a flush while the read was on its way).
+    this.sweep()
+    if (epoch !== this.epoch || Atomics.load(this.gens, slot) !== gen) return
+    let at = this.reads.get(code)
+    if (at === undefined) this.reads.set(code, (at = new Map()))
+    const last = strs.length - 1
+    for (let i = 0; i < last; i++) {
+      let next = at.get(strs[i])
+      if (next === undefined) at.set(strs[i], (next = new Map()))
+      at = next
+    }
+    const old = at.get(strs[last])
+    if (old !== undefined) this.remove(old)
+    const entry = { json, slot, gen, expires: performance.now() + ttlMs, size, code, strs }
+    at.set(strs[last], entry)
+    this.order.add(entry)
+    this.bytes += size
+    // Oldest first: a Set iterates in insertion order.
+    while (this.order.size > this.maxEntries || this.bytes > this.maxBytes) this.remove(this.order.values().next().value)
+    this.counts[2] = this.order.size
+    this.counts[3] = this.bytes
+  }
+
+  remove(entry) {
+    const { code, strs } = entry
+    const path = [this.reads.get(code)]
+    for (let i = 0; i < strs.length - 1; i++) path.push(path[i].get(strs[i]))
+    // Drops the entry, then every Map it leaves empty.
+    for (let i = strs.length - 1; i >= 0; i--) {
+      path[i].delete(strs[i])
+      if (path[i].size > 0) break
+      if (i === 0) this.reads.delete(code)
+    }
+    this.order.delete(entry)
+    this.bytes -= entry.size
+    this.counts[2] = this.order.size
+    this.counts[3] = this.bytes
+  }
+
+  /** After a flush (the epoch moved on), drops every entry at once rather than one by one as read. */
+  sweep() {
+    const epoch = Atomics.load(this.cells, EPOCH)
+    if (epoch !== this.epoch) {
+      this.epoch = epoch
+      if (this.order.size > 0) this.clear()
+    }
+  }
+
+  clear() {
+    this.reads.clear()
+    this.order.clear()
+    this.bytes = 0
+    this.counts[2] = 0
+    this.counts[3] = 0
+  }
+}
+
+module.exports = { NearCache }
