@@ -185,12 +185,11 @@ class CacheAdapter extends EventEmitter {
     keepAliveOfCollected.register(this, this._keepAlive)
     this._batch.native = this._native
     // The resolved settings (options, environment, defaults), read once.
-    const config = this._native.stats().config
+    const { config, near } = this._native.stats()
     this._maxValueBytes = config.maxValueBytes
     this._readThrough = new ReadThrough(this, config, parse, OP)
     this._tags = new Tags(this._native, this._readThrough.stats, this._native.redisEnabled())
     // Reads ask the near cache first (on this thread, no native call) when there is one.
-    const near = this._native.stats().near
     this._near = near.enabled ? new NearCache(this._native, near) : null
     this._batch.near = this._near
     this._onModeChange = onModeChange

@@ -747,11 +747,7 @@ impl Inner {
             if let (Some(near), Some(snapshot), Ok(Some(_)), Some(Ok(pttl))) =
               (&self.near, fill, &read, outcomes.get(1))
             {
-              if let (Some(fill), Reply::Json(json)) =
-                (near.fill(snapshot, redis::from_redis_value_ref::<i64>(pttl).unwrap_or(-2)), &reply)
-              {
-                reply = Reply::Filled(json.clone(), fill);
-              }
+              reply = near.mark_fill(snapshot, redis::from_redis_value_ref::<i64>(pttl).unwrap_or(-2), reply);
             }
             if let Some(lead) = lead {
               lead.finish(read);

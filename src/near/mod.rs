@@ -40,6 +40,7 @@ use redis::{PushInfo, PushKind, Value};
 use serde_json::{json, Value as Json};
 use tokio::sync::Notify;
 
+use crate::batch::Reply;
 use crate::config::NearConfig;
 
 /// How long an answered heartbeat of a link vouches for the near cache.
@@ -181,6 +182,14 @@ impl Near {
       _ => return None,
     };
     Some(Fill { snapshot, ttl_ms: ttl.as_millis().min(u32::MAX as u128) as u32 })
+  }
+
+  /// A read's JSON reply, marked as one JavaScript's table may keep (see `fill`).
+  pub fn mark_fill(&self, snapshot: Snapshot, pttl_ms: i64, reply: Reply) -> Reply {
+    match (self.fill(snapshot, pttl_ms), reply) {
+      (Some(fill), Reply::Json(json)) => Reply::Filled(json, fill),
+      (_, reply) => reply,
+    }
   }
 
   /// This adapter is writing `key` (or Redis told us another client did).
@@ -454,6 +463,15 @@ mod tests {
     assert!(n.begin("k").is_none());
     n.set_serving(true);
     assert!(!served(&n, s), "a value from before the outage came back");
+  }
+
+  #[test]
+  fn only_a_json_reply_is_marked_and_only_while_the_key_lives() {
+    let n = near();
+    let s = n.begin("k").unwrap();
+    assert!(matches!(n.mark_fill(s, -1, Reply::Json("1".into())), Reply::Filled(_, f) if f.snapshot == s));
+    assert_eq!(n.mark_fill(s, -2, Reply::Json("1".into())), Reply::Json("1".into()), "a key gone is not kept");
+    assert_eq!(n.mark_fill(s, -1, Reply::Null), Reply::Null);
   }
 
   #[test]
