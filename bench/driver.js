@@ -17,39 +17,31 @@ const Redis = require('ioredis')
 const { makeWorkload, prng } = require('./workloads')
 const { sleep, withTimeout } = require('./harness')
 
+/**
+ * This adapter (or, for the `base` systems, the build in `baseDir`: a
+ * checkout of an earlier commit, to measure a change side by side), once it
+ * reports Redis healthy (it serves from memory until then) and, with
+ * `nearCache`, its near cache active: otherwise we would measure the memory tier.
+ */
+async function openAdapter(dir, url, near) {
+  const { CacheAdapter } = require(dir)
+  const a = new CacheAdapter({ url, keyPrefix: 'bench', ...(near ? { nearCache: true } : {}) })
+  const until = Date.now() + 10000
+  for (let i = 0; i < 200 && Date.now() < until; i++) {
+    const s = (await a.getStats()).cache
+    if (s.mode === 'redis' && (!near || s.near.active)) return a
+    await sleep(50)
+  }
+  await a.close()
+  throw new Error(`the adapter in ${dir} did not report Redis healthy${near ? ' and its near cache active' : ''} within 10 s`)
+}
+
+const HERE = path.join(__dirname, '..')
 const SYSTEMS = {
-  native: {
-    async open(url) {
-      const { CacheAdapter } = require(path.join(__dirname, '..'))
-      const a = new CacheAdapter({ url, keyPrefix: 'bench' })
-      // The adapter connects in the background and serves from memory until
-      // Redis answers: wait until it reports Redis healthy, or we would
-      // measure the memory tier.
-      const until = Date.now() + 10000
-      for (let i = 0; i < 200 && Date.now() < until; i++) {
-        const h = await a.healthCheck()
-        if (h && h.redis && h.redis.status === 'healthy') return a
-        await sleep(50)
-      }
-      await a.close()
-      throw new Error('native adapter did not report redis.status === "healthy" within 10 s')
-    },
-  },
-  'native-near': {
-    async open(url) {
-      const { CacheAdapter } = require(path.join(__dirname, '..'))
-      const a = new CacheAdapter({ url, keyPrefix: 'bench', nearCache: true })
-      // As above, and until the near cache's invalidation link is up.
-      const until = Date.now() + 10000
-      for (let i = 0; i < 200 && Date.now() < until; i++) {
-        const s = (await a.getStats()).cache
-        if (s.mode === 'redis' && s.near.active) return a
-        await sleep(50)
-      }
-      await a.close()
-      throw new Error('native adapter with nearCache did not report its near cache active within 10 s')
-    },
-  },
+  native: { open: (url) => openAdapter(HERE, url, false) },
+  'native-near': { open: (url) => openAdapter(HERE, url, true) },
+  base: { open: (url, cell) => openAdapter(cell.baseDir, url, false) },
+  'base-near': { open: (url, cell) => openAdapter(cell.baseDir, url, true) },
   'ioredis-old': {
     async open(url) {
       const { IoredisOldAdapter } = require('./baselines/ioredis-adapter')
@@ -178,7 +170,7 @@ async function runCell(cell) {
   try {
     await admin.flushall()
     const w = makeWorkload(cell.workload, cell.keys)
-    a = await withTimeout(SYSTEMS[cell.system].open(cell.url), 15000, 'open')
+    a = await withTimeout(SYSTEMS[cell.system].open(cell.url, cell), 15000, 'open')
 
     const mem0 = await serverCounters(admin)
     await withTimeout(populate(a, w, 30000), 35000, 'populate')

@@ -14,7 +14,11 @@
 //   BENCH_INFLIGHT  comma list of calls in flight    (default 1,64)
 //   BENCH_WORKLOADS comma list from W1,W2,W3         (default all)
 //   BENCH_SYSTEMS   comma list from native,native-near,ioredis-old,node-redis-old
-//                   (native-near: this adapter with `nearCache: true`)
+//                   (native-near: this adapter with `nearCache: true`), and
+//                   base,base-near with BENCH_BASE
+//   BENCH_BASE      a built checkout of an earlier commit (git worktree add
+//                   DIR REV, then npm run build there): adds `base` and
+//                   `base-near`, that build, to measure a change side by side
 //   BENCH_RTT_MS    or `--rtt-ms N`: put a delaying TCP proxy (delay-proxy.js)
 //                   between every client and Redis, adding N ms per round
 //                   trip (default 0: plain loopback); the report then goes
@@ -36,6 +40,8 @@ const { payloadStats } = require('./workloads')
 
 const ROOT = path.join(__dirname, '..')
 const ALL_SYSTEMS = ['native', 'native-near', 'ioredis-old', 'node-redis-old']
+/** The same adapter built from BENCH_BASE. */
+const BASE_SYSTEMS = ['base', 'base-near']
 const WORKLOAD_DESC = {
   W1: 'phone→lead, 90% get / 10% set, ~50 B',
   W2: '30-message context (~9 KB JSON), 80% get / 20% set',
@@ -63,14 +69,18 @@ function config() {
     keys: Math.max(8, Math.round(num('BENCH_KEYS', 1000, 200))),
     inflight: list('BENCH_INFLIGHT', ['1', '64']).map(Number),
     workloads: list('BENCH_WORKLOADS', ['W1', 'W2', 'W3']),
-    systems: list('BENCH_SYSTEMS', ALL_SYSTEMS),
+    base: env.BENCH_BASE ? path.resolve(env.BENCH_BASE) : null,
+    systems: list('BENCH_SYSTEMS', env.BENCH_BASE ? [...ALL_SYSTEMS, ...BASE_SYSTEMS] : ALL_SYSTEMS),
     rttMs,
     out: env.BENCH_OUT || (quick ? null : path.join(__dirname, rttMs ? `results-rtt-${rttMs}ms.md` : 'results.md')),
     redisServer: env.REDIS_SERVER || 'redis-server',
   }
   for (const n of cfg.inflight) if (!Number.isInteger(n) || n < 1 || n > 4096) throw new Error(`bad BENCH_INFLIGHT entry ${n}`)
   for (const w of cfg.workloads) if (!WORKLOAD_DESC[w]) throw new Error(`unknown workload ${w}`)
-  for (const s of cfg.systems) if (!ALL_SYSTEMS.includes(s)) throw new Error(`unknown system ${s}`)
+  for (const s of cfg.systems) {
+    if (BASE_SYSTEMS.includes(s) && !cfg.base) throw new Error(`system ${s} needs BENCH_BASE (a built checkout to compare with)`)
+    if (!ALL_SYSTEMS.includes(s) && !BASE_SYSTEMS.includes(s)) throw new Error(`unknown system ${s}`)
+  }
   return cfg
 }
 
@@ -237,6 +247,16 @@ function goalLines(cfg, get) {
 }
 
 
+/** The checkout in `dir`, by its commit where git can tell. */
+function baseDescription(dir) {
+  try {
+    const rev = require('node:child_process').execFileSync('git', ['-C', dir, 'log', '-1', '--format=%h %s'], { encoding: 'utf8', timeout: 5000 }).trim()
+    return `\`${dir}\` (commit ${rev})`
+  } catch {
+    return `\`${dir}\``
+  }
+}
+
 // ---------------------------------------------------------------- main
 
 async function main() {
@@ -278,7 +298,7 @@ async function main() {
           const order = cfg.systems.map((_, i) => cfg.systems[(i + run) % cfg.systems.length])
           for (const s of order) {
             const res = await runCell({ system: s, workload: w, inflight: n, keys: cfg.keys, seconds: cfg.seconds,
-              warmupSeconds: cfg.warmupSeconds, seed: 1 + run, url, adminUrl })
+              warmupSeconds: cfg.warmupSeconds, seed: 1 + run, url, adminUrl, baseDir: cfg.base })
             if (!results.has(key(w, n, s))) results.set(key(w, n, s), [])
             results.get(key(w, n, s)).push(res)
             done++
@@ -344,6 +364,7 @@ async function main() {
         'with `nearCache: true`; `ioredis-old` and ' +
         '`node-redis-old` = the old adapter\'s behaviour (JSON values, one hash of contexts with HSET then EXPIRE, ' +
         'two SETEX for phone↔lead, `compressed:` prefix without compression) on ioredis 5 and node-redis 5',
+      cfg.base ? `- \`base\` and \`base-near\` = the same two built from ${baseDescription(cfg.base)}` : null,
       nativeError ? `- native adapter NOT measured: \`require('..')\` failed: ${nativeError}` : null,
       '',
       '## Results',
