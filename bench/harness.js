@@ -153,4 +153,15 @@ function machineInfo(redisBin) {
   }
 }
 
-module.exports = { owned, cleanup, cleanupOnExit, runMain, sleep, withTimeout, freePort, ping, startRedis, stopRedis, machineInfo }
+/** A report's "Machine" section: its heading and the lines every report has (a report adds its own after them). */
+function machineSection(machine) {
+  return [
+    '## Machine',
+    '',
+    `- CPU: ${machine.cpu}, nproc ${machine.nproc}, ${machine.memGiB} GiB RAM`,
+    `- ${machine.kernel}`,
+    `- Node ${machine.node}, redis-server ${machine.redis} (same machine, loopback, no persistence)`,
+  ]
+}
+
+module.exports = { owned, cleanup, cleanupOnExit, runMain, sleep, withTimeout, freePort, ping, startRedis, stopRedis, machineInfo, machineSection }

@@ -37,7 +37,7 @@ const fs = require('node:fs')
 const net = require('node:net')
 const os = require('node:os')
 const path = require('node:path')
-const { owned, runMain, sleep, withTimeout, startRedis, stopRedis, machineInfo } = require('./harness')
+const { owned, runMain, sleep, withTimeout, startRedis, stopRedis, machineInfo, machineSection } = require('./harness')
 
 const PREFIX = 'p:'
 const CHANNEL = 'p:invalidate'
@@ -705,11 +705,7 @@ async function main() {
       '',
       `Produced by \`npm run bench:invalidation\` (\`node bench/invalidation.js\`) on ${started.toISOString()}.`,
       '',
-      '## Machine',
-      '',
-      `- CPU: ${machine.cpu}, nproc ${machine.nproc}, ${machine.memGiB} GiB RAM`,
-      `- ${machine.kernel}`,
-      `- Node ${machine.node}, redis-server ${machine.redis} (same machine, loopback, no persistence)`,
+      ...machineSection(machine),
       `- load average (1 min) ${load0[0].toFixed(2)} at start, ${load1[0].toFixed(2)} at end; Redis, the writer and the ` +
         'listener process share these cores, so listeners that cost CPU also slow the writer down',
       '',

@@ -35,7 +35,7 @@ const os = require('node:os')
 const path = require('node:path')
 const { performance } = require('node:perf_hooks')
 const { GOALS } = require('./goals')
-const { owned, runMain, startRedis, stopRedis, machineInfo } = require('./harness')
+const { owned, runMain, startRedis, stopRedis, machineInfo, machineSection } = require('./harness')
 const { payloadStats } = require('./workloads')
 
 const ROOT = path.join(__dirname, '..')
@@ -342,11 +342,7 @@ async function main() {
       '',
       `Produced by \`npm run bench\` (\`node bench/run.js\`) on ${started.toISOString()}.`,
       '',
-      '## Machine',
-      '',
-      `- CPU: ${machine.cpu}, nproc ${machine.nproc}, ${machine.memGiB} GiB RAM`,
-      `- ${machine.kernel}`,
-      `- Node ${machine.node}, redis-server ${machine.redis} (same machine, loopback, no persistence)`,
+      ...machineSection(machine),
       cfg.rttMs
         ? `- every client reaches Redis through bench/delay-proxy.js, which adds ${cfg.rttMs} ms per round trip ` +
           `(whole ms per direction: ${Math.ceil(cfg.rttMs / 2)} ms in, ${Math.floor(cfg.rttMs / 2)} ms out); ${rttText}`
