@@ -93,8 +93,7 @@ class NearCache {
     this.bytes += size
     // Oldest first: a Set iterates in insertion order.
     while (this.order.size > this.maxEntries || this.bytes > this.maxBytes) this.remove(this.order.values().next().value)
-    this.counts[2] = this.order.size
-    this.counts[3] = this.bytes
+    this.counted()
   }
 
   remove(entry) {
@@ -109,6 +108,11 @@ class NearCache {
     }
     this.order.delete(entry)
     this.bytes -= entry.size
+    this.counted()
+  }
+
+  /** Publishes the table's size to the board (getStats() and the metrics read it there). */
+  counted() {
     this.counts[2] = this.order.size
     this.counts[3] = this.bytes
   }
@@ -126,8 +130,7 @@ class NearCache {
     this.reads.clear()
     this.order.clear()
     this.bytes = 0
-    this.counts[2] = 0
-    this.counts[3] = 0
+    this.counted()
   }
 }
 

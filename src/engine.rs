@@ -435,11 +435,6 @@ impl Cache {
     self.inner.near.as_ref().map(|n| n.board_for_js(js_now_ms))
   }
 
-  /// Whether a near cache is configured (it may still be bypassed).
-  pub fn near_enabled(&self) -> bool {
-    self.inner.near.is_some()
-  }
-
   /// Empties the near cache (a write whose keys could not be told).
   pub fn near_flush(&self) {
     if let Some(near) = &self.inner.near {
@@ -1089,7 +1084,7 @@ fn start_near_links(inner: &Arc<Inner>, near: &Arc<Near>, runtime: &Handle) {
 fn forget_write(near: &Near, op: &Op) {
   match op {
     Op::ClearOrg { scope, .. } => near.invalidate_prefix(scope),
-    op if op.is_write() => near.invalidate(op.key()),
+    op if op.is_write() => near.invalidate(op.key().as_bytes()),
     _ => {}
   }
 }

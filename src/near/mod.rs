@@ -131,10 +131,6 @@ impl Near {
     })
   }
 
-  pub fn config(&self) -> &NearConfig {
-    &self.cfg
-  }
-
   /// The board, for JavaScript, whose `performance.now()` reads `js_now_ms` now.
   pub fn board_for_js(&self, js_now_ms: f64) -> Arc<Board> {
     let js_origin = js_now_ms * 1e6 - self.now_ns() as f64;
@@ -175,7 +171,7 @@ impl Near {
 
   /// The read under `snapshot` was answered, and Redis gives the key
   /// `pttl_ms` to live (-1: no TTL, -2: gone): what JavaScript may keep.
-  pub fn fill(&self, snapshot: Snapshot, pttl_ms: i64) -> Option<Fill> {
+  fn fill(&self, snapshot: Snapshot, pttl_ms: i64) -> Option<Fill> {
     let ttl = match pttl_ms {
       -1 => self.cfg.ttl,
       ms if ms > 0 => self.cfg.ttl.min(Duration::from_millis(ms as u64)),
@@ -193,8 +189,8 @@ impl Near {
   }
 
   /// This adapter is writing `key` (or Redis told us another client did).
-  pub fn invalidate(&self, key: &str) {
-    self.board.bump(key.as_bytes());
+  pub fn invalidate(&self, key: &[u8]) {
+    self.board.bump(key);
   }
 
   /// A tenant clear: the board has no index by prefix, so everything goes.
@@ -225,9 +221,9 @@ impl Near {
           self.invalidations.fetch_add(keys.len() as u64, Relaxed);
           for k in keys {
             if let Value::BulkString(bytes) = k {
-              self.invalidate(&String::from_utf8_lossy(bytes));
+              self.invalidate(bytes);
             } else if let Value::SimpleString(s) = k {
-              self.invalidate(s);
+              self.invalidate(s.as_bytes());
             }
           }
         }
@@ -425,7 +421,7 @@ mod tests {
     let n = near();
     let s = n.begin("k").unwrap();
     assert!(served(&n, s));
-    n.invalidate("k");
+    n.invalidate(b"k");
     assert!(!served(&n, s));
     assert!(served(&n, n.begin("k").unwrap()), "a read after the write is served again");
   }
