@@ -5,7 +5,10 @@
 // are followed; no call rejects and no acknowledged write is lost.
 const { test, describe, before, after } = require('node:test')
 const assert = require('node:assert/strict')
-const { startCluster } = require('./helpers/redis')
+const fs = require('node:fs')
+const os = require('node:os')
+const path = require('node:path')
+const { startCluster, startRedis } = require('./helpers/redis')
 const { sleep, guard, until } = require('./helpers/wait')
 const near = require('./helpers/near')
 require('./helpers/env').isolateFromEnvironment()
@@ -347,5 +350,84 @@ describe('three masters with a replica each, one killed', () => {
       `failover: replica promoted ${failoverMs} ms after the kill; ${traffic.ops()} calls, none rejected; ` +
         `${atOnce}/10 writes to a live master reached it at once: ${JSON.stringify(probes)}`,
     )
+  })
+})
+
+// A master added to the cluster by someone else (an operator scaling out) is
+// not known to the adapter until it next reads the slot map. A read redirected
+// there must not fill the near cache: no link of ours hears that master's writes.
+describe('a master added by someone else', () => {
+  let cluster
+  let extra
+  before(async () => {
+    cluster = await startCluster(3)
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'redis-added-master-'))
+    extra = await startRedis({
+      bus: true,
+      args: ['--cluster-enabled', 'yes', '--cluster-config-file', path.join(dir, 'nodes.conf'), '--cluster-node-timeout', '2000'],
+    })
+    await extra.cli('cluster', 'meet', '127.0.0.1', cluster.nodes[0].port)
+    const id = (await extra.cli('cluster', 'myid')).trim()
+    await until(
+      async () => (await Promise.all(cluster.nodes.map((n) => n.cli('cluster', 'nodes')))).every((t) => t.includes(id)),
+      10000,
+      'every node knows the added one',
+      100,
+    )
+    // Until it has learnt the slot map by gossip it answers CLUSTERDOWN, and MIGRATE to it fails.
+    await until(async () => /cluster_state:ok/.test(await extra.cli('cluster', 'info')), 10000, 'the added node is ok', 100)
+  })
+  after(async () => {
+    await extra?.stop()
+    await cluster?.stop()
+  })
+
+  test('a read redirected to it is not kept; once tracked, its writes invalidate', async () => {
+    const adapter = new CacheAdapter({ clusterNodes: cluster.seeds, keyPrefix: PREFIX, nearCache: true, alerts: false })
+    try {
+      await near.ready(adapter, 'the near cache on three masters')
+      const key = '{added}-0'
+      const slot = Number(await cluster.nodes[0].cli('cluster', 'keyslot', redisKey(key)))
+      const source = await cluster.masterOf(redisKey(key))
+      assert.equal(await adapter.set(key, { v: 0 }), true)
+      await adapter.get(key)
+      const before = (await near.nearStats(adapter)).hits
+      assert.deepEqual(await adapter.get(key), { v: 0 })
+      assert.equal((await near.nearStats(adapter)).hits, before + 1, 'served by the near cache before the move')
+
+      // The slot moves to the added master; MIGRATE deletes the key on the source, whose link announces it.
+      const [sourceId, extraId] = [(await source.cli('cluster', 'myid')).trim(), (await extra.cli('cluster', 'myid')).trim()]
+      await extra.cli('cluster', 'setslot', slot, 'importing', sourceId)
+      await source.cli('cluster', 'setslot', slot, 'migrating', extraId)
+      assert.equal(await source.cli('migrate', '127.0.0.1', extra.port, redisKey(key), 0, 5000), 'OK')
+      for (const node of [extra, ...cluster.nodes]) await node.cli('cluster', 'setslot', slot, 'node', extraId)
+
+      // Read through the redirection (the adapter's slot map still names the source),
+      // then another client writes on the added master, which no link of ours hears yet.
+      const hitsBefore = (await near.nearStats(adapter)).hits
+      assert.deepEqual(await adapter.get(key), { v: 0 })
+      assert.equal((await near.nearStats(adapter)).hits, hitsBefore, 'the move invalidated the key')
+      await extra.cli('set', redisKey(key), JSON.stringify({ v: 1 }))
+      assert.deepEqual(await adapter.get(key), { v: 1 }, 'the value read through the redirection was kept')
+
+      // The adapter learns of the new master, links to it, and hears its writes from then on.
+      await until(async () => (await near.nearStats(adapter)).links === 4, 10000, 'a link to the added master')
+      await near.ready(adapter, 'the near cache on four masters', 10000)
+      const other = new CacheAdapter({ clusterNodes: cluster.seeds, keyPrefix: PREFIX, alerts: false })
+      try {
+        await connected(other)
+        for (let round = 2; round < 12; round++) {
+          await adapter.get(key)
+          await adapter.get(key)
+          assert.equal(await other.set(key, { v: round }), true)
+          await near.freshWithinBound(() => adapter.get(key), { v: round }, `round ${round} on the added master`)
+        }
+      } finally {
+        await other.close()
+      }
+      assert.ok((await near.nearStats(adapter)).hits > before + 1, 'the near cache served the added master\'s keys')
+    } finally {
+      await adapter.close()
+    }
   })
 })

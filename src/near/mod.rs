@@ -21,6 +21,9 @@
 //!   it was sent, and served only while that snapshot holds: an invalidation
 //!   that arrives while the read is on its way retires it (the classic
 //!   tracking race).
+//! - On a cluster, a read is kept only if the master that answered it has its
+//!   link up ([`Near::tracks`]): a redirection can reach a master this
+//!   adapter has no link to yet.
 //! - Values are JSON text: every hit is parsed afresh by the caller, so a
 //!   caller mutating what it got changes nothing for the next one.
 
@@ -186,6 +189,16 @@ impl Near {
       (Some(fill), Reply::Json(json)) => Reply::Filled(json, fill),
       (_, reply) => reply,
     }
+  }
+
+  /// Whether cluster master `node` has a lane whose link is up: only a read
+  /// it answered may be kept. A read redirected to a master this adapter
+  /// does not track yet (one just added to the cluster, which the slot map
+  /// learns of later) would otherwise be served with no link to announce
+  /// that master's next write. A lane added since the read began flushed
+  /// the cache, so the read's snapshot no longer holds anyway.
+  pub fn tracks(&self, node: &str) -> bool {
+    self.lanes().get(node).is_some_and(|lane| lane.up)
   }
 
   /// This adapter is writing `key` (or Redis told us another client did).
@@ -521,6 +534,18 @@ mod tests {
     // No lanes at all (a cluster before its first slot map): never a hit.
     n.set_lanes(&[] as &[&str]);
     assert!(!n.active());
+  }
+
+  #[test]
+  fn only_a_master_whose_link_is_up_is_tracked() {
+    let n = near();
+    assert!(n.tracks("a"));
+    assert!(!n.tracks("c"), "a master with no lane (added to the cluster, not yet in our slot map)");
+    let lane_c = n.set_lanes(&["a", "c"]).pop().unwrap();
+    let c = n.dialing(&lane_c).unwrap();
+    assert!(!n.tracks("c"), "a lane whose link is still dialling");
+    n.link_ready(c, n.now_ns() + 3_600_000_000_000);
+    assert!(n.tracks("c"));
   }
 
   #[test]

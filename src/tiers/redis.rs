@@ -56,6 +56,9 @@ pub struct Replies {
   /// Per span: `Some(i)` if it failed with `failures[i]`.
   failed: Vec<Option<usize>>,
   failures: Vec<Unavailable>,
+  /// Per span, on a cluster: the master that answered it (after a
+  /// redirection, the one it was redirected to).
+  answered_by: Vec<Option<Node>>,
 }
 
 impl Replies {
@@ -68,7 +71,13 @@ impl Replies {
         (first - s.commands, s.commands)
       })
       .collect();
-    Replies { outcomes: vec![Ok(Value::Nil); first], ranges, failed: vec![None; spans.len()], failures: Vec::new() }
+    Replies {
+      outcomes: vec![Ok(Value::Nil); first],
+      ranges,
+      failed: vec![None; spans.len()],
+      failures: Vec::new(),
+      answered_by: vec![None; spans.len()],
+    }
   }
 
   fn all_failed(spans: &[Span], why: Unavailable) -> Self {
@@ -93,6 +102,11 @@ impl Replies {
         Ok(&self.outcomes[first..first + count])
       }
     }
+  }
+
+  /// The cluster master that answered span `j` (`None` on a single server or behind Sentinel).
+  pub fn answered_by(&self, j: usize) -> Option<&Node> {
+    self.answered_by[j].as_ref()
   }
 
   /// The first failure, if any span failed.
@@ -523,6 +537,7 @@ impl RedisTier {
             }
             let (first, count) = replies.ranges[j];
             replies.outcomes[first..first + count].clone_from_slice(outcomes);
+            replies.answered_by[j] = Some(node.clone());
           }
           Err(why) => {
             node_failed = true;
@@ -565,6 +580,7 @@ impl RedisTier {
             None => {
               let (first, count) = replies.ranges[j];
               replies.outcomes[first..first + count].clone_from_slice(outcomes);
+              replies.answered_by[j] = Some(to.clone());
             }
           }
         }
