@@ -133,6 +133,20 @@ describe('maxValueBytes', () => {
     }
     assert.throws(() => new CacheAdapter({ enabled: false, maxValueBytes: '1mb' }), TypeError)
   })
+
+  test('CACHE_IO_SPIN_US: a bad window is refused at construction, naming the variable', async (t) => {
+    t.after(() => delete process.env.CACHE_IO_SPIN_US)
+    for (const bad of ['fast', '-1', '1.5', '10001']) {
+      process.env.CACHE_IO_SPIN_US = bad
+      assert.throws(() => new CacheAdapter({ enabled: false }), (e) => e instanceof TypeError && /CACHE_IO_SPIN_US/.test(e.message), bad)
+    }
+    for (const good of ['0', '250', '']) {
+      process.env.CACHE_IO_SPIN_US = good
+      const adapter = new CacheAdapter({ enabled: false })
+      assert.equal(await adapter.set('k', good), true)
+      await adapter.close()
+    }
+  })
 })
 
 // ---------------------------------------------------------------- loaders

@@ -42,3 +42,52 @@ test('a burst of 57 KB contexts on a healthy Redis: no command times out, the br
   assert.equal(s.outages, 0, 'the breaker never opened')
   assert.equal(s.replay.pending, 0, 'nothing was journaled')
 })
+
+/** CPU time (ms) the `cache-io` thread of this process has used so far. */
+function ioThreadCpuMs() {
+  const fs = require('node:fs')
+  for (const tid of fs.readdirSync('/proc/self/task')) {
+    let comm = ''
+    try {
+      comm = fs.readFileSync(`/proc/self/task/${tid}/comm`, 'utf8').trim()
+    } catch {
+      continue
+    }
+    if (comm !== 'cache-io') continue
+    // Fields after the parenthesised name: utime and stime are the 12th and 13th, in clock ticks (10 ms).
+    const fields = fs.readFileSync(`/proc/self/task/${tid}/stat`, 'utf8').split(') ')[1].split(' ')
+    return (Number(fields[11]) + Number(fields[12])) * 10
+  }
+  throw new Error('no cache-io thread in this process')
+}
+
+async function cpuDuring(ms) {
+  const before = ioThreadCpuMs()
+  await new Promise((resolve) => setTimeout(resolve, ms))
+  return ioThreadCpuMs() - before
+}
+
+test('the I/O thread busy-polls only around calls: asleep when idle, and not for a reply that is late', { skip: process.platform !== 'linux' }, async (t) => {
+  const server = await startRedis()
+  const cache = new CacheAdapter({ url: server.url, keyPrefix: `spin-${process.pid}`, alerts: false })
+  t.after(async () => {
+    await cache.close()
+    await server.stop()
+  })
+  await until(async () => (await cache.getStats()).cache.mode === 'redis', 10000, 'serving from Redis')
+  // One call at a time: the pattern busy-polling is for.
+  for (let i = 0; i < 200; i++) assert.equal(await cache.set(`k${i % 10}`, i), true)
+
+  const idle = await cpuDuring(600)
+  assert.ok(idle <= 150, `an idle adapter's I/O thread used ${idle} ms of CPU in 600 ms`)
+
+  // A paused Redis: the call waits up to commandTimeoutMs (250 ms) for a reply that does not come.
+  await server.pause()
+  t.after(() => server.resume())
+  const before = ioThreadCpuMs()
+  const late = cache.get('k1')
+  const waiting = await cpuDuring(200)
+  await late
+  assert.ok(waiting <= 100, `the I/O thread used ${waiting} ms of CPU in 200 ms waiting for a late reply`)
+  assert.ok(ioThreadCpuMs() >= before)
+})

@@ -29,6 +29,7 @@ pub mod engine;
 pub mod envelope;
 pub mod error;
 pub mod flight;
+pub mod io_spin;
 pub mod journal;
 pub mod keys;
 pub mod lock;
@@ -123,6 +124,9 @@ impl NativeCache {
     let options: serde_json::Value = serde_json::from_str(&options_json)
       .map_err(|e| throw(env, CacheError::new(ErrorKind::Type, format!("options must be JSON-representable: {e}"))))?;
     let cfg = config::resolve(&options, &|name| std::env::var(name).ok()).map_err(|e| throw(env, e))?;
+    // Process-wide (the I/O thread is shared), read when the thread starts; checked by every adapter.
+    io_spin::window_us(std::env::var(io_spin::ENV).ok().as_deref())
+      .map_err(|why| throw(env, CacheError::new(ErrorKind::Type, why)))?;
     // Weak: an adapter that is never closed must not keep Node alive.
     let wake = wake.build_threadsafe_function::<()>().weak::<true>().callee_handled::<false>().build()?;
     let outbox = Arc::new(Outbox { ready: Mutex::new(Vec::new()), woken: AtomicBool::new(false), wake });
@@ -139,7 +143,9 @@ impl NativeCache {
   pub fn submit(&self, id: u32, codes: Vec<u32>, nums: Vec<f64>, strs: Vec<String>) -> Result<()> {
     let (cache, outbox) = (self.cache.clone(), self.outbox.clone());
     contain(|| {
+      let in_flight = io_spin::io_spin().begin(codes.len());
       self.cache.runtime().spawn(async move {
+        let _in_flight = in_flight;
         // Decoding is inside a catch too: a panic there still answers every call.
         let decoded = std::panic::catch_unwind(AssertUnwindSafe(|| {
           test_panic_point("batchDecode");
@@ -499,6 +505,7 @@ fn cache_runtime() -> tokio::runtime::Handle {
       let runtime =
         tokio::runtime::Builder::new_current_thread().enable_all().build().expect("the cache runtime starts");
       let handle = runtime.handle().clone();
+      handle.spawn(io_spin::io_spin().run());
       std::thread::Builder::new()
         .name("cache-io".into())
         .spawn(move || runtime.block_on(std::future::pending::<()>()))
