@@ -740,11 +740,12 @@ impl Inner {
             let (mut reply, read) = self.apply(op, outcomes);
             // JavaScript's near cache keeps the reply as its caller got it, with the read's
             // snapshot, if the server that answered announces its writes to us.
-            let tracked = |near: &Near| replies.answered_by(j).is_none_or(|node| near.tracks(node));
             if let (Some(near), Some(snapshot), Ok(Some(_)), Some(Ok(pttl))) =
-              (self.near.as_ref().filter(|near| tracked(near)), fill, &read, outcomes.get(1))
+              (&self.near, fill, &read, outcomes.get(1))
             {
-              reply = near.mark_fill(snapshot, redis::from_redis_value_ref::<i64>(pttl).unwrap_or(-2), reply);
+              if replies.answered_by(j).is_none_or(|node| near.tracks(node)) {
+                reply = near.mark_fill(snapshot, redis::from_redis_value_ref::<i64>(pttl).unwrap_or(-2), reply);
+              }
             }
             if let Some(lead) = lead {
               lead.finish(read);
