@@ -81,9 +81,12 @@ impl IoSpin {
   pub fn begin(&'static self, calls: usize) -> InFlight {
     let now = self.now_ns();
     if self.window_ns > 0 {
-      self.calls.fetch_add(calls, Relaxed);
+      let in_flight = self.calls.fetch_add(calls, Relaxed) + calls;
       self.last_event_ns.store(now, Relaxed);
-      self.wake.notify_one();
+      // Under load the spinner would only find it must not spin: no wake-up for that.
+      if in_flight <= MAX_CALLS {
+        self.wake.notify_one();
+      }
     }
     InFlight { spin: self, calls, started: now }
   }
@@ -99,8 +102,9 @@ impl IoSpin {
     // An average over about the last 8 batches.
     self.batch_ns.store(if avg == 0 { took } else { avg - avg / 8 + took / 8 }, Relaxed);
     self.last_event_ns.store(now, Relaxed);
-    self.calls.fetch_sub(calls, Relaxed);
-    self.wake.notify_one();
+    if self.calls.fetch_sub(calls, Relaxed) - calls <= MAX_CALLS {
+      self.wake.notify_one();
+    }
   }
 
   /// Whether the I/O thread should keep polling rather than sleep now: for
