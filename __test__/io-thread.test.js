@@ -84,10 +84,8 @@ test('the I/O thread busy-polls only around calls: asleep when idle, and not for
   // A paused Redis: the call waits up to commandTimeoutMs (250 ms) for a reply that does not come.
   await server.pause()
   t.after(() => server.resume())
-  const before = ioThreadCpuMs()
   const late = cache.get('k1')
   const waiting = await cpuDuring(200)
   await late
   assert.ok(waiting <= 100, `the I/O thread used ${waiting} ms of CPU in 200 ms waiting for a late reply`)
-  assert.ok(ioThreadCpuMs() >= before)
 })
