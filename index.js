@@ -4,7 +4,8 @@
 // Why a JavaScript layer at all: it is where two measured wins live
 // (NOTES.md, "What a call across N-API costs"):
 // - every call made in one tick goes to Rust in ONE native call (`submit`),
-//   and all of that batch's Promises settle from ONE completion callback;
+//   and all of that batch's Promises settle from ONE completion callback
+//   (lib/batcher.js; a tick of many near-cache hits may submit more than once);
 // - V8 does JSON.stringify/JSON.parse, so values cross N-API as strings.
 // Everything else (keys, TTLs, compression, Redis, the memory tier, the
 // breaker, single-flight, metrics) happens in Rust.
@@ -314,6 +315,7 @@ class CacheAdapter extends EventEmitter {
     if (this._near !== null && !this._closed) {
       const json = this._near.get(code, strs)
       if (json !== null) {
+        this._batch.served()
         try {
           return Promise.resolve(map(json))
         } catch (e) {

@@ -317,6 +317,35 @@ test('an invalidation that overtakes a read in flight keeps that read\'s reply o
   }
 })
 
+/**
+ * Records every call into `a`'s native object, by the class and by its
+ * batcher (which holds its own reference): `calls` lists `[name, calls in
+ * the batch]` for `submit`, `[name]` for the rest.
+ */
+function watchNative(a) {
+  const native = a._native
+  const calls = []
+  const watched = new Proxy(native, {
+    get(target, name) {
+      const v = Reflect.get(target, name)
+      if (typeof v !== 'function') return v
+      return (...args) => {
+        calls.push(name === 'submit' ? [name, args[1].length] : [name])
+        return v.apply(target, args)
+      }
+    },
+  })
+  a._native = watched
+  a._batch.native = watched
+  return {
+    calls,
+    restore() {
+      a._native = native
+      a._batch.native = native
+    },
+  }
+}
+
 test('a hit makes no native call; bounds hold and evict the oldest first', async (t) => {
   const server = await startRedis()
   t.after(() => server.kill())
@@ -327,22 +356,15 @@ test('a hit makes no native call; bounds hold and evict the oldest first', async
     await a.set(`k${k}`, { k })
     await a.get(`k${k}`)
   }
-  const native = a._native
-  let calls = 0
-  a._native = new Proxy(native, {
-    get(target, name) {
-      const v = Reflect.get(target, name)
-      return typeof v === 'function' ? (...args) => (calls++, v.apply(target, args)) : v
-    },
-  })
+  const watch = watchNative(a)
   let got
   try {
     for (let i = 0; i < 200; i++) got = await a.get(`k${i % 8}`)
   } finally {
-    a._native = native
+    watch.restore()
   }
   assert.deepEqual(got, { k: 7 })
-  assert.equal(calls, 0, 'hits crossed into native code')
+  assert.deepEqual(watch.calls, [], 'hits crossed into native code')
   let s = await nearStats(a)
   assert.equal(s.entries, 8)
   assert.ok(s.hits >= 200, `hits counted (${s.hits})`)
@@ -369,6 +391,38 @@ test('a hit makes no native call; bounds hold and evict the oldest first', async
   assert.ok(s.entries >= 2 && s.entries <= 3 && s.bytes <= 4096, `bounded by maxBytes (${s.entries} entries, ${s.bytes} B)`)
 })
 
+
+test('a call made among near-cache hits goes to Redis after 32 hits, not at the end of the tick', async (t) => {
+  const server = await startRedis()
+  t.after(() => server.kill())
+  const a = adapter(server, uniquePrefix(), true)
+  t.after(() => a.close())
+  await ready(a, 'adapter')
+  await a.set('hot', { hot: 1 })
+  await a.get('hot')
+  await a.set('cold', { cold: 1 })
+  await a.set('warm', { warm: 1 })
+  const hits = (await nearStats(a)).hits
+  const watch = watchNative(a)
+  try {
+    // Fewer hits than that: the call waits for the tick's one submit.
+    const few = [a.get('cold'), ...Array.from({ length: 31 }, () => a.get('hot'))]
+    assert.deepEqual(watch.calls, [], 'submitted before 32 hits')
+    // 32 hits: the waiting call goes now, while this tick runs on.
+    const many = [a.get('warm'), ...Array.from({ length: 32 }, () => a.get('hot'))]
+    assert.deepEqual(watch.calls, [['submit', 2]], 'the calls that waited behind 32 hits went at once, together')
+    const late = a.get('cold')
+    assert.deepEqual(watch.calls, [['submit', 2]])
+    assert.deepEqual(await guard(Promise.all([...few, ...many, late]), 5000, 'the reads'), [
+      { cold: 1 }, ...Array(31).fill({ hot: 1 }), { warm: 1 }, ...Array(32).fill({ hot: 1 }), { cold: 1 },
+    ])
+    const submits = watch.calls.filter(([name]) => name === 'submit')
+    assert.deepEqual(submits, [['submit', 2], ['submit', 1]], 'the rest of the tick went in its own submit')
+  } finally {
+    watch.restore()
+  }
+  assert.equal((await nearStats(a)).hits, hits + 63)
+})
 test('stats, metrics and options', async (t) => {
   const server = await startRedis()
   t.after(() => server.kill())
