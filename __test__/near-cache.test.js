@@ -418,10 +418,22 @@ test('a call made among near-cache hits goes to Redis after 32 hits, not at the 
     ])
     const submits = watch.calls.filter(([name]) => name === 'submit')
     assert.deepEqual(submits, [['submit', 2], ['submit', 1]], 'the rest of the tick went in its own submit')
+
+    // A tenant clear is a barrier within its batch: it empties the near
+    // cache as it is called, so no hit splits it off from the calls after it.
+    watch.calls.length = 0
+    const clear = a.clearOrganizationCache('org-1')
+    const between = Array.from({ length: 40 }, () => a.get('hot'))
+    const set = a.setConversationContext('org-1', '+1 555 0100', [{ n: 1 }])
+    assert.deepEqual(watch.calls.filter(([name]) => name === 'submit'), [], 'a batch holding a tenant clear was split by hits')
+    assert.deepEqual(await guard(Promise.all(between), 5000, 'the reads'), Array(40).fill({ hot: 1 }))
+    await guard(Promise.all([clear, set]), 5000, 'the clear and the set')
+    assert.deepEqual(watch.calls.filter(([name]) => name === 'submit'), [['submit', 42]], 'one batch')
   } finally {
     watch.restore()
   }
-  assert.equal((await nearStats(a)).hits, hits + 63)
+  assert.equal((await nearStats(a)).hits, hits + 63, 'no read after the clear was a hit')
+  assert.deepEqual(await a.getConversationContext('org-1', '+1 555 0100'), [{ n: 1 }], 'the set after the clear survived it')
 })
 test('stats, metrics and options', async (t) => {
   const server = await startRedis()

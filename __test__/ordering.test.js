@@ -132,6 +132,67 @@ test('calls keep their order within a tick: a tenant clear followed by a set of 
   }
 })
 
+test('a tenant clear in a tick of over 32 calls clears every call before it and none after it', async (t) => {
+  // A batch runs as chunks of 32 calls side by side: unless a batch holding a
+  // clear runs whole, the calls after the clear in a later chunk are sent
+  // while it scans, and it removes them.
+  const server = await startRedis()
+  const prefix = uniquePrefix()
+  const a = new CacheAdapter({ url: server.url, keyPrefix: prefix })
+  t.after(async () => {
+    await a.close()
+    await server.stop()
+  })
+  await redisReady(a)
+  const phone = (i) => `+1 555 ${1000 + i}`
+  const before = Array.from({ length: 20 }, (_, i) => a.setConversationContext('org-1', phone(i), [{ i }]))
+  const clear = a.clearOrganizationCache('org-1')
+  const after = Array.from({ length: 20 }, (_, i) => a.setConversationContext('org-1', phone(100 + i), [{ i: 100 + i }]))
+  const [cleared] = await guard(Promise.all([clear, ...before, ...after]), 5000, 'the tick')
+  assert.equal(cleared, 20, 'the clear removed the 20 keys written before it, and only those')
+  for (let i = 0; i < 20; i++) {
+    assert.equal(await a.getConversationContext('org-1', phone(i)), null, `a set before the clear survived it (${i})`)
+    assert.deepEqual(await a.getConversationContext('org-1', phone(100 + i)), [{ i: 100 + i }], `a set after the clear was cleared (${i})`)
+  }
+})
+
+test('a tenant clear waits for the writes of earlier ticks to land, even when their connection is held', async (t) => {
+  // The writes go on both pooled connections; the clear scans on one. Each
+  // round holds one connection's commands in the proxy while the clear is
+  // made in the next tick: in one of the two rounds the clear's connection
+  // is free, and a clear that did not wait would scan before the held
+  // writes reach Redis, and leave them.
+  const server = await startRedis()
+  const proxy = await startProxy(server.port)
+  const prefix = uniquePrefix()
+  const a = new CacheAdapter({ url: proxy.url, keyPrefix: prefix, poolSize: 2, commandTimeoutMs: 3000 })
+  t.after(async () => {
+    await a.close()
+    await proxy.stop()
+    await server.stop()
+  })
+  await redisReady(a)
+  await until(async () => (await a.getStats()).cache.pool.connections >= 2, 5000, "both pooled connections up")
+  const ports = (await server.cli('client', 'list'))
+    .split('\n')
+    .filter((line) => / cmd=(?!client)/.test(line) && !/ name=cache-/.test(line))
+    .map((line) => Number(/ addr=[^ ]*:(\d+) /.exec(line)[1]))
+  assert.equal(ports.length, 2, `two pooled connections (${ports})`)
+  for (let round = 0; round < 2; round++) {
+    const org = `org-${round}`
+    const phone = (i) => `+1 555 ${2000 + i}`
+    assert.equal(proxy.hold(Infinity, { except: [ports[round]] }), 1, 'one connection held')
+    const writes = Array.from({ length: 16 }, (_, i) => a.setConversationContext(org, phone(i), [{ i }]))
+    await new Promise((resolve) => setImmediate(resolve)) // the writes' tick is submitted
+    const clear = a.clearOrganizationCache(org)
+    await sleep(150)
+    proxy.release()
+    const [cleared] = await guard(Promise.all([clear, ...writes]), 5000, `round ${round}`)
+    assert.equal(cleared, 16, `round ${round}: the clear removed ${cleared} of the 16 writes made before it`)
+    for (let i = 0; i < 16; i++) assert.equal(await a.getConversationContext(org, phone(i)), null, `round ${round}: write ${i} survived`)
+  }
+})
+
 test('a load that was under way when a write of its key was acknowledged never stores its older result over that write', async (t) => {
   const server = await startRedis()
   const prefix = uniquePrefix()

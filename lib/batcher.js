@@ -65,7 +65,12 @@ class Batcher {
     })
   }
 
-  /** A near-cache hit was served: calls waiting for this tick's flush go now if enough hits went before them. */
+  /**
+   * A near-cache hit was served: calls waiting for this tick's flush go now
+   * if enough hits went before them. A tenant clear is never split off from
+   * the calls made after it in its tick, where it is their barrier: it
+   * empties the near cache as it is called, so no hit follows it.
+   */
   served() {
     if (this.codes.length > 0 && ++this.hitsWaiting >= HITS_BEFORE_FLUSH) this.flush()
   }

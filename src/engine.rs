@@ -766,6 +766,11 @@ impl Inner {
         (op, _) => self.in_memory(op, true),
       });
     }
+    if !clears.is_empty() {
+      // A clear applies to every call made before it: their writes must have
+      // landed before its SCAN looks (a later segment may already be sending).
+      ticket.earlier_finished().await;
+    }
     for i in clears {
       out[i] = Some(self.clear_org(redis, &ops[i].1).await);
     }

@@ -144,6 +144,7 @@ impl NativeCache {
     let (cache, outbox) = (self.cache.clone(), self.outbox.clone());
     contain(|| {
       let in_flight = io_spin::io_spin().begin(codes.len());
+      let has_clear = codes.contains(&(batch::Opcode::ClearOrg as u32));
       self.cache.runtime().spawn(async move {
         let _in_flight = in_flight;
         // Decoding is inside a catch too: a panic there still answers every call.
@@ -159,11 +160,14 @@ impl NativeCache {
             return;
           }
         };
+        // Chunks run side by side, so a tenant clear is a barrier only within
+        // its chunk: a batch with one runs whole (calls after it survive it).
+        let chunk_calls = if has_clear { usize::MAX } else { CHUNK_CALLS };
         let mut chunks = Vec::with_capacity(calls.len().div_ceil(CHUNK_CALLS));
         let mut calls = calls.into_iter();
         let mut first = 0;
         loop {
-          let chunk: Vec<_> = calls.by_ref().take(CHUNK_CALLS).collect();
+          let chunk: Vec<_> = calls.by_ref().take(chunk_calls).collect();
           if chunk.is_empty() {
             break;
           }

@@ -1,6 +1,8 @@
 //! Keeps Redis sends in the order calls were submitted, when work done
 //! before a send (compressing large values off the I/O thread) can finish
 //! out of order: two writes of one key must reach Redis as they were made.
+//! A tenant clear also waits for every earlier segment to finish, replies
+//! and all, so that it applies to every call made before it.
 
 use std::collections::BTreeSet;
 use std::sync::Mutex;
@@ -9,9 +11,11 @@ use tokio::sync::Notify;
 
 #[derive(Default)]
 pub struct SendOrder {
-  /// (next ticket to hand out, ticket whose turn it is, tickets done early)
-  state: Mutex<(u64, u64, BTreeSet<u64>)>,
+  /// (next ticket to hand out, ticket whose turn it is, tickets done early,
+  /// tickets not yet dropped: their segments are still running)
+  state: Mutex<(u64, u64, BTreeSet<u64>, BTreeSet<u64>)>,
   turn_moved: Notify,
+  finished: Notify,
 }
 
 /// A place in the send order: take it when the work is submitted, wait for
@@ -28,6 +32,7 @@ impl SendOrder {
     let mut state = self.state.lock().unwrap();
     let n = state.0;
     state.0 += 1;
+    state.3.insert(n);
     Ticket { order: self, n, released: false }
   }
 }
@@ -43,6 +48,20 @@ impl Ticket<'_> {
         return;
       }
       moved.await;
+    }
+  }
+
+  /// Waits until the segment of every earlier ticket has finished (its
+  /// ticket dropped): replies received, not only commands sent.
+  pub async fn earlier_finished(&self) {
+    loop {
+      let finished = self.order.finished.notified();
+      tokio::pin!(finished);
+      finished.as_mut().enable();
+      if self.order.state.lock().unwrap().3.range(..self.n).next().is_none() {
+        return;
+      }
+      finished.await;
     }
   }
 
@@ -72,6 +91,8 @@ impl Ticket<'_> {
 impl Drop for Ticket<'_> {
   fn drop(&mut self) {
     self.let_go();
+    self.order.state.lock().unwrap().3.remove(&self.n);
+    self.order.finished.notify_waiters();
   }
 }
 
@@ -104,5 +125,23 @@ mod tests {
     assert_eq!(*log.lock().unwrap(), vec![1, 3]);
     let t = order.ticket();
     tokio::time::timeout(Duration::from_millis(100), t.turn()).await.expect("nothing ahead: its turn at once");
+  }
+
+  #[tokio::test]
+  async fn a_clear_waits_until_every_earlier_segment_has_finished() {
+    let order = Arc::new(SendOrder::default());
+    let mut earlier = order.ticket();
+    let clear = order.ticket();
+    let later = order.ticket();
+    earlier.turn().await;
+    earlier.release(); // sent, but its replies are not in yet
+    let wait = tokio::time::timeout(Duration::from_millis(50), clear.earlier_finished()).await;
+    assert!(wait.is_err(), "the clear went while an earlier segment was still running");
+    drop(earlier);
+    tokio::time::timeout(Duration::from_millis(100), clear.earlier_finished())
+      .await
+      .expect("every earlier segment finished: the clear goes");
+    // Later tickets never hold a clear up.
+    drop(later);
   }
 }
