@@ -25,6 +25,16 @@ function adapter(server, prefix, near, extra = {}) {
   return new CacheAdapter({ url: `redis://127.0.0.1:${server.port}`, keyPrefix: prefix, nearCache: near, alerts: false, ...extra })
 }
 
+/** A redis-server of its own and one adapter on it, ready; both end with the test. */
+async function oneAdapter(t, near, extra) {
+  const server = await startRedis()
+  t.after(() => server.kill())
+  const a = adapter(server, uniquePrefix(), near, extra)
+  t.after(() => a.close())
+  await ready(a, 'adapter')
+  return { server, a }
+}
+
 /** The shared 50 rounds (helpers/near.js) on one server, each run under a prefix of its own. */
 function rounds(server, near, { kill = false } = {}) {
   const prefix = uniquePrefix()
@@ -76,11 +86,7 @@ test('writes by redis-cli (any client) invalidate', async (t) => {
 })
 
 test('a value handed to a caller can be mutated without changing the next read', async (t) => {
-  const server = await startRedis()
-  t.after(() => server.kill())
-  const a = adapter(server, uniquePrefix(), true)
-  t.after(() => a.close())
-  await ready(a, 'adapter')
+  const { a } = await oneAdapter(t, true)
   await a.setConversationContext('org', '+1 555', [{ role: 'user', content: 'hi' }])
   await a.getConversationContext('org', '+1 555')
   const hits = (await nearStats(a)).hits
@@ -156,11 +162,7 @@ test('deletes, tenant clears, expiry and own writes invalidate', async (t) => {
 })
 
 test('a paused Redis stops near hits within the lease; a killed one flushes; both come back', async (t) => {
-  const server = await startRedis()
-  t.after(() => server.kill())
-  const a = adapter(server, uniquePrefix(), true, { commandTimeoutMs: 100, breakerCooldownMs: 200 })
-  t.after(() => a.close())
-  await ready(a, 'adapter')
+  const { server, a } = await oneAdapter(t, true, { commandTimeoutMs: 100, breakerCooldownMs: 200 })
   await a.set('k', 'v')
   await a.get('k')
   assert.equal(await a.get('k'), 'v')
@@ -347,11 +349,7 @@ function watchNative(a) {
 }
 
 test('a hit makes no native call; bounds hold and evict the oldest first', async (t) => {
-  const server = await startRedis()
-  t.after(() => server.kill())
-  const a = adapter(server, uniquePrefix(), { maxEntries: 8, maxBytes: 1 << 20 })
-  t.after(() => a.close())
-  await ready(a, 'adapter')
+  const { server, a } = await oneAdapter(t, { maxEntries: 8, maxBytes: 1 << 20 })
   for (let k = 0; k < 8; k++) {
     await a.set(`k${k}`, { k })
     await a.get(`k${k}`)
@@ -393,11 +391,7 @@ test('a hit makes no native call; bounds hold and evict the oldest first', async
 
 
 test('a call made among near-cache hits goes to Redis after 32 hits, not at the end of the tick', async (t) => {
-  const server = await startRedis()
-  t.after(() => server.kill())
-  const a = adapter(server, uniquePrefix(), true)
-  t.after(() => a.close())
-  await ready(a, 'adapter')
+  const { a } = await oneAdapter(t, true)
   await a.set('hot', { hot: 1 })
   await a.get('hot')
   await a.set('cold', { cold: 1 })
@@ -436,11 +430,7 @@ test('a call made among near-cache hits goes to Redis after 32 hits, not at the 
   assert.deepEqual(await a.getConversationContext('org-1', '+1 555 0100'), [{ n: 1 }], 'the set after the clear survived it')
 })
 test('stats, metrics and options', async (t) => {
-  const server = await startRedis()
-  t.after(() => server.kill())
-  const a = adapter(server, uniquePrefix(), { maxEntries: 16, maxBytes: 65536, ttlMs: 5000 })
-  t.after(() => a.close())
-  await ready(a, 'adapter')
+  const { server, a } = await oneAdapter(t, { maxEntries: 16, maxBytes: 65536, ttlMs: 5000 })
   for (let k = 0; k < 40; k++) {
     await a.set(`k${k}`, k)
     await a.get(`k${k}`)

@@ -11,11 +11,21 @@ use tokio::sync::Notify;
 
 #[derive(Default)]
 pub struct SendOrder {
-  /// (next ticket to hand out, ticket whose turn it is, tickets done early,
-  /// tickets not yet dropped: their segments are still running)
-  state: Mutex<(u64, u64, BTreeSet<u64>, BTreeSet<u64>)>,
+  state: Mutex<State>,
   turn_moved: Notify,
   finished: Notify,
+}
+
+#[derive(Default)]
+struct State {
+  /// The next ticket to hand out.
+  next: u64,
+  /// The ticket whose turn it is to send.
+  turn: u64,
+  /// Later tickets that let go before their turn.
+  early: BTreeSet<u64>,
+  /// Tickets not yet dropped: their segments are still running.
+  running: BTreeSet<u64>,
 }
 
 /// A place in the send order: take it when the work is submitted, wait for
@@ -30,9 +40,9 @@ pub struct Ticket<'a> {
 impl SendOrder {
   pub fn ticket(&self) -> Ticket<'_> {
     let mut state = self.state.lock().unwrap();
-    let n = state.0;
-    state.0 += 1;
-    state.3.insert(n);
+    let n = state.next;
+    state.next += 1;
+    state.running.insert(n);
     Ticket { order: self, n, released: false }
   }
 }
@@ -44,7 +54,7 @@ impl Ticket<'_> {
       let moved = self.order.turn_moved.notified();
       tokio::pin!(moved);
       moved.as_mut().enable();
-      if self.order.state.lock().unwrap().1 >= self.n {
+      if self.order.state.lock().unwrap().turn >= self.n {
         return;
       }
       moved.await;
@@ -58,7 +68,7 @@ impl Ticket<'_> {
       let finished = self.order.finished.notified();
       tokio::pin!(finished);
       finished.as_mut().enable();
-      if self.order.state.lock().unwrap().3.range(..self.n).next().is_none() {
+      if self.order.state.lock().unwrap().running.range(..self.n).next().is_none() {
         return;
       }
       finished.await;
@@ -75,13 +85,13 @@ impl Ticket<'_> {
       return;
     }
     let mut state = self.order.state.lock().unwrap();
-    state.2.insert(self.n);
+    state.early.insert(self.n);
     loop {
-      let turn = state.1;
-      if !state.2.remove(&turn) {
+      let turn = state.turn;
+      if !state.early.remove(&turn) {
         break;
       }
-      state.1 += 1;
+      state.turn += 1;
     }
     drop(state);
     self.order.turn_moved.notify_waiters();
@@ -91,7 +101,7 @@ impl Ticket<'_> {
 impl Drop for Ticket<'_> {
   fn drop(&mut self) {
     self.let_go();
-    self.order.state.lock().unwrap().3.remove(&self.n);
+    self.order.state.lock().unwrap().running.remove(&self.n);
     self.order.finished.notify_waiters();
   }
 }
