@@ -18,7 +18,8 @@
 //                   base,base-near with BENCH_BASE
 //   BENCH_BASE      a built checkout of an earlier commit (git worktree add
 //                   DIR REV, then npm run build there): adds `base` and
-//                   `base-near`, that build, to measure a change side by side
+//                   `base-near`, that build, to measure a change side by side;
+//                   the report adds their ops/s ratios paired by run
 //   BENCH_RTT_MS    or `--rtt-ms N`: put a delaying TCP proxy (delay-proxy.js)
 //                   between every client and Redis, adding N ms per round
 //                   trip (default 0: plain loopback); the report then goes
@@ -246,6 +247,33 @@ function goalLines(cfg, get) {
   })
 }
 
+/**
+ * With BENCH_BASE: the change's ops/s over the base's, run by run (within
+ * one round of runs, minutes apart at most), and the median of those ratios. On a
+ * machine whose speed swings within minutes, this says more than the ratio
+ * of two medians.
+ */
+function pairedLines(cfg, results, key) {
+  if (!cfg.base) return []
+  const lines = []
+  for (const w of cfg.workloads) {
+    for (const n of cfg.inflight) {
+      for (const [mine, base] of [['native', 'base'], ['native-near', 'base-near']]) {
+        const a = results.get(key(w, n, mine))
+        const b = results.get(key(w, n, base))
+        if (!a || !b) continue
+        const ratios = a
+          .map((r, i) => (r.ok && b[i] && b[i].ok ? r.opsPerSec / b[i].opsPerSec : NaN))
+          .filter(Number.isFinite)
+          .sort((x, y) => x - y)
+        if (!ratios.length) continue
+        lines.push(`- ${w} ×${n} ${mine} / ${base}: ${fx(median(ratios))}, the median of ${ratios.length} runs ` +
+          `(from ${fx(ratios[0])} to ${fx(ratios[ratios.length - 1])})`)
+      }
+    }
+  }
+  return lines
+}
 
 /** The checkout in `dir`, by its commit where git can tell. */
 function baseDescription(dir) {
@@ -329,6 +357,8 @@ async function main() {
   console.log('io = ioredis-old, nr = node-redis-old; "ops/s vs" > 1 and "main vs" < 1 favour the row\'s system.')
   console.log('CPU = whole process (process.cpuUsage); main = Node\'s main thread (/proc schedstat); medians of runs.\n')
   if (failures.length) console.log('Failed cells:\n' + failures.map((f) => '  ' + f).join('\n') + '\n')
+  const paired = pairedLines(cfg, results, key)
+  if (paired.length) console.log('Side by side, ops/s paired by run:\n' + paired.map((l) => '  ' + l.slice(2)).join('\n') + '\n')
   console.log('Goals' + (nativeError ? ' (native adapter not built: nothing to check)' : '') + ':')
   for (const g of goals) console.log('  ' + g)
 
@@ -373,6 +403,7 @@ async function main() {
         'bytes/entry = sum of `MEMORY USAGE key SAMPLES 0` over all keys after pre-population, divided by the ' +
         'number of entries (W1: one entry = the phone→lead and lead→phone keys).',
       '',
+      ...(paired.length ? ['## Side by side, paired by run', '', ...paired, ''] : []),
       '## Goals',
       '',
       ...goals.map((g) => g.replace(/^\d+\. /, '- ')),
