@@ -296,10 +296,7 @@ test('an invalidation that overtakes a read in flight keeps that read\'s reply o
   await ready(reader, 'reader')
   await ready(writer, 'writer')
   assert.equal(await writer.set('k', 'v1'), true)
-  const linkPorts = (await server.cli('client', 'list'))
-    .split('\n')
-    .filter((line) => line.includes('name=cache-near-invalidation'))
-    .map((line) => Number(/ addr=[^ ]*:(\d+) /.exec(line)[1]))
+  const linkPorts = await server.clientPorts((line) => line.includes('name=cache-near-invalidation'))
   assert.equal(linkPorts.length, 1, 'the reader has one invalidation link')
 
   for (let round = 0; round < 3; round++) {

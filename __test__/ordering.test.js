@@ -172,11 +172,8 @@ test('a tenant clear waits for the writes of earlier ticks to land, even when th
     await server.stop()
   })
   await redisReady(a)
-  await until(async () => (await a.getStats()).cache.pool.connections >= 2, 5000, "both pooled connections up")
-  const ports = (await server.cli('client', 'list'))
-    .split('\n')
-    .filter((line) => / cmd=(?!client)/.test(line) && !/ name=cache-/.test(line))
-    .map((line) => Number(/ addr=[^ ]*:(\d+) /.exec(line)[1]))
+  await until(async () => (await a.getStats()).cache.pool.connections >= 2, 5000, 'both pooled connections up')
+  const ports = await server.clientPorts((line) => / cmd=(?!client)/.test(line) && !/ name=cache-/.test(line))
   assert.equal(ports.length, 2, `two pooled connections (${ports})`)
   for (let round = 0; round < 2; round++) {
     const org = `org-${round}`

@@ -197,6 +197,17 @@ class RedisServer {
     return run('redis-cli', ['-h', HOST, '-p', String(this.port), ...this._cliArgs, ...args.map(String)])
   }
 
+  /**
+   * The ports of the clients (as this server sees them, which is what a
+   * proxy's `except` takes) whose `CLIENT LIST` line passes `keep`.
+   */
+  async clientPorts(keep) {
+    return (await this.cli('client', 'list'))
+      .split('\n')
+      .filter(keep)
+      .map((line) => Number(/ addr=[^ ]*:(\d+) /.exec(line)[1]))
+  }
+
   /** Send `signal` (default SIGKILL) and wait (bounded) for the process to exit. */
   async kill(signal = 'SIGKILL') {
     const child = this.child
