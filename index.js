@@ -275,7 +275,11 @@ class CacheAdapter extends EventEmitter {
     }
   }
 
-  /** Queues one call; argument errors become rejections, never throws. `near`: a read the near cache may keep. */
+  /**
+   * Queues one call; argument errors become rejections, never throws.
+   * `near`: a read whose reply the near cache may keep, or a write (value
+   * last in `strs`) whose value it may keep for the read of the same key.
+   */
   _call(code, num, strs, map, near) {
     if (this._closed) return Promise.reject(Object.assign(new Error('the cache adapter is closed'), { code: 'ERR_CACHE_CLOSED' }))
     if (!READS.has(code & 0xff)) {
@@ -361,9 +365,11 @@ class CacheAdapter extends EventEmitter {
   set(key, value, ttlOrOptions) {
     try {
       const { num, tags } = setOptions(ttlOrOptions)
-      const strs = [this._json('value', value)]
-      if (tags !== null) strs.push(tags)
-      return this._generic(tags === null ? OP.Set : OP.Set | OP.TAGGED, 'key', key, num, strs, null)
+      const json = this._json('value', value)
+      requireString('key', key)
+      // An untagged value is what `get(key)` answers: the near cache may keep it.
+      if (tags === null) return this._call(OP.Set, num, [key, json], null, true)
+      return this._call(OP.Set | OP.TAGGED, num, [key, json, tags], null)
     } catch (e) {
       return Promise.reject(e)
     }
@@ -795,7 +801,8 @@ for (const spec of DOMAIN) {
             tagged = OP.TAGGED
           }
         }
-        return this._call(setCode | flags | tagged, NaN, strs, null)
+        // The value is what the getter answers: the near cache may keep it (see lib/near.js).
+        return this._call(setCode | flags | tagged, NaN, strs, null, tagged === 0)
       } catch (e) {
         return Promise.reject(e)
       }

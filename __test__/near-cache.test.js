@@ -8,6 +8,7 @@
  * Every loop is bounded in count and in time.
  */
 const { test } = require('node:test')
+const { performance } = require('node:perf_hooks')
 const assert = require('node:assert/strict')
 const { startRedis } = require('./helpers/redis')
 const { sleep, guard, until } = require('./helpers/wait')
@@ -345,6 +346,109 @@ function watchNative(a) {
   }
 }
 
+/** How long a value this adapter wrote is kept (`WRITE_KEEP` in src/near/mod.rs). */
+const WRITE_KEEP_MS = 50
+
+/** Writes `json` under generic `key` with a write time 1 s ahead of Redis's clock, as a newer writer would. */
+function writeNewer(server, prefix, key, json) {
+  const script = `local t = redis.call('TIME')
+local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + 1000
+local head = {}
+for i = 8, 1, -1 do head[i] = string.char(ms % 256); ms = math.floor(ms / 256) end
+return redis.call('SET', KEYS[1], string.char(254, 1) .. table.concat(head) .. ARGV[1], 'EX', 60)`
+  return server.cli('eval', script, 1, `${prefix}:kv:${key}`, json)
+}
+
+test('a value this adapter wrote is served from the near cache, briefly, and never over a later write', async (t) => {
+  const server = await startRedis()
+  t.after(() => server.kill())
+  const prefix = uniquePrefix()
+  const a = adapter(server, prefix, true)
+  const b = adapter(server, prefix, true)
+  t.after(() => Promise.all([a.close(), b.close()]))
+  await ready(a, 'a')
+  await ready(b, 'b')
+  const hits = async () => (await nearStats(a)).hits
+
+  // Read back with no round trip: a generic key and a mapping's forward key.
+  await a.set('w', { n: 1 })
+  let before = await hits()
+  assert.deepEqual(await a.get('w'), { n: 1 })
+  await a.setPhoneToLeadMapping('+1 555 0100', 'lead-1')
+  assert.equal(await a.getPhoneToLeadMapping('+1 555 0100'), 'lead-1')
+  assert.equal(await hits(), before + 2, 'both reads after the writes were near hits')
+  assert.equal(await a.getLeadToPhoneMapping('lead-1'), '+1 555 0100')
+  assert.equal(await hits(), before + 2, 'the reverse key is not kept from the write')
+
+  // Kept for WRITE_KEEP_MS at most: then read from Redis again.
+  await a.set('w', { n: 2 })
+  await sleep(WRITE_KEEP_MS + 20)
+  before = await hits()
+  assert.deepEqual(await a.get('w'), { n: 2 })
+  assert.equal(await hits(), before, 'a written value was served past WRITE_KEEP_MS')
+
+  // Kept through its own echo from Redis, not through another writer's later write: a
+  // round counts when the other write's announcement arrived within WRITE_KEEP_MS of
+  // ours (after that the value has expired anyway); bounded at 30 tries.
+  let meaningful = 0
+  for (let round = 0; round < 30 && meaningful < 3; round++) {
+    const submitted = performance.now()
+    const invalidations = (await nearStats(a)).invalidations
+    await a.set('race', { by: 'a', round })
+    // Our own echo first, then b's write, in a later pass of Redis's loop.
+    await until(async () => (await nearStats(a)).invalidations >= invalidations + 1, 2000, 'our echo')
+    await b.set('race', { by: 'b', round })
+    await until(async () => (await nearStats(a)).invalidations >= invalidations + 2, 2000, 'b\'s announcement')
+    const got = await a.get('race')
+    if (performance.now() - submitted < WRITE_KEEP_MS) meaningful++
+    assert.deepEqual(got, { by: 'b', round }, 'our own written value served over a later write by another instance')
+  }
+  assert.ok(meaningful > 0, 'no round ran within WRITE_KEEP_MS: nothing was tested')
+
+  // A write Redis refused (it holds a newer write of the key) is not kept.
+  await writeNewer(server, prefix, 'newer', '{"by":"newer"}')
+  assert.equal(await a.set('newer', { by: 'a' }), true)
+  assert.deepEqual(await a.get('newer'), { by: 'newer' }, 'a superseded write was kept')
+
+  // A tagged write and a read-through envelope are not kept (their reads answer other text).
+  await a.set('tagged', 1, { ttl: 60, tags: ['t'] })
+  before = await hits()
+  assert.equal(await a.get('tagged'), 1)
+  assert.equal(await hits(), before)
+})
+
+test('a value this adapter wrote is not served after its own next write, even before Redis announced the first', async (t) => {
+  // Redis's announcement of our first write (its echo) is held in a proxy, so
+  // that our second write is the only thing that moved the key's generation:
+  // the table must tell our own write from the one announcement it accepts.
+  const server = await startRedis()
+  t.after(() => server.kill())
+  const proxy = await startProxy(server.port)
+  t.after(() => proxy.stop())
+  const a = new CacheAdapter({ url: proxy.url, keyPrefix: uniquePrefix(), nearCache: true, alerts: false, poolSize: 1 })
+  t.after(() => a.close())
+  let meaningful = 0
+  // Bounded: a round counts only if the first read was a near hit (the link's 100 ms lease still ran).
+  for (let round = 0; round < 10 && meaningful < 3; round++) {
+    await ready(a, 'adapter')
+    const dataPorts = await server.clientPorts((line) => !line.includes('name=cache-near-invalidation') && !line.includes('cmd=client'))
+    assert.ok(proxy.hold(Infinity, { except: dataPorts }) >= 1, 'the invalidation link is held')
+    try {
+      assert.equal(await a.set('own', round * 2 + 1), true)
+      const hits = (await nearStats(a)).hits
+      assert.equal(await a.get('own'), round * 2 + 1)
+      if ((await nearStats(a)).hits === hits + 1) meaningful++
+      const second = a.set('own', round * 2 + 2)
+      await new Promise((resolve) => process.nextTick(resolve))
+      assert.equal(await a.get('own'), round * 2 + 2, 'our first written value was served after our second write was queued')
+      await second
+    } finally {
+      proxy.release()
+    }
+  }
+  assert.ok(meaningful > 0, 'no round read the written value back from the near cache: nothing was tested')
+})
+
 test('a hit makes no native call; bounds hold and evict the oldest first', async (t) => {
   const { server, a } = await oneAdapter(t, { maxEntries: 8, maxBytes: 1 << 20 })
   for (let k = 0; k < 8; k++) {
@@ -390,9 +494,11 @@ test('a hit makes no native call; bounds hold and evict the oldest first', async
 test('a call made among near-cache hits goes to Redis after 32 hits, not at the end of the tick', async (t) => {
   const { a } = await oneAdapter(t, true)
   await a.set('hot', { hot: 1 })
-  await a.get('hot')
   await a.set('cold', { cold: 1 })
   await a.set('warm', { warm: 1 })
+  // Past how long a written value is kept (WRITE_KEEP_MS): 'cold' and 'warm' miss, and 'hot' is kept as read.
+  await sleep(WRITE_KEEP_MS + 20)
+  await a.get('hot')
   const hits = (await nearStats(a)).hits
   const watch = watchNative(a)
   try {

@@ -16,7 +16,7 @@ function fromNative(e) {
 
 /** Where a completion's replies start: `[id, first, fills, ...replies]`. */
 const FIRST_REPLY = 3
-/** `settle` holds resolve, reject, map, the strings of a read the near cache may keep, and the opcode per call. */
+/** `settle` holds resolve, reject, map, the strings of a call the near cache may keep, and the opcode per call. */
 const STRIDE = 5
 /**
  * Near-cache hits served while calls of this tick wait for its flush, after
@@ -53,7 +53,8 @@ class Batcher {
 
   /**
    * Queues one call; `strs` are its strings in wire order, `map` turns the
-   * reply into the result; `near`: a read whose reply the near cache may keep.
+   * reply into the result; `near`: a read whose reply, or a write whose
+   * value, the near cache may keep.
    */
   call(code, num, strs, map, near) {
     return new Promise((resolve, reject) => {
@@ -82,7 +83,7 @@ class Batcher {
     const { codes, nums, strs, settle } = this
     this.reset()
     if (this.inflight.size === 0) this.onIdleChange(false)
-    this.inflight.set(id, { settle, remaining: codes.length })
+    this.inflight.set(id, { settle, remaining: codes.length, submittedAt: this.near === null ? 0 : performance.now() })
     try {
       this.native.submit(id, codes, nums, strs)
     } catch (e) {
@@ -101,7 +102,7 @@ class Batcher {
     const batch = this.inflight.get(done[0])
     if (batch === undefined) return [done.length, 0]
     const { settle } = batch
-    if (from === FIRST_REPLY && done[2] !== null && this.near !== null) this.keep(done, settle)
+    if (from === FIRST_REPLY && done[2] !== null && this.near !== null) this.keep(done, batch)
     let i = from
     let spent = 0
     for (let j = (done[1] + i - FIRST_REPLY) * STRIDE; i < done.length && spent < budget; i++, j += STRIDE) {
@@ -129,16 +130,22 @@ class Batcher {
     return [i, spent]
   }
 
-  /** Hands the near cache the replies Rust marked as fills (`[call, slot, gen, epoch, ttlMs, ...]`). */
-  keep(done, settle) {
+  /**
+   * Hands the near cache the replies Rust marked as fills (`[call, slot,
+   * gen, epoch, ttlMs, ...]`): a read's JSON, or `true` for a write whose
+   * value may be kept.
+   */
+  keep(done, batch) {
+    const { settle } = batch
     const fills = done[2]
     for (let k = 0; k + 4 < fills.length; k += 5) {
       const call = fills[k]
       const strs = settle[call * STRIDE + 3]
-      const json = done[FIRST_REPLY + call - done[1]]
-      if (strs !== undefined && typeof json === 'string') {
-        this.near.fill(settle[call * STRIDE + 4], strs, json, fills[k + 1], fills[k + 2], fills[k + 3], fills[k + 4])
-      }
+      if (strs === undefined) continue
+      const reply = done[FIRST_REPLY + call - done[1]]
+      const code = settle[call * STRIDE + 4]
+      if (typeof reply === 'string') this.near.fill(code, strs, reply, fills[k + 1], fills[k + 2], fills[k + 3], fills[k + 4])
+      else if (reply === true) this.near.written(code, strs, fills[k + 1], fills[k + 2], fills[k + 3], fills[k + 4], batch.submittedAt)
     }
   }
 

@@ -13,10 +13,17 @@
 // - whether hits may be served at all, and until when (the links' lease).
 // Each value is kept with the slot, generation and epoch Rust read *before*
 // its read was sent, and served only while all three still match.
+//
+// A value this adapter wrote is kept too, for a read of the same key
+// (`written`): with the generation Rust read after the write's own bump, and
+// served through one more announcement (the write's own echo from Redis), for
+// at most the few ms Rust allows counted from the write's submission (see
+// `Near::mark_written` in src/near/mod.rs for why both bounds).
 
-const { nearLayout } = require('../binding.js')
+const { nearLayout, protocol } = require('../binding.js')
 
 const LAYOUT = nearLayout()
+const OP = protocol()
 const ACTIVE = LAYOUT.activeCell
 const EPOCH = LAYOUT.epochCell
 // Bytes counted per entry besides its id and value (the Map slot, the entry object).
@@ -57,7 +64,8 @@ class NearCache {
     for (let i = 0; at !== undefined && i < strs.length; i++) at = at.get(strs[i])
     if (at !== undefined) {
       const now = performance.now()
-      if (now >= at.expires || Atomics.load(this.gens, at.slot) !== at.gen) {
+      const gen = Atomics.load(this.gens, at.slot)
+      if (now >= at.expires || (gen !== at.gen && gen !== at.echo)) {
         this.remove(at) // retired for good
       } else if (Atomics.load(this.cells, ACTIVE) === 1 && now < this.lease[0]) {
         this.counts[0]++
@@ -69,14 +77,20 @@ class NearCache {
     return null
   }
 
-  /** Keeps the reply of the read (`code`, `strs`), sent under (`slot`, `gen`, `epoch`), for at most `ttlMs`. */
-  fill(code, strs, json, slot, gen, epoch, ttlMs) {
+  /**
+   * Keeps the reply of the read (`code`, `strs`), sent under (`slot`, `gen`,
+   * `epoch`), for at most `ttlMs`. `echo`: also served once the slot has
+   * moved by exactly one announcement (a written value, see `written`).
+   */
+  fill(code, strs, json, slot, gen, epoch, ttlMs, echo = false) {
     let size = json.length + ENTRY_OVERHEAD
     for (let i = 0; i < strs.length; i++) size += strs[i].length
     if (size > this.maxBytes || strs.length === 0) return
     // Retired before it arrived (an invalidation or a flush while the read was on its way).
     this.sweep()
-    if (epoch !== this.epoch || Atomics.load(this.gens, slot) !== gen) return
+    const next = echo ? (gen + 1) >>> 0 : gen
+    const now = Atomics.load(this.gens, slot)
+    if (epoch !== this.epoch || (now !== gen && now !== next)) return
     let at = this.reads.get(code)
     if (at === undefined) this.reads.set(code, (at = new Map()))
     const last = strs.length - 1
@@ -87,13 +101,26 @@ class NearCache {
     }
     const old = at.get(strs[last])
     if (old !== undefined) this.remove(old)
-    const entry = { json, slot, gen, expires: performance.now() + ttlMs, size, code, strs }
+    const entry = { json, slot, gen, echo: next, expires: performance.now() + ttlMs, size, code, strs }
     at.set(strs[last], entry)
     this.order.add(entry)
     this.bytes += size
     // Oldest first: a Set iterates in insertion order.
     while (this.order.size > this.maxEntries || this.bytes > this.maxBytes) this.remove(this.order.values().next().value)
     this.counted()
+  }
+
+  /**
+   * Keeps the value of a write Redis applied (`code`, `strs`: a `set` or a
+   * domain setter, its value's JSON last) for a read of the same key, under
+   * the snapshot Rust took after the write's own bump, until `ttlMs` after
+   * `submittedAt` (the write's submission, `performance.now()`).
+   */
+  written(code, strs, slot, gen, epoch, ttlMs, submittedAt) {
+    const left = submittedAt + ttlMs - performance.now()
+    if (left <= 0) return
+    const last = strs.length - 1
+    this.fill(code - OP.Set + OP.Get, strs.slice(0, last), strs[last], slot, gen, epoch, left, true)
   }
 
   remove(entry) {

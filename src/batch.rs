@@ -152,6 +152,18 @@ impl Op {
     }
   }
 
+  /// A write whose JSON is what a read of its key answers, once Redis has
+  /// applied it: a `Set` of a kind read as written, and not a read-through
+  /// envelope (a plain read answers only the envelope's value).
+  pub fn reads_back_as_written(&self) -> bool {
+    match self {
+      Op::Set { kind, json, .. } => {
+        Kind::from_u8(*kind).is_some_and(|k| k.reads_as_written()) && !json.starts_with(crate::envelope::PREFIX)
+      }
+      _ => false,
+    }
+  }
+
   /// The JSON a write stores, if it stores one.
   pub fn value(&self) -> Option<&Arc<str>> {
     match self {
@@ -175,6 +187,9 @@ pub enum Reply {
   Json(Arc<str>),
   /// JSON that JavaScript's near cache may keep (see `near::board`).
   Filled(Arc<str>, crate::near::Fill),
+  /// `true`: a write Redis applied, whose value JavaScript's near cache may
+  /// keep for a read of the same key (see `Near::mark_written`).
+  Stored(crate::near::Fill),
   Error(CacheError),
 }
 

@@ -246,6 +246,12 @@ impl Kind {
     TABLE.iter().find(|e| e.kind == self)
   }
 
+  /// A read of this kind answers the JSON its setter was given, as given
+  /// (not a field of a wrapper): a generic key, a plain or a mapping kind.
+  pub fn reads_as_written(self) -> bool {
+    self.entry().is_none_or(|e| !matches!(e.shape, Shape::Field(_)))
+  }
+
   /// How many string arguments make the key.
   pub fn arity(self) -> usize {
     self.entry().map_or(1, |e| e.args.len())

@@ -668,10 +668,13 @@ impl Inner {
     let now_ms = now_ms();
     let mut encoded = encode_values(ops, self.cfg.compression_threshold, now_ms).await.into_iter();
     ticket.turn().await;
-    for (i, (_, op)) in ops.iter().enumerate() {
+    for (i, (call, op)) in ops.iter().enumerate() {
       let encoded = encoded.next().flatten();
+      let mut written = None;
       if let (Some(near), true) = (&self.near, op.is_write()) {
         forget_write(near, op);
+        // Taken after the write's own bump; a call's first write is the one its reply stands for.
+        written = near.begin_write(op, i == 0 || ops[i - 1].0 != *call);
       }
       if matches!(op, Op::ClearOrg { .. }) {
         clears.push(i);
@@ -708,7 +711,7 @@ impl Inner {
       }
       // An increment run twice counts twice: never re-sent.
       spans.push(Span { key: op.key(), commands: cmds.len() - first, retry: !matches!(op, Op::Increment { .. }) });
-      sent.push((i, lead, fill));
+      sent.push((i, lead, fill, written));
     }
 
     if cmds.is_empty() {
@@ -733,19 +736,21 @@ impl Inner {
         Some(e) if redis.isolates_failures() => self.node_failed(e),
         Some(e) => self.redis_stalled(e, started),
       }
-      for (j, (i, lead, fill)) in sent.into_iter().enumerate() {
+      for (j, (i, lead, fill, written)) in sent.into_iter().enumerate() {
         let op = &ops[i].1;
         match replies.span(j) {
           Ok(outcomes) => {
             let (mut reply, read) = self.apply(op, outcomes);
-            // JavaScript's near cache keeps the reply as its caller got it, with the read's
-            // snapshot, if the server that answered announces its writes to us.
-            if let (Some(near), Some(snapshot), Ok(Some(_)), Some(Ok(pttl))) =
-              (&self.near, fill, &read, outcomes.get(1))
-            {
-              if replies.answered_by(j).is_none_or(|node| near.tracks(node)) {
+            // JavaScript's near cache keeps the reply as its caller got it (or a write's
+            // value), with the snapshot, if the server that answered announces its writes to us.
+            let tracked = || self.near.as_ref().filter(|n| replies.answered_by(j).is_none_or(|node| n.tracks(node)));
+            if let (Some(snapshot), Ok(Some(_)), Some(Ok(pttl))) = (fill, &read, outcomes.get(1)) {
+              if let Some(near) = tracked() {
                 reply = near.mark_fill(snapshot, redis::from_redis_value_ref::<i64>(pttl).unwrap_or(-2), reply);
               }
+            }
+            if let (Some(snapshot), Some(near)) = (written, tracked()) {
+              reply = near.mark_written(snapshot, op, &outcomes[0], reply);
             }
             if let Some(lead) = lead {
               lead.finish(read);
@@ -1092,7 +1097,7 @@ fn start_near_links(inner: &Arc<Inner>, near: &Arc<Near>, runtime: &Handle) {
 fn forget_write(near: &Near, op: &Op) {
   match op {
     Op::ClearOrg { scope, .. } => near.invalidate_prefix(scope),
-    op if op.is_write() => near.invalidate(op.key().as_bytes()),
+    op if op.is_write() => near.forget(op.key().as_bytes()),
     _ => {}
   }
 }

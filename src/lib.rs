@@ -581,6 +581,7 @@ unsafe fn reply_to_js(env: sys::napi_env, reply: Reply) -> Result<sys::napi_valu
     match reply {
       Reply::Null => Null::to_napi_value(env, Null),
       Reply::Bool(b) => bool::to_napi_value(env, b),
+      Reply::Stored(_) => bool::to_napi_value(env, true),
       Reply::Int(n) => f64::to_napi_value(env, n as f64),
       Reply::Json(s) | Reply::Filled(s, _) => <&str>::to_napi_value(env, &s),
       Reply::Error(e) => js_error(env, &e),
@@ -595,7 +596,9 @@ unsafe fn fills_to_js(env: sys::napi_env, first: u32, replies: &[Reply]) -> Resu
     .iter()
     .enumerate()
     .filter_map(|(i, r)| match r {
-      Reply::Filled(_, f) => Some([first + i as u32, f.snapshot.slot, f.snapshot.gen, f.snapshot.epoch, f.ttl_ms]),
+      Reply::Filled(_, f) | Reply::Stored(f) => {
+        Some([first + i as u32, f.snapshot.slot, f.snapshot.gen, f.snapshot.epoch, f.ttl_ms])
+      }
       _ => None,
     })
     .flatten()

@@ -121,7 +121,8 @@ pub async fn invalidate(cache: &Cache, tags: &[String], soft: bool) -> Invalidat
     let ops =
       if soft { stale_ops(cache, chunk).await } else { chunk.iter().map(|k| Op::Delete { key: k.clone() }).collect() };
     let calls = ops.into_iter().map(|op| Ok(vec![op])).collect();
-    entries += cache.execute(calls).await.iter().filter(|r| **r == Reply::Bool(true)).count() as u64;
+    entries +=
+      cache.execute(calls).await.iter().filter(|r| matches!(r, Reply::Bool(true) | Reply::Stored(_))).count() as u64;
   }
   if reached_redis && !soft {
     if let Some(redis) = cache.redis_if_up() {

@@ -8,8 +8,10 @@
 //! current; JavaScript only reads it (with `Atomics.load`, never cached by the
 //! JIT) and writes its own counters:
 //! - one generation per slot of key hashes: every invalidation of a key
-//!   (another client's write announced by Redis, or this adapter's own write)
-//!   bumps its slot's generation;
+//!   bumps its slot's generation, by one for a write Redis announces (a push
+//!   on an invalidation link) and by [`LOCAL`] for this adapter's own write,
+//!   so that a value this adapter wrote can be kept through exactly one
+//!   announcement, its own write's echo (see `Near::mark_written`);
 //! - an epoch, bumped whenever the whole cache must go (a link lost, the
 //!   breaker open, `FLUSHALL`, a tenant clear);
 //! - whether hits may be served at all, and until when (the links' lease), in
@@ -27,6 +29,12 @@ use std::sync::Arc;
 
 /// Number of generation slots (a power of two): 256 KB of board.
 pub const SLOTS: usize = 1 << 16;
+
+/// What this adapter's own write adds to its slot's generation. Redis's
+/// announcements add one, so a generation that moved by exactly one since a
+/// snapshot moved by one announcement and no write of ours (65,536 of our
+/// writes to one slot within a kept value's life would be needed to fake it).
+pub const LOCAL: u32 = 1 << 16;
 
 /// The board as laid out in memory; JavaScript's views use [`layout`]. All
 /// fields are atomics, so all-zero is a valid board.
@@ -94,9 +102,14 @@ impl Board {
     }
   }
 
-  /// `key` changed: values read before now are retired.
+  /// Redis announced a write of `key`: values read before now are retired.
   pub fn bump(&self, key: &[u8]) {
     self.gens[slot_of(key)].fetch_add(1, Ordering::AcqRel);
+  }
+
+  /// This adapter is writing `key`: values read before now are retired.
+  pub fn bump_local(&self, key: &[u8]) {
+    self.gens[slot_of(key)].fetch_add(LOCAL, Ordering::AcqRel);
   }
 
   /// Everything held is retired.
@@ -164,6 +177,10 @@ mod tests {
     assert_eq!(b.current(s), slot_of(b"p:lead:2") != s.slot as usize, "another key's bump retires only a shared slot");
     b.bump(b"p:lead:1");
     assert!(!b.current(s));
+    let s = b.snapshot(b"p:lead:1");
+    b.bump_local(b"p:lead:1");
+    assert!(!b.current(s));
+    assert_eq!(b.snapshot(b"p:lead:1").gen.wrapping_sub(s.gen), LOCAL, "our own write moves the slot by LOCAL");
     let s = b.snapshot(b"p:lead:1");
     b.bump_epoch();
     assert!(!b.current(s));

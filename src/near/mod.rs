@@ -24,6 +24,10 @@
 //! - On a cluster, a read is kept only if the master that answered it has its
 //!   link up ([`Near::tracks`]): a redirection can reach a master this
 //!   adapter has no link to yet.
+//! - A value this adapter wrote may be kept for a read of its key, for at
+//!   most [`WRITE_KEEP`] from when it was submitted, through one
+//!   announcement of its key (its own write's echo) and no more; see
+//!   [`Near::mark_written`] for why that bound is needed and enough.
 //! - Values are JSON text: every hit is parsed afresh by the caller, so a
 //!   caller mutating what it got changes nothing for the next one.
 
@@ -43,11 +47,19 @@ use redis::{PushInfo, PushKind, Value};
 use serde_json::{json, Value as Json};
 use tokio::sync::Notify;
 
-use crate::batch::Reply;
+use crate::batch::{Op, Reply};
 use crate::config::NearConfig;
+use crate::tiers::redis::Outcome;
 
 /// How long an answered heartbeat of a link vouches for the near cache.
 pub const LEASE: Duration = Duration::from_millis(100);
+
+/// How long a value this adapter wrote may be served from the near cache,
+/// counted from when JavaScript submitted the write (see `mark_written`):
+/// half of the 100 ms within which another instance's acknowledged write
+/// must be seen, so that the one case tracking cannot tell apart stays
+/// well inside it.
+pub const WRITE_KEEP: Duration = Duration::from_millis(50);
 
 /// What JavaScript keeps with a read's reply: the read's snapshot and how
 /// long the value may be kept (at most `ttlMs`, at most its TTL in Redis).
@@ -191,6 +203,44 @@ impl Near {
     }
   }
 
+  /// A write is about to be sent, after its own bump: its snapshot, if its
+  /// value may be kept once Redis applies it (see `mark_written`). Only the
+  /// first write of a call (a mapping's forward key), whose reply is the call's.
+  pub fn begin_write(&self, op: &Op, first_of_call: bool) -> Option<Snapshot> {
+    (first_of_call && op.reads_back_as_written()).then(|| self.begin(op.key())).flatten()
+  }
+
+  /// This adapter's write `op`, sent under `snapshot` (see `begin_write`),
+  /// was answered `outcome`: its `reply`, marked so that JavaScript may keep
+  /// the written value for a read of its key, if Redis applied it (not
+  /// `WRITE_SUPERSEDED`: Redis holds a newer value), for at most
+  /// [`WRITE_KEEP`] (and at most the write's TTL).
+  ///
+  /// Redis announces every write of a tracked key, ours included, so the
+  /// value is kept through one announcement after `snapshot` (its own echo)
+  /// and retired by a second, or by any write of ours (a bump of `LOCAL`).
+  /// Why that is safe (the link carries announcements in the order Redis
+  /// ran the writes, and `BCAST` announces the keys of one pass of Redis's
+  /// event loop together, each once):
+  /// - another client's write that Redis ran before ours is announced before
+  ///   our echo or with it: what we keep, ours, is the newer value;
+  /// - one it ran after ours, in a later pass, is announced after our echo:
+  ///   a second announcement, which retires the value;
+  /// - one it ran after ours within the same pass is announced with our echo
+  ///   as one key and cannot be told from it: this case alone may serve our
+  ///   value over the newer one, until `WRITE_KEEP` after we submitted, and
+  ///   so for less than that after the other write was acknowledged.
+  pub fn mark_written(&self, snapshot: Snapshot, op: &Op, outcome: &Outcome, reply: Reply) -> Reply {
+    let applied = matches!(outcome, Ok(v) if redis::from_redis_value_ref::<i64>(v).is_ok_and(|n| n == 1));
+    match op {
+      Op::Set { ttl, .. } if applied && reply == Reply::Bool(true) => {
+        let keep = WRITE_KEEP.min(*ttl).min(self.cfg.ttl);
+        Reply::Stored(Fill { snapshot, ttl_ms: keep.as_millis() as u32 })
+      }
+      _ => reply,
+    }
+  }
+
   /// Whether cluster master `node` has a lane whose link is up: only a read
   /// it answered may be kept. A read redirected to a master this adapter
   /// does not track yet (one just added to the cluster, which the slot map
@@ -201,9 +251,14 @@ impl Near {
     self.lanes().get(node).is_some_and(|lane| lane.up)
   }
 
-  /// This adapter is writing `key` (or Redis told us another client did).
-  pub fn invalidate(&self, key: &[u8]) {
+  /// Redis announced a write of `key` (by anyone, this adapter included).
+  fn invalidate(&self, key: &[u8]) {
     self.board.bump(key);
+  }
+
+  /// This adapter is writing `key`: what was read or written of it before is retired.
+  pub fn forget(&self, key: &[u8]) {
+    self.board.bump_local(key);
   }
 
   /// A tenant clear: the board has no index by prefix, so everything goes.
@@ -481,6 +536,38 @@ mod tests {
     assert!(matches!(n.mark_fill(s, -1, Reply::Json("1".into())), Reply::Filled(_, f) if f.snapshot == s));
     assert_eq!(n.mark_fill(s, -2, Reply::Json("1".into())), Reply::Json("1".into()), "a key gone is not kept");
     assert_eq!(n.mark_fill(s, -1, Reply::Null), Reply::Null);
+  }
+
+  #[test]
+  fn a_written_value_is_kept_briefly_and_only_by_its_own_bumps() {
+    let n = near();
+    let set_kind = |kind, json: &str, ttl| Op::Set { key: "k".into(), kind, json: json.into(), ttl };
+    let set = |json: &str, ttl| set_kind(0, json, ttl);
+    let op = set("1", Duration::from_secs(3600));
+    n.forget(b"k");
+    let s = n.begin_write(&op, true).unwrap();
+    assert!(n.begin_write(&op, false).is_none(), "a mapping's reverse key: the call's reply is the forward key's");
+    let applied: Outcome = Ok(Value::Int(1));
+    let write = |op: &Op, outcome: &Outcome| n.mark_written(s, op, outcome, Reply::Bool(true));
+    let kept = |reply| match reply {
+      Reply::Stored(f) if f.snapshot == s => f.ttl_ms,
+      other => panic!("not marked: {other:?}"),
+    };
+    assert_eq!(kept(write(&op, &applied)), WRITE_KEEP.as_millis() as u32);
+    assert_eq!(kept(write(&set("1", Duration::from_millis(20)), &applied)), 20, "kept beyond the write's TTL");
+    let superseded: Outcome = Ok(Value::Int(crate::scripts::WRITE_SUPERSEDED));
+    assert_eq!(write(&op, &superseded), Reply::Bool(true), "Redis holds a newer value");
+    assert_eq!(write(&op, &Err("timeout".into())), Reply::Bool(true));
+    let envelope = set(&format!("{}1,\"r\":0,\"v\":1}}", crate::envelope::PREFIX), Duration::from_secs(60));
+    assert!(n.begin_write(&envelope, true).is_none(), "a plain read answers only an envelope's value");
+    let field = set_kind(crate::domain::Kind::AgentConfig as u8, "true", Duration::from_secs(60));
+    assert!(n.begin_write(&field, true).is_none(), "its getter answers one field of what is stored");
+    // Our own write moves the slot by LOCAL, an announcement by one: JavaScript keeps a
+    // written value through exactly one announcement, so the two must never look alike.
+    n.forget(b"k");
+    assert_eq!(n.begin("k").unwrap().gen.wrapping_sub(s.gen), board::LOCAL);
+    push(&n, 1, vec![Value::Array(vec![Value::BulkString(b"k".to_vec())])]);
+    assert_eq!(n.begin("k").unwrap().gen.wrapping_sub(s.gen), board::LOCAL + 1);
   }
 
   #[test]
