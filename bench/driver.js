@@ -163,6 +163,12 @@ function percentile(sorted, p) {
   return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))]
 }
 
+/** The near cache's hit and miss counters (zero for a system without one). */
+async function nearCounts(a) {
+  const near = typeof a.getStats === 'function' ? (await a.getStats()).cache?.near : undefined
+  return { hits: near?.hits ?? 0, misses: near?.misses ?? 0 }
+}
+
 async function runCell(cell) {
   // Straight to Redis, never through the delay proxy: FLUSHALL, INFO, MEMORY USAGE.
   const admin = new Redis(cell.adminUrl || cell.url, { maxRetriesPerRequest: 1 })
@@ -189,6 +195,7 @@ async function runCell(cell) {
     if (cell.warmupSeconds > 0) await closedLoop(a, w, cell.inflight, cell.warmupSeconds * 1000, lat, cell.seed + 7)
 
     const eld = monitorEventLoopDelay({ resolution: 1 })
+    const near0 = await nearCounts(a)
     const srv0 = await serverCounters(admin)
     eld.enable()
     const cpu0 = process.cpuUsage()
@@ -198,6 +205,8 @@ async function runCell(cell) {
     const cpu = process.cpuUsage(cpu0)
     eld.disable()
     const srv1 = await serverCounters(admin)
+    const near1 = await nearCounts(a)
+    const nearReads = near1.hits - near0.hits + near1.misses - near0.misses
 
     const sorted = lat.subarray(0, run.ops).sort()
     const ops = Math.max(1, run.ops)
@@ -218,6 +227,8 @@ async function runCell(cell) {
       redisCpuUsPerOp: ((srv1.cpuSec - srv0.cpuSec) * 1e6) / ops,
       errors: run.errors,
       misses: run.misses,
+      // Reads the near cache could not answer, as a share of the reads it was asked.
+      nearMissPct: nearReads > 0 ? (100 * (near1.misses - near0.misses)) / nearReads : NaN,
       lastError: run.lastError,
     }
   } finally {

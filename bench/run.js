@@ -226,13 +226,13 @@ function mainTable(cfg, get) {
 }
 
 function serverTable(cfg, get) {
-  const header = ['workload', 'inflight', 'system', 'redis cmds/op', 'redis-server CPU µs/op', 'used_memory Δ/entry', 'keys in Redis', 'errors', 'misses']
+  const header = ['workload', 'inflight', 'system', 'redis cmds/op', 'redis-server CPU µs/op', 'used_memory Δ/entry', 'keys in Redis', 'errors', 'misses', 'near-cache misses % of reads']
   const rows = []
   for (const w of cfg.workloads) {
     for (const n of cfg.inflight) {
       for (const s of cfg.systems) {
         const c = get(w, n, s)
-        if (c) rows.push([w, n, s, f1(c.redisCmdsPerOp), f1(c.redisCpuUsPerOp), f0(c.usedMemoryPerEntry), f0(c.redisKeys), c.errors, c.misses])
+        if (c) rows.push([w, n, s, f1(c.redisCmdsPerOp), f1(c.redisCpuUsPerOp), f0(c.usedMemoryPerEntry), f0(c.redisKeys), c.errors, c.misses, f1(c.nearMissPct)])
       }
     }
   }
@@ -332,6 +332,7 @@ async function main() {
             done++
             const msg = res.ok
               ? `${f0(res.opsPerSec)} ops/s, p99 ${f3(res.p99ms)} ms, main ${f1(res.mainUsPerOp)} µs/op` +
+                (Number.isFinite(res.nearMissPct) ? `, near misses ${f1(res.nearMissPct)}% of reads` : '') +
                 (res.errors || res.misses ? `, ${res.errors} errors, ${res.misses} misses${res.lastError ? ` (${res.lastError})` : ''}` : '')
               : `FAILED: ${String(res.error).split('\n')[0]}`
             process.stderr.write(`[${done}/${total}] ${w} ×${n} ${s.padEnd(14)} run ${run + 1}: ${msg}\n`)
