@@ -379,12 +379,21 @@ test('a value this adapter wrote is served from the near cache, briefly, and nev
   assert.equal(await hits(), before + 2, 'both reads after the writes were near hits')
   assert.equal(await a.getLeadToPhoneMapping('lead-1'), '+1 555 0100')
   assert.equal(await hits(), before + 2, 'the reverse key is not kept from the write')
+  // A written value replaces the one held for the key (the one just written, then one read).
+  for (const n of [2, 3]) {
+    await a.set('w', { n })
+    before = await hits()
+    assert.deepEqual(await a.get('w'), { n })
+    assert.equal(await hits(), before + 1, `the value written over a held one was not kept (n = ${n})`)
+    await sleep(WRITE_KEEP_MS + 20)
+    assert.deepEqual(await a.get('w'), { n })
+  }
 
   // Kept for WRITE_KEEP_MS at most: then read from Redis again.
-  await a.set('w', { n: 2 })
+  await a.set('w', { n: 4 })
   await sleep(WRITE_KEEP_MS + 20)
   before = await hits()
-  assert.deepEqual(await a.get('w'), { n: 2 })
+  assert.deepEqual(await a.get('w'), { n: 4 })
   assert.equal(await hits(), before, 'a written value was served past WRITE_KEEP_MS')
 
   // Kept through its own echo from Redis, not through another writer's later write: a

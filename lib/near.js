@@ -60,8 +60,7 @@ class NearCache {
    */
   get(code, strs) {
     this.sweep()
-    let at = this.reads.get(code)
-    for (let i = 0; at !== undefined && i < strs.length; i++) at = at.get(strs[i])
+    const at = this.find(code, strs)
     if (at !== undefined) {
       const now = performance.now()
       const gen = Atomics.load(this.gens, at.slot)
@@ -91,6 +90,9 @@ class NearCache {
     const next = echo ? (gen + 1) >>> 0 : gen
     const now = Atomics.load(this.gens, slot)
     if (epoch !== this.epoch || (now !== gen && now !== next)) return
+    // Removed first: removing drops the Maps it leaves empty, which may be on the path below.
+    const old = this.find(code, strs)
+    if (old !== undefined) this.remove(old)
     let at = this.reads.get(code)
     if (at === undefined) this.reads.set(code, (at = new Map()))
     const last = strs.length - 1
@@ -99,8 +101,6 @@ class NearCache {
       if (next === undefined) at.set(strs[i], (next = new Map()))
       at = next
     }
-    const old = at.get(strs[last])
-    if (old !== undefined) this.remove(old)
     const entry = { json, slot, gen, echo: next, expires: performance.now() + ttlMs, size, code, strs }
     at.set(strs[last], entry)
     this.order.add(entry)
@@ -121,6 +121,13 @@ class NearCache {
     if (left <= 0) return
     const last = strs.length - 1
     this.fill(code - OP.Set + OP.Get, strs.slice(0, last), strs[last], slot, gen, epoch, left, true)
+  }
+
+  /** The entry held for the read (`code`, `strs`), if any. */
+  find(code, strs) {
+    let at = this.reads.get(code)
+    for (let i = 0; at !== undefined && i < strs.length; i++) at = at.get(strs[i])
+    return at
   }
 
   remove(entry) {

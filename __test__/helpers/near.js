@@ -64,7 +64,8 @@ async function killLinks(servers) {
 
 /**
  * 50 rounds: `writer` writes each of `keys` and a domain key, `reader` must
- * read them within the bound. With `kill`, every link on `servers()` is
+ * read them within the bound, also when the writer overwrites a value the
+ * reader has just written itself (which its near cache keeps for a moment). With `kill`, every link on `servers()` is
  * killed at round 25 (`links` of them expected) and a write made while they
  * are down must never be served stale afterwards.
  */
@@ -97,6 +98,13 @@ async function rounds({ makeAdapter, near, keys = ['lead'], kill = false, server
         const value = { round, key, at: Date.now() }
         assert.equal(await writer.set(key, value), true)
         if (await freshWithinBound(() => reader.get(key), value, `round ${round}, ${key}`)) firstReadFresh++
+        // The reader's own write, which its near cache keeps for a moment, overwritten by the writer at once.
+        const own = { round, key, by: 'reader' }
+        assert.equal(await reader.set(key, own), true)
+        assert.deepEqual(await reader.get(key), own, 'the reader reads its own write back')
+        const over = { round, key, by: 'writer' }
+        assert.equal(await writer.set(key, over), true)
+        await freshWithinBound(() => reader.get(key), over, `round ${round}, ${key}, over the reader's own write`)
       }
       await writer.setDynamicLead('L1', { name: `lead ${round}` })
       await freshWithinBound(() => reader.getDynamicLead('L1'), { name: `lead ${round}` }, `round ${round}, domain key`)
