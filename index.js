@@ -16,7 +16,7 @@ const { Alerts } = require('./lib/alerts.js')
 const { ReadThrough } = require('./lib/read-through/index.js')
 const { Tags, checkTags } = require('./lib/tags.js')
 const { Batcher, fromNative, FIRST_REPLY } = require('./lib/batcher.js')
-const { NearCache } = require('./lib/near.js')
+const { NearCache, keepsWritten } = require('./lib/near.js')
 const { describe, requireString, ttlSeconds } = require('./lib/args.js')
 
 const OP = protocol()
@@ -368,7 +368,7 @@ class CacheAdapter extends EventEmitter {
       const json = this._json('value', value)
       requireString('key', key)
       // An untagged value is what `get(key)` answers: the near cache may keep it.
-      if (tags === null) return this._call(OP.Set, num, [key, json], null, true)
+      if (tags === null) return this._call(OP.Set, num, [key, json], null, keepsWritten(json))
       return this._call(OP.Set | OP.TAGGED, num, [key, json, tags], null)
     } catch (e) {
       return Promise.reject(e)
@@ -802,7 +802,7 @@ for (const spec of DOMAIN) {
           }
         }
         // The value is what the getter answers: the near cache may keep it (see lib/near.js).
-        return this._call(setCode | flags | tagged, NaN, strs, null, tagged === 0)
+        return this._call(setCode | flags | tagged, NaN, strs, null, tagged === 0 && keepsWritten(strs[strs.length - 1]))
       } catch (e) {
         return Promise.reject(e)
       }

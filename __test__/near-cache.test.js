@@ -419,6 +419,32 @@ test('a value this adapter wrote is served from the near cache, briefly, and nev
   assert.equal(await a.set('newer', { by: 'a' }), true)
   assert.deepEqual(await a.get('newer'), { by: 'newer' }, 'a superseded write was kept')
 
+  // A written value never evicts what was read: kept only while there is room.
+  const small = adapter(server, prefix, { maxEntries: 3 })
+  t.after(() => small.close())
+  await ready(small, 'small')
+  for (const k of ['r1', 'r2']) {
+    await a.set(k, k)
+    await sleep(WRITE_KEEP_MS + 20)
+    await small.get(k) // a miss that fills
+  }
+  await small.set('w1', 'w1')
+  assert.equal((await nearStats(small)).entries, 3, 'room for one more: the written value is kept')
+  await sleep(WRITE_KEEP_MS + 20)
+  await small.get('w1') // its expired entry is dropped, and the read refills the third place
+  await small.set('w2', 'w2')
+  before = (await nearStats(small)).hits
+  for (const k of ['r1', 'r2', 'w1']) assert.equal(await small.get(k), k)
+  assert.equal((await nearStats(small)).hits, before + 3, 'a written value evicted a value read')
+  assert.equal(await small.get('w2'), 'w2')
+  assert.equal((await nearStats(small)).hits, before + 3, 'a written value was kept over a full table')
+
+  // A large value is not kept (holding it until its write is answered costs more).
+  await a.set('big', 'x'.repeat(20 * 1024))
+  before = await hits()
+  assert.equal((await a.get('big')).length, 20 * 1024)
+  assert.equal(await hits(), before, 'a written value of 20 KB was kept')
+
   // A tagged write and a read-through envelope are not kept (their reads answer other text).
   await a.set('tagged', 1, { ttl: 60, tags: ['t'] })
   before = await hits()
