@@ -36,6 +36,22 @@ async function oneAdapter(t, near, extra) {
   return { server, a }
 }
 
+/**
+ * A redis-server of its own and two adapters on one prefix, ready, `a` with
+ * the near cache on and `b` with it on unless `nearB` is false; all end with the test.
+ */
+async function twoAdapters(t, nearB = true) {
+  const server = await startRedis()
+  t.after(() => server.kill())
+  const prefix = uniquePrefix()
+  const a = adapter(server, prefix, true)
+  const b = adapter(server, prefix, nearB)
+  t.after(() => Promise.all([a.close(), b.close()]))
+  await ready(a, 'a')
+  await ready(b, 'b')
+  return { server, prefix, a, b }
+}
+
 /** The shared 50 rounds (helpers/near.js) on one server, each run under a prefix of its own. */
 function rounds(server, near, { kill = false } = {}) {
   const prefix = uniquePrefix()
@@ -101,14 +117,7 @@ test('a value handed to a caller can be mutated without changing the next read',
 })
 
 test('deletes, tenant clears, expiry and own writes invalidate', async (t) => {
-  const server = await startRedis()
-  t.after(() => server.kill())
-  const prefix = uniquePrefix()
-  const a = adapter(server, prefix, true)
-  const b = adapter(server, prefix, true)
-  t.after(() => Promise.all([a.close(), b.close()]))
-  await ready(a, 'a')
-  await ready(b, 'b')
+  const { a, b } = await twoAdapters(t)
 
   // Own writes: read-your-writes, even in the same tick as the read.
   await a.set('own', 1)
@@ -360,14 +369,7 @@ return redis.call('SET', KEYS[1], string.char(254, 1) .. table.concat(head) .. A
 }
 
 test('a value this adapter wrote is served from the near cache, briefly, and never over a later write', async (t) => {
-  const server = await startRedis()
-  t.after(() => server.kill())
-  const prefix = uniquePrefix()
-  const a = adapter(server, prefix, true)
-  const b = adapter(server, prefix, true)
-  t.after(() => Promise.all([a.close(), b.close()]))
-  await ready(a, 'a')
-  await ready(b, 'b')
+  const { server, prefix, a, b } = await twoAdapters(t)
   const hits = async () => (await nearStats(a)).hits
 
   // Read back with no round trip: a generic key and a mapping's forward key.
@@ -606,14 +608,7 @@ test('stats, metrics and options', async (t) => {
 })
 
 test('read-through hits come from the near cache too, envelope and all, and stay coherent', async (t) => {
-  const server = await startRedis()
-  t.after(() => server.kill())
-  const prefix = uniquePrefix()
-  const a = adapter(server, prefix, true)
-  const b = adapter(server, prefix, false)
-  t.after(() => Promise.all([a.close(), b.close()]))
-  await ready(a, 'adapter A')
-  await ready(b, 'adapter B')
+  const { a, b } = await twoAdapters(t, false)
   let loads = 0
   const options = { ttl: 60, grace: 600 }
   assert.deepEqual(await a.getOrLoad('lead', async () => ({ v: ++loads }), options), { v: 1 })
