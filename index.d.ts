@@ -124,7 +124,8 @@ export interface CacheAdapterOptions {
   /**
    * Keep hot values in this process while Redis is healthy, so that a repeated
    * read makes no round trip; coherent through Redis client tracking (see README,
-   * Near cache). `true` for the defaults. On a cluster it keeps one invalidation link per master; behind
+   * Near cache). A value this adapter writes (up to 16 KB of JSON) is also read
+   * back from it for 50 ms after the write. `true` for the defaults. On a cluster it keeps one invalidation link per master; behind
    * Sentinel its link follows the master. Env: `CACHE_NEAR_CACHE=true`.
    */
   nearCache?: boolean | NearCacheOptions
