@@ -424,7 +424,8 @@ class CacheAdapter extends EventEmitter {
     } catch (e) {
       return Promise.reject(e)
     }
-    return Promise.all(calls.map(([k, json, num]) => this._call(OP.Set, num, [k, json], null))).then(() => true)
+    // Like `set`: each value is what `get` answers, so the near cache may keep it.
+    return Promise.all(calls.map(([k, json, num]) => this._call(OP.Set, num, [k, json], null, keepsWritten(json)))).then(() => true)
   }
 
   hget(hash, field) {

@@ -381,6 +381,11 @@ test('a value this adapter wrote is served from the near cache, briefly, and nev
   assert.equal(await hits(), before + 2, 'both reads after the writes were near hits')
   assert.equal(await a.getLeadToPhoneMapping('lead-1'), '+1 555 0100')
   assert.equal(await hits(), before + 2, 'the reverse key is not kept from the write')
+  // setMany's values too, read back one by one or with getMany.
+  assert.equal(await a.setMany([['m1', 1], ['m2', { two: 2 }]]), true)
+  before = await hits()
+  assert.deepEqual(await a.getMany(['m1', 'm2']), [1, { two: 2 }])
+  assert.equal(await hits(), before + 2, 'setMany\'s values were not kept')
   // A written value replaces the one held for the key (the one just written, then one read).
   for (const n of [2, 3]) {
     await a.set('w', { n })
