@@ -278,12 +278,14 @@ class CacheAdapter extends EventEmitter {
   /**
    * Queues one call; argument errors become rejections, never throws.
    * `near`: a read whose reply the near cache may keep, or a write (value
-   * last in `strs`) whose value it may keep for the read of the same key.
+   * last in `strs`) whose value is what the read of the same key answers.
    */
   _call(code, num, strs, map, near) {
     if (this._closed) return Promise.reject(Object.assign(new Error('the cache adapter is closed'), { code: 'ERR_CACHE_CLOSED' }))
     if (!READS.has(code & 0xff)) {
       if (this._near !== null) this._nearForget(code, strs)
+      // A written value is held until its reply only where the near cache may keep it.
+      near = near === true && this._near !== null && keepsWritten(strs[strs.length - 1])
       // A generic key written: a read-through load of it under way must not store its older result.
       if (((code >> 8) & 0xff) === 0 && code & 0xff && (code & 0xff) !== OP.ClearOrg) this._readThrough.keyWritten(strs[0])
     }
@@ -368,7 +370,7 @@ class CacheAdapter extends EventEmitter {
       const json = this._json('value', value)
       requireString('key', key)
       // An untagged value is what `get(key)` answers: the near cache may keep it.
-      if (tags === null) return this._call(OP.Set, num, [key, json], null, keepsWritten(json))
+      if (tags === null) return this._call(OP.Set, num, [key, json], null, true)
       return this._call(OP.Set | OP.TAGGED, num, [key, json, tags], null)
     } catch (e) {
       return Promise.reject(e)
@@ -425,7 +427,7 @@ class CacheAdapter extends EventEmitter {
       return Promise.reject(e)
     }
     // Like `set`: each value is what `get` answers, so the near cache may keep it.
-    return Promise.all(calls.map(([k, json, num]) => this._call(OP.Set, num, [k, json], null, keepsWritten(json)))).then(() => true)
+    return Promise.all(calls.map(([k, json, num]) => this._call(OP.Set, num, [k, json], null, true))).then(() => true)
   }
 
   hget(hash, field) {
@@ -803,7 +805,7 @@ for (const spec of DOMAIN) {
           }
         }
         // The value is what the getter answers: the near cache may keep it (see lib/near.js).
-        return this._call(setCode | flags | tagged, NaN, strs, null, tagged === 0 && keepsWritten(strs[strs.length - 1]))
+        return this._call(setCode | flags | tagged, NaN, strs, null, tagged === 0)
       } catch (e) {
         return Promise.reject(e)
       }

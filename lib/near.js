@@ -135,8 +135,8 @@ class NearCache {
   }
 
   /**
-   * Keeps the value of a write Redis applied (`code`, `strs`: a `set` or a
-   * domain setter, its value's JSON last) for a read of the same key, under
+   * Keeps the value of a write Redis applied (`code`, `strs`: a `set`,
+   * `setMany` or domain setter, its value's JSON last) for a read of the same key, under
    * the snapshot Rust took after the write's own bump, until `ttlMs` after
    * `submittedAt` (the write's submission, `performance.now()`).
    */
