@@ -194,6 +194,7 @@ function aggregate(runs) {
 const f0 = (x) => (Number.isFinite(x) ? Math.round(x).toLocaleString('en-US') : '–')
 const f1 = (x) => (Number.isFinite(x) ? x.toFixed(1) : '–')
 const f3 = (x) => (Number.isFinite(x) ? x.toFixed(3) : '–')
+const f2 = (x) => (Number.isFinite(x) ? x.toFixed(2) : '–')
 const fx = (x) => (Number.isFinite(x) ? x.toFixed(2) + '×' : '–')
 
 function markdownTable(header, rows) {
@@ -233,6 +234,30 @@ function serverTable(cfg, get) {
       for (const s of cfg.systems) {
         const c = get(w, n, s)
         if (c) rows.push([w, n, s, f1(c.redisCmdsPerOp), f1(c.redisCpuUsPerOp), f0(c.usedMemoryPerEntry), f0(c.redisKeys), c.errors, c.misses, f1(c.nearMissPct)])
+      }
+    }
+  }
+  return markdownTable(header, rows)
+}
+
+/**
+ * Where each cell's CPU went, per op, and how much of the machine it used:
+ * a cell using every core is bound by CPU (less work per op is the only way
+ * up); one using less waits on something (a round trip, a thread handing
+ * work to another).
+ */
+function cpuTable(cfg, get) {
+  const header = ['workload', 'inflight', 'system', 'main', 'I/O thread', 'compression pool', 'other threads', 'Redis', 'total µs/op', `cores used (of ${os.availableParallelism()})`]
+  const rows = []
+  for (const w of cfg.workloads) {
+    for (const n of cfg.inflight) {
+      for (const s of cfg.systems) {
+        const c = get(w, n, s)
+        if (!c) continue
+        const total = c.cpuUsPerOp + c.redisCpuUsPerOp
+        const native = s === 'native' || s === 'native-near' || s.startsWith('base')
+        rows.push([w, n, s, f1(c.mainUsPerOp), native ? f1(c.ioUsPerOp) : '', native ? f1(c.poolUsPerOp) : '', f1(c.otherUsPerOp),
+          f1(c.redisCpuUsPerOp), f1(total), f2((total * c.opsPerSec) / 1e6)])
       }
     }
   }
@@ -412,6 +437,15 @@ async function main() {
       '## Server side',
       '',
       serverTable(cfg, get),
+      '',
+      '## Where the CPU went',
+      '',
+      cpuTable(cfg, get),
+      '',
+      'µs of CPU per op, by thread, medians of runs: Node\'s main thread (it also runs the benchmark\'s own loop); ' +
+        'the adapter\'s I/O thread (`cache-io`); tokio\'s blocking pool, where large values are compressed; ' +
+        'the process\'s other threads (V8\'s GC helpers, libuv\'s pool); and redis-server. Cores used = total × ops/s: ' +
+        'a cell below the machine\'s cores waits on something other than CPU.',
       '',
       failures.length ? '## Failed cells\n\n' + failures.map((f) => '- ' + f).join('\n') + '\n' : null,
     ].filter((l) => l !== null)
