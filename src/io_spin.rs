@@ -12,7 +12,9 @@
 //! It never spins where the CPU is worth more than the wake-ups:
 //! - with more than [`MAX_CALLS`] calls in flight (under load the thread is
 //!   busy anyway, and measured on W2 at 64 in flight, spinning took the
-//!   second core from compression and Redis: 0.82x node-redis against 1.01x);
+//!   second core from compression and Redis: 0.82x node-redis against 1.01x).
+//!   Under load it still spins in the gaps between batches, when the count
+//!   dips: measured, that is worth its CPU (see the README's Performance);
 //! - when batches take longer than three windows on average: a Redis across
 //!   a network, where spinning would burn the whole round trip, or values
 //!   large enough that their own work hides the wake-ups; nor past three
