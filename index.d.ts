@@ -67,7 +67,12 @@ export interface CacheAdapterOptions {
   sentinelMasterName?: string
   /** Namespace of every key. Default `${CACHE_NAMESPACE || 'jack'}:${NODE_ENV === 'production' ? 'prod' : 'dev'}`. */
   keyPrefix?: string
-  /** Multiplexed connections kept open to Redis. Env: `REDIS_POOL_SIZE`. Default 2. */
+  /**
+   * Multiplexed connections kept open to Redis (to each master on a
+   * cluster). Env: `REDIS_POOL_SIZE`. Default 1: each key always uses the
+   * same connection, so every further one splits a batch into one pipeline
+   * per connection, which costs throughput (see the README's Configuration).
+   */
   poolSize?: number
   /** Overrides of the default TTLs, in seconds. */
   ttl?: TtlOptions

@@ -232,7 +232,9 @@ fn resolve_unredacted(options: &Value, env: &dyn Fn(&str) -> Option<String>) -> 
   Ok(Config {
     redis,
     key_prefix,
-    pool_size: o.int("poolSize", Some("REDIS_POOL_SIZE"), 1, 64, 2)? as usize,
+    // One: every other connection splits each batch into one pipeline per
+    // connection (README, "poolSize").
+    pool_size: o.int("poolSize", Some("REDIS_POOL_SIZE"), 1, 64, 1)? as usize,
     ttl_secs,
     default_ttl_secs,
     compression_threshold: o.int("compressionThreshold", None, 0, u32::MAX as u64, 1024)? as usize,
