@@ -303,6 +303,17 @@ test('usage: --help, bad flags and bad options', async () => {
   assert.match(lines(badEnv.stdout).config.detail, /REDIS_PORT must be a number/)
 })
 
+test('an older setup\'s REDIS_POOL_SIZE=10: the config line warns what it costs, exit 0', async () => {
+  const run = await doctor(['--url', healthy.url], { REDIS_POOL_SIZE: '10' })
+  assert.equal(run.code, 0, explain(run))
+  const { config } = lines(run.stdout)
+  assert.equal(config.status, 'WARN', explain(run))
+  assert.match(config.detail, /poolSize 10 \(REDIS_POOL_SIZE\) splits every batch into up to 10 pipelines/)
+  const plain = lines((await doctor(['--url', healthy.url])).stdout).config
+  assert.equal(plain.status, 'PASS')
+  assert.match(plain.detail, /poolSize 1,/)
+})
+
 test('TLS: the handshake is reported; a TLS server without TLS, or an unknown CA, fails', async () => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'doctor-tls-'))
   const f = (n) => path.join(dir, n)
