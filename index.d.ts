@@ -71,7 +71,7 @@ export interface CacheAdapterOptions {
    * Multiplexed connections kept open to Redis (to each master on a
    * cluster). Env: `REDIS_POOL_SIZE`. Default 1: each key always uses the
    * same connection, so every further one splits a batch into one pipeline
-   * per connection, which costs throughput (see the README's Configuration).
+   * per connection, which costs throughput (see the README's "Options and environment").
    */
   poolSize?: number
   /** Overrides of the default TTLs, in seconds. */
