@@ -333,10 +333,11 @@ class CacheAdapter extends EventEmitter {
     return this._call(code, NaN, strs, map)
   }
 
-  _generic(op, name, key, num, extra, map) {
+  /** One call on generic key `key` (argument `name`); `near` as in `_call`. */
+  _generic(op, name, key, num, extra, map, near) {
     try {
       requireString(name, key)
-      return this._call(op, num, extra ? [key, ...extra] : [key], map)
+      return this._call(op, num, extra ? [key, ...extra] : [key], map, near)
     } catch (e) {
       return Promise.reject(e)
     }
@@ -368,10 +369,9 @@ class CacheAdapter extends EventEmitter {
     try {
       const { num, tags } = setOptions(ttlOrOptions)
       const json = this._json('value', value)
-      requireString('key', key)
       // An untagged value is what `get(key)` answers: the near cache may keep it.
-      if (tags === null) return this._call(OP.Set, num, [key, json], null, true)
-      return this._call(OP.Set | OP.TAGGED, num, [key, json, tags], null)
+      if (tags === null) return this._generic(OP.Set, 'key', key, num, [json], null, true)
+      return this._generic(OP.Set | OP.TAGGED, 'key', key, num, [json, tags], null)
     } catch (e) {
       return Promise.reject(e)
     }
