@@ -13,7 +13,7 @@
 //   BENCH_KEYS      keys per workload                (default 1000; quick 200)
 //   BENCH_INFLIGHT  comma list of calls in flight    (default 1,64)
 //   BENCH_WORKLOADS comma list from W1,W2,W3         (default all)
-//   BENCH_SYSTEMS   comma list from native,native-near,ioredis-old,node-redis-old
+//   BENCH_SYSTEMS   comma list from native,native-near,ioredis-old,node-redis-old,loop-only
 //                   (native-near: this adapter with `nearCache: true`), and
 //                   base,base-near with BENCH_BASE
 //   BENCH_BASE      a built checkout of an earlier commit (git worktree add
@@ -40,7 +40,7 @@ const { owned, runMain, startRedis, stopRedis, machineInfo, machineSection } = r
 const { payloadStats } = require('./workloads')
 
 const ROOT = path.join(__dirname, '..')
-const ALL_SYSTEMS = ['native', 'native-near', 'ioredis-old', 'node-redis-old']
+const ALL_SYSTEMS = ['native', 'native-near', 'ioredis-old', 'node-redis-old', 'loop-only']
 /** The same adapter built from BENCH_BASE. */
 const BASE_SYSTEMS = ['base', 'base-near']
 const WORKLOAD_DESC = {
@@ -415,7 +415,9 @@ async function main() {
       '- systems: `native` = this adapter (`new CacheAdapter({ url, keyPrefix: \'bench\' })`); `native-near` = the same ' +
         'with `nearCache: true`; `ioredis-old` and ' +
         '`node-redis-old` = the old adapter\'s behaviour (JSON values, one hash of contexts with HSET then EXPIRE, ' +
-        'two SETEX for phone↔lead, `compressed:` prefix without compression) on ioredis 5 and node-redis 5',
+        'two SETEX for phone↔lead, `compressed:` prefix without compression) on ioredis 5 and node-redis 5; ' +
+        '`loop-only` = the same loop over an adapter that does nothing (a Map, Promises already settled): ' +
+        'what the loop itself costs, a ceiling no client passes',
       cfg.base ? `- \`base\` and \`base-near\` = the same two built from ${baseDescription(cfg.base)}` : null,
       nativeError ? `- native adapter NOT measured: \`require('..')\` failed: ${nativeError}` : null,
       '',
